@@ -1,0 +1,159 @@
+"""`python -m facegen generate …` and `python -m facegen faces …` (see the README).
+
+User mistakes (FacegenError) print one line and exit with status 2; nothing is written unless generation succeeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from facegen.errors import FacegenError
+
+METHODS = ("dreamidentity", "faceclip")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m facegen", description="Identity-preserving portrait generation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="draw the person in a photo into the scene a prompt describes")
+    g.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | faceclip-sdxl | a .yaml file")
+    g.add_argument("--method", choices=METHODS, default="dreamidentity")
+    g.add_argument("--face", action="append", required=True, help="a photo of the person (repeat for several)")
+    g.add_argument("--prompt", required=True, help='e.g. "S* as a chef" (DreamIdentity needs the S* placeholder)')
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--out", required=True, help="output .png (with --num-images N: NAME-1.png … NAME-N.png)")
+    g.add_argument("--model", default=None, help="an encoder exported by a training job (replaces the preset's)")
+    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--guidance", type=float, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
+    g.add_argument("--verbose", action="store_true", help="show library logs and progress bars")
+
+    f = sub.add_parser("faces", help="detect faces and compare the identities of photos (JSON on stdout)")
+    f.add_argument("photos", nargs="+")
+    f.add_argument("--preset", default="tiny")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--verbose", action="store_true")
+    return p
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def output_paths(out: str, n: int) -> list[Path]:
+    path = Path(out)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise FacegenError(f"--out {out}: use a .png, .jpg or .webp file name")
+    if path.is_dir():
+        raise FacegenError(f"--out {out} is a directory: give a file name such as {path / 'portrait.png'}")
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, n + 1)]
+
+
+def save_images_atomically(images, paths: list[Path]) -> None:
+    """Write every image under a temporary name first, then rename them all: no half-written output."""
+    tmps = []
+    try:
+        for img, path in zip(images, paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+            os.close(fd)
+            tmps.append(tmp)
+            img.save(tmp)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from facegen.config import load_preset
+
+    if not 1 <= args.num_images <= 16:
+        raise FacegenError("--num-images must be between 1 and 16")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise FacegenError("--steps must be between 1 and 1000")
+    for size in (args.width, args.height):
+        if size is not None and (size <= 0 or size % 8):
+            raise FacegenError(f"--width/--height must be positive multiples of 8, got {size}")
+    paths = output_paths(args.out, args.num_images)
+    preset = load_preset(args.preset, args.set)
+    pipe = _pipeline(args.method, preset, args.model)
+    if not args.verbose:
+        pipe.set_progress_bar_config(disable=True)
+    identity = pipe.encode_identity(args.face)
+    out = pipe(prompt=args.prompt, identity=identity, negative_prompt=args.negative_prompt,
+               num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
+               num_images_per_prompt=args.num_images, generator=torch.Generator().manual_seed(args.seed))
+    save_images_atomically(out.images, paths)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _pipeline(method: str, preset, model):
+    if method == "dreamidentity":
+        from facegen.pipelines.dreamidentity import DreamIdentityPipeline
+
+        return DreamIdentityPipeline.from_preset(preset, model=model)
+    from facegen.pipelines import faceclip_pipeline_or_none
+
+    cls = faceclip_pipeline_or_none()
+    if cls is None:
+        raise FacegenError("the faceclip method is not available in this build")
+    return cls.from_preset(preset, model=model)
+
+
+def cmd_faces(args) -> int:
+    from facegen.config import load_preset
+    from facegen.face.analyzer import FaceAnalyzer, cosine
+
+    analyzer = FaceAnalyzer(load_preset(args.preset, args.set).face)
+    report, largest = [], []
+    for photo in args.photos:
+        faces = analyzer.detect(photo)
+        report.append({"path": photo, "faces": [f.to_json() for f in faces]})
+        largest.append(faces[0].embedding if faces else None)
+    similarity = [[None if a is None or b is None else round(cosine(a, b), 4) for b in largest] for a in largest]
+    print(json.dumps({"images": report, "similarity": similarity}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.verbose:
+        _quiet()
+    try:
+        return {"generate": cmd_generate, "faces": cmd_faces}[args.command](args)
+    except FacegenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

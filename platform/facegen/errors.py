@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a bad photo, a photo with no face, a prompt without S*, an unknown config key, a
+model that is not there) raises a subclass of `FacegenError`. The CLI prints its message on one line and exits
+non-zero; the HTTP service maps `code` to a 4xx status. Anything else is a bug and keeps its traceback.
+"""
+
+
+class FacegenError(Exception):
+    code = "error"
+
+
+class InvalidImage(FacegenError):
+    code = "invalid_image"
+
+
+class NoFaceFound(FacegenError):
+    code = "no_face"
+
+
+class BadPrompt(FacegenError):
+    code = "bad_prompt"
+
+
+class ConfigError(FacegenError):
+    code = "validation"
+
+
+class ModelNotFound(FacegenError):
+    code = "model_not_found"

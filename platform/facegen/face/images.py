@@ -1,0 +1,68 @@
+"""Reading user images into RGB uint8 arrays, with clear errors for anything that is not a picture."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facegen.errors import InvalidImage
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+# Decoded-pixel cap: a 10 MB PNG can decode to gigabytes (a decompression bomb). 40 MP is larger than any phone photo.
+MAX_PIXELS = 40_000_000
+
+
+def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Return an H×W×3 RGB uint8 array from a path, encoded bytes, a PIL image or an array (RGB, HW, or RGBA)."""
+    if isinstance(src, np.ndarray):
+        return _from_array(src)
+    if isinstance(src, Image.Image):
+        return _from_pil(src, max_pixels)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return _from_pil(_open(io.BytesIO(bytes(src)), "the uploaded bytes"), max_pixels)
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_file():
+            raise InvalidImage(f"{path}: no such file")
+        with open(path, "rb") as f:
+            return _from_pil(_open(io.BytesIO(f.read()), str(path)), max_pixels)
+    raise InvalidImage(f"cannot read an image from a {type(src).__name__}")
+
+
+def _open(fp, name: str) -> Image.Image:
+    try:
+        img = Image.open(fp)
+        if img.width * img.height > MAX_PIXELS:
+            raise InvalidImage(f"{name}: {img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels")
+        img.load()
+        return img
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InvalidImage(f"{name} is not a readable image (PNG, JPEG, WebP, …)") from None
+
+
+def _from_pil(img: Image.Image, max_pixels: int) -> np.ndarray:
+    if img.width * img.height > max_pixels:
+        raise InvalidImage(f"image of {img.width}×{img.height} is larger than {max_pixels:,} pixels")
+    if img.width < 8 or img.height < 8:
+        raise InvalidImage(f"image of {img.width}×{img.height} is too small to hold a face")
+    img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with an EXIF rotation
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _from_array(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InvalidImage(f"expected an H×W×3 RGB array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])

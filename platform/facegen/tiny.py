@@ -1,0 +1,153 @@
+"""The tiny preset's diffusion models: random-initialised, small, saved in the real diffusers layout.
+
+They let everything (pipelines, data build, training, serving) run on a 2-core CPU with no network, through the
+same `from_pretrained` path as the real weights. Each build is seeded, so it is byte-for-byte reproducible, and is
+written under a temporary name and renamed, so concurrent Ray workers never see half a model.
+
+The tokenizer is CLIP's real BPE (vocab.json + merges.txt) rebuilt from the merge list that open_clip ships.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+TINY_VERSION = "v1"  # bump when a config below changes, so caches rebuild
+KINDS = ("sd21", "sdxl")
+
+
+def build_tiny(kind: str) -> Path:
+    if kind not in KINDS:
+        from facegen.errors import ModelNotFound
+
+        raise ModelNotFound(f"unknown tiny model 'tiny:{kind}' (known: {', '.join('tiny:' + k for k in KINDS)})")
+    from facegen.weights import cache_dir
+
+    target = cache_dir() / "tiny" / f"{kind}-{TINY_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    try:
+        (_build_sd21 if kind == "sd21" else _build_sdxl)(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: theirs is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -- tokenizer ----------------------------------------------------------------------------------------------------
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable-character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_clip_tokenizer(directory: Path, pad_token: str) -> None:
+    """CLIP's tokenizer (49408 tokens) as CLIPTokenizer files, from open_clip's bundled BPE merges."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(_bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    work = Path(tempfile.mkdtemp())
+    (work / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (work / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tok = CLIPTokenizer(str(work / "vocab.json"), str(work / "merges.txt"), pad_token=pad_token, model_max_length=77)
+    tok.save_pretrained(str(directory))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# -- models -------------------------------------------------------------------------------------------------------
+def _text_encoder(hidden: int, layers: int, projection: int, with_projection: bool, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=projection, hidden_act="gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+    )
+    torch.manual_seed(seed)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def _vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    # Four blocks, like the real VAE, so latents are 1/8 of the image size and any multiple of 8 works.
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ).eval()
+
+
+def _noise_schedule() -> dict:
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                steps_offset=1, prediction_type="epsilon", timestep_spacing="leading")
+
+
+def _build_sd21(out: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    ).eval()
+    write_clip_tokenizer(out / "_tok", pad_token="!")  # SD2's OpenCLIP tokenizer pads with "!"
+    pipe = StableDiffusionPipeline(
+        vae=_vae(1), text_encoder=_text_encoder(32, 2, 32, False, 2), tokenizer=CLIPTokenizer.from_pretrained(out / "_tok"),
+        unet=unet, scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **_noise_schedule()),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    shutil.rmtree(out / "_tok")
+
+
+def _build_sdxl(out: Path) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    te1 = _text_encoder(32, 2, 32, False, 2)  # stands in for CLIP ViT-L (768)
+    te2 = _text_encoder(64, 2, 32, True, 3)  # stands in for OpenCLIP bigG (1280, projection 1280)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32 + 64, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+        transformer_layers_per_block=(1, 1), addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+    ).eval()
+    write_clip_tokenizer(out / "_tok1", pad_token="<|endoftext|>")
+    write_clip_tokenizer(out / "_tok2", pad_token="!")
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(1), text_encoder=te1, text_encoder_2=te2,
+        tokenizer=CLIPTokenizer.from_pretrained(out / "_tok1"), tokenizer_2=CLIPTokenizer.from_pretrained(out / "_tok2"),
+        unet=unet, scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    shutil.rmtree(out / "_tok1")
+    shutil.rmtree(out / "_tok2")

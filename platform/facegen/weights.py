@@ -1,0 +1,104 @@
+"""Resolving model references: a local diffusers directory, a hub id, or the offline tiny builder.
+
+Every base model goes through one path: `resolve_model(ref)` gives a local directory in the real diffusers layout,
+then the libraries' own `from_pretrained` loads it. "tiny:sd21" and "tiny:sdxl" are built once (see `tiny.py`)
+into the cache and then loaded exactly like downloaded weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from facegen.errors import ModelNotFound
+
+TINY_PREFIX = "tiny:"
+# Only what the pipelines need from a hub repo: no fp16 duplicates, no .bin/.ckpt copies.
+HUB_PATTERNS = ["*.json", "*.txt", "*/*.json", "*/*.txt", "*/*.model", "*/diffusion_pytorch_model.safetensors",
+                "*/model.safetensors", "*/*.safetensors.index.json"]
+
+
+def cache_dir() -> Path:
+    """FACEGEN_CACHE, or ~/.cache/facegen: tiny models and the linked face models live here."""
+    path = Path(os.environ.get("FACEGEN_CACHE", "~/.cache/facegen")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
+    """A model reference → a local directory. Checks optional sha256 pins (relative path → hex digest)."""
+    if ref.startswith(TINY_PREFIX):
+        from facegen.tiny import build_tiny
+
+        path = build_tiny(ref[len(TINY_PREFIX):])
+    elif Path(ref).expanduser().is_dir():
+        path = Path(ref).expanduser()
+    elif ref.startswith(("/", ".", "~")) or ref.count("/") != 1:
+        raise ModelNotFound(f"model directory '{ref}' does not exist (a hub id looks like owner/name)")
+    else:
+        path = _from_hub(ref)
+    if sha256:
+        verify_sha256(path, sha256)
+    return path
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:
+        pass  # not cached yet: try the network below
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))  # real weights
+    except Exception as e:
+        raise ModelNotFound(
+            f"cannot load '{repo_id}' from the Hugging Face hub ({type(e).__name__}). Without network, download it "
+            f"elsewhere (`hf download {repo_id} --local-dir DIR`) and point the preset at the directory, e.g. "
+            f"--set sd21=DIR or --set sdxl=DIR"
+        ) from None
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_sha256(root: Path, pins: dict[str, str]) -> None:
+    for rel, expected in pins.items():
+        f = root / rel
+        if not f.is_file():
+            raise ModelNotFound(f"pinned file {rel} is missing from {root}")
+        actual = sha256_of(f)
+        if actual != expected.lower():
+            raise ModelNotFound(f"{f}: sha256 {actual[:16]}… does not match the preset's pin {expected[:16]}…")
+
+
+def load_sd21_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None) -> dict:
+    """vae, text_encoder, tokenizer, unet, scheduler of an SD2.1-layout model (hub id, local dir, tiny:sd21)."""
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve_model(ref, sha256)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False, torch_dtype=torch_dtype
+        )
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"{ref} is not a Stable Diffusion model directory: {e}") from None
+    return {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+
+
+def load_sdxl_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None) -> dict:
+    """vae, both text encoders and tokenizers, unet, scheduler of an SDXL-layout model."""
+    from diffusers import StableDiffusionXLPipeline
+
+    path = resolve_model(ref, sha256)
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, add_watermarker=False)
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"{ref} is not an SDXL model directory: {e}") from None
+    names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
+    return {k: getattr(pipe, k) for k in names}
