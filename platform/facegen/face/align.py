@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from skimage.transform import SimilarityTransform
 
 # Eye centres, nose tip, mouth corners of a 112×112 ArcFace crop (insightface's `arcface_dst`).
 ARCFACE_TEMPLATE = np.array(
@@ -20,10 +21,11 @@ def alignment_matrix(kps: np.ndarray, size: int = 112, margin: float = 0.0) -> n
     if kps is None or np.asarray(kps).shape != (5, 2):
         raise ValueError("alignment needs 5 landmarks (eyes, nose, mouth corners) as a 5×2 array")
     dst = (ARCFACE_TEMPLATE - 56.0) / (1.0 + 2.0 * margin) * (size / 112.0) + size / 2.0
-    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(kps, np.float32), dst, method=cv2.LMEDS)
-    if matrix is None:
+    # Least-squares similarity (Umeyama), the estimate insightface's own norm_crop uses.
+    tform = SimilarityTransform.from_estimate(np.asarray(kps, np.float64), dst.astype(np.float64))
+    if not tform:
         raise ValueError("degenerate landmarks: cannot estimate an alignment")
-    return matrix
+    return tform.params[:2].astype(np.float32)
 
 
 def align_face(image: np.ndarray, kps: np.ndarray, size: int = 112, margin: float = 0.0) -> np.ndarray:

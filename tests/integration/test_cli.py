@@ -1,0 +1,73 @@
+"""The command line as a user runs it: a subprocess, real photos, real files."""
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+
+def run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "facegen", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_generate_writes_pictures(photos, tmp_path):
+    out = tmp_path / "me.png"
+    r = run("generate", "--preset", "tiny", "--method", "dreamidentity", "--face", photos["astronaut"],
+            "--face", photos["tom_hanks"], "--prompt", "S* as a chef", "--out", out, "--num-images", "2",
+            "--steps", "3", "--width", "64", "--height", "80", "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    for name in ("me-1.png", "me-2.png"):
+        assert Image.open(tmp_path / name).size == (64, 80)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_faces_reports_boxes_and_similarity(photos):
+    r = run("faces", photos["group"], photos["astronaut"], photos["no_face"])
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [len(i["faces"]) for i in report["images"]] == [6, 1, 0]
+    sim = report["similarity"]
+    assert sim[1][1] == pytest.approx(1.0, abs=1e-3) and sim[0][1] < 0.5 and sim[2][0] is None
+    assert {"bbox", "score"} == set(report["images"][1]["faces"][0])
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not_an_image", "no_face", "no_placeholder", "unknown_key", "bad_size", "unknown_preset"],
+)
+def test_bad_input_is_one_line_no_traceback_no_file(case, photos, tmp_path):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"these bytes are not a picture")
+    face, prompt, extra = photos["astronaut"], "S* as a chef", []
+    if case == "not_an_image":
+        face = junk
+    elif case == "no_face":
+        face = photos["no_face"]
+    elif case == "no_placeholder":
+        prompt = "a chef"
+    elif case == "unknown_key":
+        extra = ["--set", "m2.depthh=3"]
+    elif case == "bad_size":
+        extra = ["--width", "100"]
+    elif case == "unknown_preset":
+        extra = ["--preset", "gigantic"]
+    out = tmp_path / "out.png"
+    r = run("generate", "--face", face, "--prompt", prompt, "--out", out, "--steps", "2", *extra)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_platform_module_is_not_shadowed():
+    """Ray puts the working dir first on sys.path; platform/ must stay a plain folder, not a package."""
+    code = "import platform; platform.system(); import ray; import facegen; print(platform.system())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() in ("Linux", "Darwin", "Windows")
+    assert not (REPO / "platform" / "__init__.py").exists()

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from facegen.errors import InvalidImage, NoFaceFound
+from facegen.face import ARCFACE_TEMPLATE, align_face, cosine, load_image
+
+
+def test_group_photo_has_six_faces(analyzer, photos):
+    faces = analyzer.detect(photos["group"])
+    assert len(faces) == 6
+    areas = [f.area for f in faces]
+    assert areas == sorted(areas, reverse=True)  # largest first
+    assert all(f.embedding.shape == (512,) and abs(np.linalg.norm(f.embedding) - 1) < 1e-4 for f in faces)
+
+
+def test_astronaut_has_one_face(analyzer, photos):
+    assert len(analyzer.detect(photos["astronaut"])) == 1
+
+
+def test_pre_aligned_crop_is_found(analyzer, photos):
+    faces = analyzer.detect(photos["tom_hanks"])
+    assert len(faces) == 1
+    assert faces[0].bbox[0] > -20 and faces[0].bbox[2] < 132  # back in the crop's own coordinates
+
+
+def test_same_person_beats_different_people(analyzer, photos):
+    rgb = load_image(photos["astronaut"])
+    flipped = Image.fromarray(rgb[:, ::-1]).resize((rgb.shape[1] * 3 // 4, rgb.shape[0] * 3 // 4))
+    a, b = analyzer.identity(rgb), analyzer.identity(flipped)
+    group = [f.embedding for f in analyzer.detect(photos["group"])]
+    same = cosine(a, b)
+    different = max(cosine(a, g) for g in group)
+    strangers = max(cosine(group[i], group[j]) for i in range(6) for j in range(i + 1, 6))
+    assert same > 0.6 and same > different + 0.3 and same > strangers + 0.3
+
+
+def test_several_photos_give_the_normalised_mean(analyzer, photos):
+    rgb = load_image(photos["astronaut"])
+    a, b = analyzer.identity(rgb), analyzer.identity(rgb[:, ::-1])
+    mean = analyzer.identity([rgb, rgb[:, ::-1]])
+    expected = (a + b) / np.linalg.norm(a + b)
+    assert np.allclose(mean, expected, atol=1e-5) and abs(np.linalg.norm(mean) - 1) < 1e-5
+
+
+def test_alignment_puts_landmarks_on_the_template(analyzer, photos):
+    rgb, face = analyzer.largest(photos["astronaut"])
+    crop = align_face(rgb, face.kps, 112)
+    assert crop.shape == (112, 112, 3)
+    from insightface.utils.face_align import norm_crop
+
+    reference = norm_crop(rgb, face.kps, 112)  # insightface's own ArcFace alignment
+    assert np.abs(crop.astype(int) - reference.astype(int)).mean() < 1.0
+    again = analyzer.detect(crop)[0]
+    assert np.abs(again.kps[:2] - ARCFACE_TEMPLATE[:2]).max() < 4  # the eyes sit on the template
+    big = align_face(rgb, face.kps, 512, margin=0.5)
+    assert big.shape == (512, 512, 3)
+    assert cosine(analyzer.detect(big)[0].embedding, face.embedding) > 0.7
+
+
+def test_no_face_is_a_clear_error(analyzer, photos):
+    with pytest.raises(NoFaceFound, match="no face found"):
+        analyzer.identity(photos["no_face"])
+
+
+def test_bad_images(tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    for bad in (junk, tmp_path / "missing.jpg", b"\x89PNG\r\n\x1a\n broken", np.zeros((4, 4, 7)), 42):
+        with pytest.raises(InvalidImage):
+            load_image(bad)
+    assert load_image(np.zeros((20, 30), np.uint8)).shape == (20, 30, 3)
