@@ -7,6 +7,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DreamIdentityPipeline": "facegen.pipelines.dreamidentity",
+    "FaceCLIPSDXLPipeline": "facegen.pipelines.faceclip_sdxl",
+    "FaceCLIPEncoder": "facegen.models.faceclip",
+    "ClipScorer": "facegen.models.clip_scorer",
     "M2Encoder": "facegen.models.m2",
     "FaceViT": "facegen.models.face_vit",
     "FaceAnalyzer": "facegen.face.analyzer",

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | faceclip-sdxl | a .yaml file")
     g.add_argument("--method", choices=METHODS, default="dreamidentity")
     g.add_argument("--face", action="append", required=True, help="a photo of the person (repeat for several)")
-    g.add_argument("--prompt", required=True, help='e.g. "S* as a chef" (DreamIdentity needs the S* placeholder)')
+    g.add_argument("--prompt", required=True,
+                   help='DreamIdentity: "S* as a chef" (S* marks the person); FaceCLIP: "a chef in a kitchen"')
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--out", required=True, help="output .png (with --num-images N: NAME-1.png … NAME-N.png)")
     g.add_argument("--model", default=None, help="an encoder exported by a training job (replaces the preset's)")
@@ -118,12 +119,9 @@ def _pipeline(method: str, preset, model):
         from facegen.pipelines.dreamidentity import DreamIdentityPipeline
 
         return DreamIdentityPipeline.from_preset(preset, model=model)
-    from facegen.pipelines import faceclip_pipeline_or_none
+    from facegen.pipelines.faceclip_sdxl import FaceCLIPSDXLPipeline
 
-    cls = faceclip_pipeline_or_none()
-    if cls is None:
-        raise FacegenError("the faceclip method is not available in this build")
-    return cls.from_preset(preset, model=model)
+    return FaceCLIPSDXLPipeline.from_preset(preset, model=model)
 
 
 def cmd_faces(args) -> int:

@@ -18,6 +18,8 @@ import yaml
 
 from facegen.errors import ConfigError
 from facegen.face.analyzer import FaceAnalyzer
+from facegen.models.clip_scorer import ClipScorer
+from facegen.models.faceclip import FaceCLIPEncoder
 from facegen.models.m2 import M2Encoder
 
 PRESETS = ("tiny", "dreamidentity-sd21", "faceclip-sdxl")
@@ -45,8 +47,11 @@ class Preset:
     sha256: dict[str, str] = field(default_factory=dict)
     face: FaceAnalyzer.Config = field(default_factory=FaceAnalyzer.Config)
     m2: M2Encoder.Config = field(default_factory=M2Encoder.Config)
+    faceclip_encoder: FaceCLIPEncoder.Config = field(default_factory=FaceCLIPEncoder.Config)
+    clip: ClipScorer.Config = field(default_factory=ClipScorer.Config)
     dreamidentity: GenerationConfig = field(default_factory=GenerationConfig)
-    faceclip: GenerationConfig = field(default_factory=lambda: GenerationConfig(guidance_scale=5.0, scheduler="euler"))
+    faceclip: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,12 @@ def main() -> int:
             if rc != 0:
                 return rc
             written.append(target)
+        target = out / f"faceclip_{name}_chef.png"
+        rc = cli(["generate", "--preset", args.preset, "--method", "faceclip", "--face", str(photo),
+                  "--prompt", "a chef in a kitchen, looking at the camera", "--out", str(target), "--seed", "0"])
+        if rc != 0:
+            return rc
+        written.append(target)
     print(f"\ndemo done in {time.time() - start:.0f}s: {len(written)} pictures in {out}/")
     print("the tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
     print("see README 'Real weights' for the real presets.")

@@ -71,3 +71,31 @@ def test_platform_module_is_not_shadowed():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("Linux", "Darwin", "Windows")
     assert not (REPO / "platform" / "__init__.py").exists()
+
+
+def test_faceclip_generate_any_multiple_of_eight(photos, tmp_path):
+    out = tmp_path / "fc.png"
+    r = run("generate", "--method", "faceclip", "--face", photos["group"], "--prompt", "a chef in a kitchen",
+            "--out", out, "--steps", "2", "--width", "72", "--height", "40")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (72, 40)
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "no_face", "bad_size", "bad_model_dir"])
+def test_faceclip_bad_input(case, photos, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG but not really")
+    face, extra = photos["astronaut"], []
+    if case == "not_an_image":
+        face = junk
+    elif case == "no_face":
+        face = photos["no_face"]
+    elif case == "bad_size":
+        extra = ["--height", "1001"]
+    elif case == "bad_model_dir":
+        extra = ["--model", tmp_path]
+    out = tmp_path / "out.png"
+    r = run("generate", "--method", "faceclip", "--face", face, "--prompt", "a chef", "--out", out, "--steps", "2", *extra)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len([x for x in r.stderr.splitlines() if x.strip()]) == 1 and r.stderr.startswith("error: ")
+    assert not out.exists()

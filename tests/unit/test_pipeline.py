@@ -4,7 +4,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from facegen.errors import BadPrompt
-from facegen.pipelines.dreamidentity import DreamIdentityPipeline, tokenize_with_placeholders
+from facegen.models.tokens import tokenize_with_placeholders
+from facegen.pipelines.dreamidentity import DreamIdentityPipeline
 
 
 def word_embeddings(pipe, words: str) -> torch.Tensor:

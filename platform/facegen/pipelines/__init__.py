@@ -1,13 +1,6 @@
 """Diffusion pipelines conditioned on a face."""
 from facegen.pipelines.dreamidentity import DreamIdentityPipeline, DreamIdentityPipelineOutput
+from facegen.pipelines.faceclip_sdxl import FaceCLIPIdentity, FaceCLIPSDXLPipeline
 
-__all__ = ["DreamIdentityPipeline", "DreamIdentityPipelineOutput"]
+__all__ = ["DreamIdentityPipeline", "DreamIdentityPipelineOutput", "FaceCLIPIdentity", "FaceCLIPSDXLPipeline"]
 
-
-def faceclip_pipeline_or_none():
-    """The FaceCLIP-SDXL pipeline class, once it is part of the build."""
-    try:
-        from facegen.pipelines.faceclip_sdxl import FaceCLIPSDXLPipeline
-    except ModuleNotFoundError:
-        return None
-    return FaceCLIPSDXLPipeline

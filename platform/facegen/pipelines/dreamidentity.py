@@ -7,7 +7,6 @@ exactly as for real words. Denoising is diffusers' own `StableDiffusionPipeline`
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from facegen.errors import BadPrompt, ConfigError
 from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
 from facegen.models.m2 import M2Encoder
+from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
 
-PLACEHOLDER = "S*"
 
 
 @dataclass
@@ -43,44 +42,39 @@ def make_scheduler(name: str, current):
     return table[name].from_config(current.config)
 
 
-@contextlib.contextmanager
-def token_embedding_override(text_encoder, mask: torch.Tensor, values: torch.Tensor):
-    """While active, the text encoder's token embeddings at `mask` (B×L bool) are replaced by `values` (n×D)."""
+class FaceAnalyzerComponent:
+    """Pipeline mixin: the face stack is ONNX files referenced by a config, which diffusers cannot save itself;
+    save_pretrained writes that config to face_analyzer/, from_pretrained reads it back."""
 
-    def hook(_module, _inputs, output):
-        output = output.clone()
-        output[mask.to(output.device)] = values.to(device=output.device, dtype=output.dtype)
-        return output
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, face_analyzer: FaceAnalyzer | None = None, **kwargs):
+        if face_analyzer is None:
+            saved = Path(pretrained_model_name_or_path) / "face_analyzer"
+            face_analyzer = FaceAnalyzer.from_pretrained(saved) if saved.is_dir() else FaceAnalyzer()
+        return super().from_pretrained(pretrained_model_name_or_path, face_analyzer=face_analyzer, **kwargs)
 
-    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    def save_pretrained(self, save_directory, **kwargs):
+        # diffusers saves torch/transformers components; the face stack is ONNX files referenced by its config.
+        pipeline_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+        level = pipeline_logger.level
+        pipeline_logger.setLevel(logging.ERROR)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            pipeline_logger.setLevel(level)
+        if self.face_analyzer is not None:
+            self.face_analyzer.save_pretrained(Path(save_directory) / "face_analyzer")
 
-
-def tokenize_with_placeholders(tokenizer, prompt: str, num_tokens: int) -> tuple[list[int], list[int]]:
-    """Token ids of `prompt` padded to the tokenizer's length, with `num_tokens` slots per "S*";
-    returns (ids, slot positions). Word-level BPE makes this identical to tokenising the words that would stand there."""
-    max_len = tokenizer.model_max_length
-    segments = prompt.split(PLACEHOLDER)
-    ids, slots = [tokenizer.bos_token_id], []
-    for i, segment in enumerate(segments):
-        ids += tokenizer(segment, add_special_tokens=False).input_ids
-        if i < len(segments) - 1:
-            slots += range(len(ids), len(ids) + num_tokens)
-            ids += [tokenizer.unk_token_id] * num_tokens  # any id: the hook overwrites its embedding
-    if len(ids) + 1 > max_len:
-        logging.getLogger(__name__).warning("prompt longer than %d tokens was truncated: %r", max_len, prompt)
-        ids = ids[: max_len - 1]
-        if any(s >= max_len - 1 for s in slots):
-            raise BadPrompt(f"prompt is too long: '{PLACEHOLDER}' falls beyond the {max_len}-token limit")
-    ids.append(tokenizer.eos_token_id)
-    ids += [tokenizer.pad_token_id] * (max_len - len(ids))
-    return ids, slots
+    def _photos(self, image) -> list:
+        if self.face_analyzer is None:
+            raise ConfigError("this pipeline has no face_analyzer: pass identity= or build it with from_preset")
+        photos = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not photos:
+            raise BadPrompt("face_image is an empty list")
+        return photos
 
 
-class DreamIdentityPipeline(DiffusionPipeline):
+class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["face_analyzer"]
 
@@ -116,34 +110,11 @@ class DreamIdentityPipeline(DiffusionPipeline):
                    face_analyzer=FaceAnalyzer(p.face), num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
                    height=g.height, width=g.width, negative_prompt=g.negative_prompt)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, face_analyzer: FaceAnalyzer | None = None, **kwargs):
-        if face_analyzer is None:
-            saved = Path(pretrained_model_name_or_path) / "face_analyzer"
-            face_analyzer = FaceAnalyzer.from_pretrained(saved) if saved.is_dir() else FaceAnalyzer()
-        return super().from_pretrained(pretrained_model_name_or_path, face_analyzer=face_analyzer, **kwargs)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        # diffusers saves torch/transformers components; the face stack is ONNX files referenced by its config.
-        pipeline_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
-        level = pipeline_logger.level
-        pipeline_logger.setLevel(logging.ERROR)
-        try:
-            super().save_pretrained(save_directory, **kwargs)
-        finally:
-            pipeline_logger.setLevel(level)
-        if self.face_analyzer is not None:
-            self.face_analyzer.save_pretrained(Path(save_directory) / "face_analyzer")
-
     # -- identity ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_identity(self, image: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
         """One photo, or several of one person (their embeddings are averaged) → k×token_dim."""
-        if self.face_analyzer is None:
-            raise ConfigError("this pipeline has no face_analyzer: pass identity= or build it with from_preset")
-        photos = list(image) if isinstance(image, (list, tuple)) else [image]
-        if not photos:
-            raise BadPrompt("face_image is an empty list")
+        photos = self._photos(image)
         names = [str(p) if isinstance(p, (str, os.PathLike)) else f"photo {i + 1}" for i, p in enumerate(photos)]
         faces = np.stack([self.face_analyzer.aligned(p, 112, name=n) for p, n in zip(photos, names)])
         return self.m2_encoder.encode_aligned(faces).mean(dim=0)

@@ -1,0 +1,232 @@
+"""FaceCLIP: one encoder that turns (face, prompt) into SDXL's conditioning, replacing its two text encoders.
+
+Per branch (CLIP-L 768 and bigG 1280, initialised from SDXL's own `text_encoder` / `text_encoder_2`):
+  1. the prompt is prefixed "photo of a id person." and the token embedding of "id" is replaced by a learned
+     projection of the 512-d identity vector (ArcFace-style, from the face analyzer);
+  2. the text tower runs; SDXL reads its penultimate hidden states;
+  3. N fusion layers: text←face cross-attention (face = the face ViT's patch tokens), face←text cross-attention and
+     text self-attention, each update scaled by tanh(gate) with the gate starting at zero.
+prompt_embeds = concat(branch states) → B×77×(768+1280); pooled = bigG's pooled output plus a gated projection of
+its fused end-of-text state → B×1280. At initialisation (gates zero) this is exactly SDXL's conditioning for the
+prefixed prompt with "id" replaced, so training starts from SDXL and learns to add the face.
+
+`alignment_loss` pulls the joint pooled feature towards the face identity, the plain prompt's text embedding and the
+CLIP image embedding of the target with sigmoid-contrastive terms (learnable temperature and bias, as SigLIP).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from facegen.errors import ModelNotFound
+from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
+from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+
+class FusionLayer(nn.Module):
+    """Bidirectional text↔face cross-attention + text self-attention, each gated (tanh, zero at start)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        heads = max(1, dim // 64)
+        self.norm_t1, self.norm_f1 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.text_from_face = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_t2, self.norm_f2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.face_from_text = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_t3 = nn.LayerNorm(dim)
+        self.text_self = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.gates = nn.Parameter(torch.zeros(3))
+
+    def forward(self, text: torch.Tensor, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.tanh(self.gates)
+        f = self.norm_f1(face)
+        text = text + g[0] * self.text_from_face(self.norm_t1(text), f, f, need_weights=False)[0]
+        t = self.norm_t2(text)
+        face = face + g[1] * self.face_from_text(self.norm_f2(face), t, t, need_weights=False)[0]
+        t = self.norm_t3(text)
+        text = text + g[2] * self.text_self(t, t, t, need_weights=False)[0]
+        return text, face
+
+
+class Branch(nn.Module):
+    """One text tower with identity injection and fusion."""
+
+    def __init__(self, text_encoder, identity_dim: int, face_dim: int, layers: int):
+        super().__init__()
+        self.text_encoder = text_encoder
+        width = text_encoder.config.hidden_size
+        self.id_proj = nn.Linear(identity_dim, width)
+        self.face_proj = nn.Linear(face_dim, width)
+        self.fusion = nn.ModuleList(FusionLayer(width) for _ in range(layers))
+
+    def forward(self, ids, id_mask, identity, face_tokens):
+        with token_embedding_override(self.text_encoder, id_mask, self.id_proj(identity).repeat_interleave(id_mask.sum(1), 0)):
+            out = self.text_encoder(ids, output_hidden_states=True)
+        text, face = out.hidden_states[-2], self.face_proj(face_tokens)  # SDXL reads the penultimate layer
+        for layer in self.fusion:
+            text, face = layer(text, face)
+        return text, out
+
+
+def sigmoid_contrastive(a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP loss: every (i, j) pair is a binary match/no-match decision; pairs i == j match."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T * log_scale.exp() + bias
+    labels = 2 * torch.eye(len(a), device=a.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / len(a)
+
+
+class FaceCLIPEncoder(ModelMixin):
+    @dataclass
+    class Config:
+        vit: FaceViT.Config = field(default_factory=FaceViT.Config)
+        identity_dim: int = 512
+        fusion_layers: int = 4
+        prefix: str = "photo of a id person."
+        id_word: str = "id"
+        clip_embed_dim: int = 768  # the CLIP image embedding the alignment loss aims at (ViT-L-14: 768)
+        face_weight: float = 1.0  # alignment-loss weights per term
+        text_weight: float = 1.0
+        image_weight: float = 1.0
+        train_text: bool = False  # fine-tune the text towers too (otherwise frozen)
+        train_vit: bool = False
+        weights: str | None = None  # an exported encoder directory
+        seed: int = 0
+
+    def __init__(self, config: "FaceCLIPEncoder.Config", text_encoder, text_encoder_2, tokenizer, tokenizer_2):
+        super().__init__()
+        c = self.fc_config = config
+        if c.id_word not in c.prefix.split():
+            raise ValueError(f"faceclip.prefix '{c.prefix}' must contain the word '{c.id_word}'")
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.vit = FaceViT(c.vit)
+        self.branch_1 = Branch(text_encoder, c.identity_dim, c.vit.embed_dim, c.fusion_layers)
+        self.branch_2 = Branch(text_encoder_2, c.identity_dim, c.vit.embed_dim, c.fusion_layers)
+        pooled = text_encoder_2.config.projection_dim
+        self.pool_proj = nn.Linear(text_encoder_2.config.hidden_size, pooled)
+        self.pool_gate = nn.Parameter(torch.zeros(()))
+        self.face_head = nn.Linear(pooled, c.identity_dim)
+        self.text_head = nn.Linear(pooled, pooled)
+        self.image_head = nn.Linear(pooled, c.clip_embed_dim)
+        self.log_scales = nn.Parameter(torch.full((3,), float(torch.log(torch.tensor(10.0)))))
+        self.biases = nn.Parameter(torch.full((3,), -10.0))
+        self.set_trainable()
+
+    def set_trainable(self):
+        self.requires_grad_(True)
+        for branch in (self.branch_1, self.branch_2):
+            branch.text_encoder.requires_grad_(self.fc_config.train_text)
+        self.vit.requires_grad_(self.fc_config.train_vit)
+        return self
+
+    @classmethod
+    def from_sdxl(cls, config: "FaceCLIPEncoder.Config", text_encoder, text_encoder_2, tokenizer, tokenizer_2):
+        """A fresh encoder whose text towers are SDXL's own (seeded new layers; face ViT from its checkpoint)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = cls(config, text_encoder, text_encoder_2, tokenizer, tokenizer_2)
+        if config.vit.weights:
+            load_arcface_checkpoint(model.vit, config.vit.weights)
+        return model.eval()
+
+    # -- encoding ----------------------------------------------------------------------------------------------
+    @property
+    def _device(self):
+        return self.pool_gate.device
+
+    def encode_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        """B×3×112×112 aligned faces in [-1, 1] → B×N×D patch tokens."""
+        return self.vit(faces.to(self._device, self.pool_gate.dtype)).patch_tokens
+
+    def prefixed(self, prompt: str) -> str:
+        """The prompt as the text towers read it, with the identity slot marked."""
+        c = self.fc_config
+        words = [PLACEHOLDER if w == c.id_word else w for w in c.prefix.split()]
+        return " ".join(words) + " " + prompt.replace(PLACEHOLDER, "the person")
+
+    def _tokenize(self, tokenizer, prompts):
+        rows, mask_rows = [], []
+        for p in prompts:
+            ids, slots = tokenize_with_placeholders(tokenizer, self.prefixed(p), 1)
+            rows.append(ids)
+            mask_rows.append([i in slots for i in range(len(ids))])
+        return torch.tensor(rows, device=self._device), torch.tensor(mask_rows, device=self._device)
+
+    def forward(self, prompts: list[str], identity: torch.Tensor, face_tokens: torch.Tensor):
+        """prompts (B), identity B×512, face_tokens B×N×D → (prompt_embeds B×77×(D1+D2), pooled B×P)."""
+        identity = identity.to(self._device, self.pool_gate.dtype)
+        ids_1, mask_1 = self._tokenize(self.tokenizer, prompts)
+        ids_2, mask_2 = self._tokenize(self.tokenizer_2, prompts)
+        text_1, _ = self.branch_1(ids_1, mask_1, identity, face_tokens)
+        text_2, out_2 = self.branch_2(ids_2, mask_2, identity, face_tokens)
+        eos = (ids_2 == self.tokenizer_2.eos_token_id).int().argmax(-1)
+        fused_eos = text_2[torch.arange(len(prompts), device=text_2.device), eos]
+        pooled = out_2.text_embeds + torch.tanh(self.pool_gate) * self.pool_proj(fused_eos)
+        return torch.cat([text_1, text_2], dim=-1), pooled
+
+    @torch.no_grad()
+    def plain_text_embeds(self, prompts: list[str]) -> torch.Tensor:
+        """bigG's pooled embedding of the prompt alone (no prefix, no face): the text alignment target."""
+        te, tok = self.branch_2.text_encoder, self.tokenizer_2
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return te(ids.input_ids.to(self._device)).text_embeds
+
+    def alignment_loss(self, pooled, identity, text_embeds, image_embeds) -> tuple[torch.Tensor, dict]:
+        """Weighted sigmoid-contrastive terms between the joint pooled feature and face / text / image targets."""
+        c = self.fc_config
+        terms = {
+            "face": (c.face_weight, self.face_head(pooled), identity),
+            "text": (c.text_weight, self.text_head(pooled), text_embeds),
+            "image": (c.image_weight, self.image_head(pooled), image_embeds),
+        }
+        losses = {name: sigmoid_contrastive(pred, target.to(pred), self.log_scales[i], self.biases[i])
+                  for i, (name, (w, pred, target)) in enumerate(terms.items()) if w > 0}
+        total = sum(terms[name][0] * value for name, value in losses.items())
+        return total, {name: float(v) for name, v in losses.items()}
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **_ignored) -> None:
+        """config.json + model.safetensors (every weight, text towers included) + the towers' configs/tokenizers."""
+        d = Path(save_directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for (te_name, tok_name), branch in zip(TOWERS, (self.branch_1, self.branch_2)):
+            branch.text_encoder.config.save_pretrained(d / te_name)
+            getattr(self, tok_name).save_pretrained(d / tok_name)
+        config = dataclasses.asdict(self.fc_config)
+        config["weights"], config["vit"]["weights"] = None, None
+        tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp_w),
+                  metadata={"format": "pt", "facegen": "FaceCLIPEncoder"})
+        tmp_c.write_text(json.dumps({"_class_name": "FaceCLIPEncoder", **config}, indent=2))
+        os.replace(tmp_w, d / WEIGHTS_NAME)
+        os.replace(tmp_c, d / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        from facegen.config import from_dict
+
+        d = Path(directory).expanduser()
+        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+            raise ModelNotFound(f"{d} is not an exported FaceCLIP encoder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+        data = json.loads((d / CONFIG_NAME).read_text())
+        data.pop("_class_name", None)
+        config = from_dict(FaceCLIPEncoder.Config, data, "faceclip")
+        towers = [CLIPTextModel(CLIPTextConfig.from_pretrained(d / "text_encoder")),
+                  CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d / "text_encoder_2"))]
+        tokenizers = [CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2")]
+        model = cls(config, towers[0], towers[1], tokenizers[0], tokenizers[1])
+        model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+        return (model.to(torch_dtype) if torch_dtype else model).eval()

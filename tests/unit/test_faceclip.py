@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from facegen.config import load_preset
+from facegen.models.faceclip import FaceCLIPEncoder
+from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders
+from facegen.pipelines.faceclip_sdxl import FaceCLIPSDXLPipeline
+from facegen.weights import load_sdxl_components
+
+
+@pytest.fixture(scope="module")
+def fc_pipe():
+    pipe = FaceCLIPSDXLPipeline.from_preset("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_reference(fc_pipe, prompt: str, identity):
+    """diffusers' own SDXL encode_prompt on the prefixed prompt, with the "id" token embedding replaced."""
+    comps = load_sdxl_components("tiny:sdxl")
+    sdxl = StableDiffusionXLPipeline(**comps, add_watermarker=False)
+    sdxl.set_progress_bar_config(disable=True)
+    enc = fc_pipe.faceclip_encoder
+    prefixed = enc.prefixed(prompt)
+    assert prefixed.startswith("photo of a S* person.")
+    hooks = []
+    for te, tok, branch in ((comps["text_encoder"], comps["tokenizer"], enc.branch_1),
+                            (comps["text_encoder_2"], comps["tokenizer_2"], enc.branch_2)):
+        ids, slots = tokenize_with_placeholders(tok, prefixed, 1)
+        mask = torch.zeros(1, len(ids), dtype=torch.bool)
+        mask[0, slots] = True
+        hooks.append(token_embedding_override(te, mask, branch.id_proj(identity.embedding[None]).detach()))
+    text = prefixed.replace("S*", "id")
+    with hooks[0], hooks[1]:
+        embeds, _, pooled, _ = sdxl.encode_prompt(text, do_classifier_free_guidance=False)
+    return sdxl, embeds, pooled
+
+
+def test_at_init_the_conditioning_is_sdxls_own(fc_pipe, photos):
+    identity = fc_pipe.encode_identity(photos["astronaut"])
+    ours, ours_pooled = fc_pipe.encode_prompt_with_identity("a chef in a kitchen", identity)
+    sdxl, embeds, pooled = sdxl_reference(fc_pipe, "a chef in a kitchen", identity)
+    assert ours.shape == (1, 77, 32 + 64) and ours_pooled.shape == (1, 32)
+    torch.testing.assert_close(ours, embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours_pooled, pooled, rtol=0, atol=1e-5)
+    # and the image equals SDXL's own pipeline given those embeddings
+    neg, neg_pooled = fc_pipe.encode_prompt_with_identity("", fc_pipe.zero_identity())
+    kw = dict(num_inference_steps=4, guidance_scale=5.0, width=64, height=48, output_type="np")
+    theirs = sdxl(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=neg,
+                  negative_pooled_prompt_embeds=neg_pooled, generator=torch.Generator().manual_seed(2), **kw).images
+    mine = fc_pipe(prompt="a chef in a kitchen", identity=identity, generator=torch.Generator().manual_seed(2), **kw).images
+    np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_conditioning_depends_on_the_face(fc_pipe, photos):
+    a = fc_pipe.encode_identity(photos["astronaut"])
+    b = fc_pipe.encode_identity(photos["tom_hanks"])
+    ea, pa = fc_pipe.encode_prompt_with_identity("a chef", a)
+    eb, pb = fc_pipe.encode_prompt_with_identity("a chef", b)
+    assert (ea - eb).abs().max() > 1e-3 and (pa - pb).abs().max() > 1e-3
+    both = fc_pipe.encode_identity([photos["astronaut"], photos["tom_hanks"]])
+    assert abs(float(both.embedding.norm()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("size", [(64, 64), (72, 40), (40, 112)])
+def test_any_multiple_of_eight(fc_pipe, photos, size):
+    out = fc_pipe(prompt="a chef", face_image=photos["astronaut"], width=size[0], height=size[1],
+                  num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == size
+
+
+def _batch(fc_pipe, photos):
+    ids = [fc_pipe.encode_identity(photos[k]) for k in ("astronaut", "tom_hanks", "group")]
+    prompts = ["a chef", "an astronaut on the moon", "a painting of a king"]
+    identity = torch.stack([i.embedding for i in ids])
+    tokens = torch.stack([i.face_tokens for i in ids])
+    return prompts, identity, tokens
+
+
+def test_alignment_loss_goes_down_and_gradients_reach_the_trainable_parts(photos):
+    p = load_preset("tiny")
+    c = load_sdxl_components(p.sdxl)
+    torch.manual_seed(0)
+    enc = FaceCLIPEncoder.from_sdxl(p.faceclip_encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
+                                    c["tokenizer_2"]).train()
+    pipe = FaceCLIPSDXLPipeline(unet=c["unet"], vae=c["vae"], scheduler=c["scheduler"], faceclip_encoder=enc,
+                                face_analyzer=FaceCLIPSDXLPipeline.from_preset("tiny").face_analyzer)
+    prompts, identity, tokens = _batch(pipe, photos)
+    text_targets = enc.plain_text_embeds(prompts)
+    image_targets = torch.nn.functional.normalize(torch.randn(3, p.faceclip_encoder.clip_embed_dim), dim=-1)
+    opt = torch.optim.Adam([q for q in enc.parameters() if q.requires_grad], lr=1e-2)
+    losses = []
+    for step in range(12):
+        _, pooled = enc(prompts, identity, tokens)
+        loss, parts = enc.alignment_loss(pooled, identity, text_targets, image_targets)
+        opt.zero_grad()
+        loss.backward()
+        if step == 3:  # gates start at zero and open one link per update; by now every trainable part sees a gradient
+            for name in ("branch_2.id_proj.weight", "branch_2.fusion.0.gates", "branch_2.face_proj.weight",
+                         "branch_2.fusion.0.text_from_face.in_proj_weight", "pool_gate", "face_head.weight",
+                         "log_scales", "biases"):
+                grad = dict(enc.named_parameters())[name].grad
+                assert grad is not None and grad.abs().sum() > 0, name
+            assert all(q.grad is None for q in enc.branch_1.text_encoder.parameters())  # frozen tower
+            assert all(q.grad is None for q in enc.vit.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert set(parts) == {"face", "text", "image"}
+    assert losses[-1] < 0.5 * losses[0]
+    # The CLIP-L branch feeds only prompt_embeds (the diffusion loss): its projection and fusion learn from that.
+    enc.zero_grad()
+    embeds, _ = enc(prompts, identity, tokens)
+    embeds.pow(2).mean().backward()
+    for name in ("branch_1.id_proj.weight", "branch_1.fusion.0.gates", "branch_1.fusion.1.gates"):  # gates open first
+        grad = dict(enc.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_text_towers_train_when_configured():
+    p = load_preset("tiny", ["faceclip_encoder.train_text=true"])
+    c = load_sdxl_components(p.sdxl)
+    enc = FaceCLIPEncoder.from_sdxl(p.faceclip_encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
+                                    c["tokenizer_2"]).train()
+    tokens = enc.encode_faces(torch.zeros(1, 3, 112, 112))
+    _, pooled = enc(["a chef"], torch.randn(1, 512), tokens)
+    pooled.sum().backward()
+    assert enc.branch_2.text_encoder.text_model.final_layer_norm.weight.grad is not None
+
+
+def test_round_trip(fc_pipe, photos, tmp_path):
+    identity = fc_pipe.encode_identity(photos["astronaut"])
+    with torch.no_grad():
+        for q in fc_pipe.faceclip_encoder.parameters():  # make the new layers matter before saving
+            q.add_(0.01 * torch.randn_like(q)) if q.dim() == 0 or q.shape[0] == 3 else None
+    before = fc_pipe.encode_prompt_with_identity("a chef", identity)
+    fc_pipe.faceclip_encoder.save_pretrained(tmp_path / "enc")
+    loaded = FaceCLIPEncoder.from_pretrained(tmp_path / "enc")
+    after = loaded(["a chef"], identity.embedding[None], identity.face_tokens[None])
+    for x, y in zip(before, after):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
