@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,11 +19,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-bench: install
-	$(PY) bench/run_all.py
-
 lint: install
-	$(PY) -m ruff check platform tests bench jobs serve
+	$(PY) -m ruff check platform tests
 
 clean:
 	rm -rf out .pytest_cache

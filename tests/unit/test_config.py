@@ -1,5 +1,4 @@
 import pytest
-
 from facegen.config import PRESETS, load_preset
 from facegen.errors import ConfigError
 

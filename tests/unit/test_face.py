@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-from PIL import Image
-
 from facegen.errors import InvalidImage, NoFaceFound
 from facegen.face import ARCFACE_TEMPLATE, align_face, cosine, load_image
+from PIL import Image
 
 
 def test_group_photo_has_six_faces(analyzer, photos):

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
-
 from facegen.config import load_preset
 from facegen.models.faceclip import FaceCLIPEncoder
 from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders

@@ -1,5 +1,4 @@
 import torch
-
 from facegen.models.face_vit import ARCHS, FaceViT, load_arcface_checkpoint
 from facegen.models.m2 import M2Encoder
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-
 from facegen.errors import BadPrompt
 from facegen.models.tokens import tokenize_with_placeholders
 from facegen.pipelines.dreamidentity import DreamIdentityPipeline

@@ -1,5 +1,4 @@
 import pytest
-
 from facegen.errors import ModelNotFound
 from facegen.weights import resolve_model, sha256_of
 

@@ -10,9 +10,9 @@ import json
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class FaceAnalyzer:
         det_thresh: float = 0.5
         providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
 
-    def __init__(self, config: "FaceAnalyzer.Config | None" = None):
+    def __init__(self, config: FaceAnalyzer.Config | None = None):
         self.config = config or FaceAnalyzer.Config()
         self._app = None
         self._lock = threading.Lock()
@@ -172,7 +172,7 @@ class FaceAnalyzer:
         (Path(directory) / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "FaceAnalyzer":
+    def from_pretrained(cls, directory: str | os.PathLike) -> FaceAnalyzer:
         from facegen.config import from_dict
 
         data = json.loads((Path(directory) / "config.json").read_text())

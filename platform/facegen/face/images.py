@@ -43,7 +43,7 @@ def _open(fp, name: str) -> Image.Image:
         return img
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise InvalidImage(f"{name} is not a readable image (PNG, JPEG, WebP, …)") from None
 
 

@@ -31,7 +31,7 @@ class ClipScorer(nn.Module):
         pretrained: str | None = None  # an open_clip pretrained tag or a checkpoint file; None = random (tiny only)
         seed: int = 0
 
-    def __init__(self, config: "ClipScorer.Config | None" = None):
+    def __init__(self, config: ClipScorer.Config | None = None):
         super().__init__()
         import open_clip
 

@@ -93,11 +93,11 @@ class FaceViT(nn.Module):
         weights: str | None = None  # an arcface_torch checkpoint (.pt/.pth/.safetensors) to start from
 
         @classmethod
-        def named(cls, arch: str, **kw) -> "FaceViT.Config":
+        def named(cls, arch: str, **kw) -> FaceViT.Config:
             dim, depth, heads = ARCHS[arch]
             return cls(embed_dim=dim, depth=depth, num_heads=heads, **kw)
 
-    def __init__(self, config: "FaceViT.Config"):
+    def __init__(self, config: FaceViT.Config):
         super().__init__()
         c = self.config = config
         self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.embed_dim)

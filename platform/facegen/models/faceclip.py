@@ -104,7 +104,7 @@ class FaceCLIPEncoder(ModelMixin):
         weights: str | None = None  # an exported encoder directory
         seed: int = 0
 
-    def __init__(self, config: "FaceCLIPEncoder.Config", text_encoder, text_encoder_2, tokenizer, tokenizer_2):
+    def __init__(self, config: FaceCLIPEncoder.Config, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
         super().__init__()
         c = self.fc_config = config
         if c.id_word not in c.prefix.split():
@@ -131,7 +131,7 @@ class FaceCLIPEncoder(ModelMixin):
         return self
 
     @classmethod
-    def from_sdxl(cls, config: "FaceCLIPEncoder.Config", text_encoder, text_encoder_2, tokenizer, tokenizer_2):
+    def from_sdxl(cls, config: FaceCLIPEncoder.Config, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
         """A fresh encoder whose text towers are SDXL's own (seeded new layers; face ViT from its checkpoint)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)

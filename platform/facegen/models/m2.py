@@ -41,7 +41,7 @@ class M2Encoder(ModelMixin):
         weights: str | None = None  # a directory exported by save_pretrained (e.g. by jobs/train_m2.py)
         seed: int = 0  # random initialisation of untrained projectors, so the tiny preset is reproducible
 
-    def __init__(self, config: "M2Encoder.Config"):
+    def __init__(self, config: M2Encoder.Config):
         super().__init__()
         self.m2_config = config
         self.vit = FaceViT(config.vit)
@@ -58,7 +58,7 @@ class M2Encoder(ModelMixin):
         self.vit.requires_grad_(config.train_vit)
 
     @classmethod
-    def from_config_random(cls, config: "M2Encoder.Config") -> "M2Encoder":
+    def from_config_random(cls, config: M2Encoder.Config) -> M2Encoder:
         """Fresh encoder: seeded projectors, and the face ViT from its arcface_torch checkpoint when one is named."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)

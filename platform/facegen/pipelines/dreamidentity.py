@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import PIL.Image
@@ -24,7 +24,6 @@ from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
 from facegen.models.m2 import M2Encoder
 from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
-
 
 
 @dataclass
@@ -95,7 +94,7 @@ class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None) -> "DreamIdentityPipeline":
+                    torch_dtype: torch.dtype | None = None) -> DreamIdentityPipeline:
         """Base model, face stack and M² encoder as a preset names them; `model` = an exported M² directory."""
         from facegen.config import Preset, load_preset
         from facegen.weights import load_sd21_components

@@ -6,8 +6,8 @@ encoder on an all-zero face with the negative prompt. Denoising is diffusers' ow
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import PIL.Image
@@ -15,7 +15,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
-from facegen.errors import BadPrompt, ConfigError
+from facegen.errors import BadPrompt
 from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
 from facegen.models.face_vit import faces_to_tensor
@@ -49,7 +49,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
 
     @classmethod
     def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None) -> "FaceCLIPSDXLPipeline":
+                    torch_dtype: torch.dtype | None = None) -> FaceCLIPSDXLPipeline:
         """SDXL UNet/VAE/scheduler from the preset; the encoder from `model` (an exported one) or fresh from SDXL's
         own text encoders."""
         from facegen.config import Preset, load_preset
