@@ -15,8 +15,6 @@ CLIP image embedding of the target with sigmoid-contrastive terms (learnable tem
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from facegen.errors import ModelNotFound
+from facegen.models.export import read_export, save_export
 from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
 from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 
 
@@ -203,30 +199,16 @@ class FaceCLIPEncoder(ModelMixin):
         for (te_name, tok_name), branch in zip(TOWERS, (self.branch_1, self.branch_2)):
             branch.text_encoder.config.save_pretrained(d / te_name)
             getattr(self, tok_name).save_pretrained(d / tok_name)
-        config = dataclasses.asdict(self.fc_config)
-        config["weights"], config["vit"]["weights"] = None, None
-        tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp_w),
-                  metadata={"format": "pt", "facegen": "FaceCLIPEncoder"})
-        tmp_c.write_text(json.dumps({"_class_name": "FaceCLIPEncoder", **config}, indent=2))
-        os.replace(tmp_w, d / WEIGHTS_NAME)
-        os.replace(tmp_c, d / CONFIG_NAME)
+        save_export(d, self, self.fc_config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        from facegen.config import from_dict
-
-        d = Path(directory).expanduser()
-        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-            raise ModelNotFound(f"{d} is not an exported FaceCLIP encoder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        data = json.loads((d / CONFIG_NAME).read_text())
-        data.pop("_class_name", None)
-        config = from_dict(FaceCLIPEncoder.Config, data, "faceclip")
+        d, config, state = read_export(directory, FaceCLIPEncoder.Config, "FaceCLIP encoder", "faceclip")
         towers = [CLIPTextModel(CLIPTextConfig.from_pretrained(d / "text_encoder")),
                   CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d / "text_encoder_2"))]
         tokenizers = [CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2")]
         model = cls(config, towers[0], towers[1], tokenizers[0], tokenizers[1])
-        model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+        model.load_state_dict(state)
         return (model.to(torch_dtype) if torch_dtype else model).eval()

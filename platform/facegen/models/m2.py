@@ -7,22 +7,15 @@ near the scale of real words so the prompt's other words still steer the image (
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from diffusers import ModelMixin
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from facegen.errors import ModelNotFound
+from facegen.models.export import read_export, save_export
 from facegen.models.face_vit import FaceViT, faces_to_tensor, load_arcface_checkpoint
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class M2Encoder(ModelMixin):
@@ -92,30 +85,13 @@ class M2Encoder(ModelMixin):
     # -- persistence ---------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **_ignored) -> None:
         """config.json + model.safetensors, written under temporary names and renamed (never half-written)."""
-        d = Path(save_directory)
-        d.mkdir(parents=True, exist_ok=True)
-        config = dataclasses.asdict(self.m2_config)
-        config["weights"] = None
-        config["vit"]["weights"] = None  # the weights are in model.safetensors now
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
-        save_file(state, str(tmp_w), metadata={"format": "pt", "facegen": "M2Encoder"})
-        tmp_c.write_text(json.dumps({"_class_name": "M2Encoder", **config}, indent=2))
-        os.replace(tmp_w, d / WEIGHTS_NAME)
-        os.replace(tmp_c, d / CONFIG_NAME)
+        save_export(save_directory, self, self.m2_config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
-        from facegen.config import from_dict
-
-        d = Path(directory).expanduser()
-        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-            raise ModelNotFound(f"{d} is not an exported M² encoder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        data = json.loads((d / CONFIG_NAME).read_text())
-        data.pop("_class_name", None)
-        config = from_dict(M2Encoder.Config, data, "m2")
+        _, config, state = read_export(directory, M2Encoder.Config, "M² encoder", "m2")
         model = cls(config)
-        model.load_state_dict(load_file(str(d / WEIGHTS_NAME)))
+        model.load_state_dict(state)
         if torch_dtype is not None:
             model = model.to(torch_dtype)
         return model.eval()

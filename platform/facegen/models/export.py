@@ -1,0 +1,45 @@
+"""facegen's export format for trained encoders: config.json (the dataclass config) + model.safetensors.
+
+Both files are written under temporary names and renamed, so a reader never sees half an export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from facegen.errors import ModelNotFound
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
+    """Write `config` (a dataclass with `weights` and `vit.weights`) and every weight of `model`."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.asdict(config)
+    data["weights"], data["vit"]["weights"] = None, None  # the weights are in model.safetensors now
+    name = type(model).__name__
+    tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp_w),
+              metadata={"format": "pt", "facegen": name})
+    tmp_c.write_text(json.dumps({"_class_name": name, **data}, indent=2))
+    os.replace(tmp_w, d / WEIGHTS_NAME)
+    os.replace(tmp_c, d / CONFIG_NAME)
+    return d
+
+
+def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: str):
+    """(directory, typed config, state dict) of an export; ModelNotFound if it is not one."""
+    from facegen.config import from_dict
+
+    d = Path(directory).expanduser()
+    if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+        raise ModelNotFound(f"{d} is not an exported {what} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    data = json.loads((d / CONFIG_NAME).read_text())
+    data.pop("_class_name", None)
+    return d, from_dict(config_cls, data, key), load_file(str(d / WEIGHTS_NAME))
