@@ -20,7 +20,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(PY) -m ruff check platform tests
+	$(PY) -m ruff check platform tests jobs serve bench
 
 clean:
 	rm -rf out .pytest_cache

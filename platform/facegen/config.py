@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from facegen.data.config import DataConfig
 from facegen.errors import ConfigError
 from facegen.face.analyzer import FaceAnalyzer
 from facegen.models.clip_scorer import ClipScorer
@@ -53,6 +54,7 @@ class Preset:
     dreamidentity: GenerationConfig = field(default_factory=GenerationConfig)
     faceclip: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
+    data: DataConfig = field(default_factory=DataConfig)  # jobs/build_data.py
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -166,6 +166,17 @@ class FaceAnalyzer:
         rgb, face = self.largest(image, name)
         return align_face(rgb, face.kps, size=size, margin=margin)
 
+    def embed_aligned(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """L2-normalised identity vectors of faces that are already aligned crops (resized to the recognizer's
+        input): for pre-aligned datasets and generators that draw no detectable face (the tiny preset)."""
+        import cv2
+
+        rec = self.app.models["recognition"]
+        size = tuple(rec.input_size)
+        bgr = [cv2.resize(np.ascontiguousarray(f[..., ::-1]), size, interpolation=cv2.INTER_AREA) for f in faces]
+        feats = np.asarray(rec.get_feat(bgr), np.float32).reshape(len(bgr), -1)
+        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
     # -- persistence (pipelines save the reference, not the ONNX files) ------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,143 @@
+"""Where jobs read and write: a local path or s3://bucket/prefix, through one pyarrow filesystem.
+
+`Storage.open(uri)` resolves the URI once; every job then uses `path(...)`, `write_atomic`, `write_parquet`,
+`list` and `read_*` on it, and hands `fs` to Ray Data's readers. For S3 the endpoint comes from AWS_ENDPOINT_URL
+(MinIO, moto, ...) and credentials from the usual AWS environment variables.
+
+Atomic writes: locally a file is written under a hidden temporary name in the same directory and renamed, so a
+reader (or `--resume`) never sees half a file. On S3 an object becomes visible only when its upload completes, so
+writing the final key directly has the same property (S3 has no rename; a copy would double the traffic).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from facegen.errors import ConfigError
+
+
+@dataclass
+class Storage:
+    uri: str
+    fs: pafs.FileSystem
+    root: str  # the path inside `fs`: an absolute local path or "bucket/prefix"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @classmethod
+    def open(cls, uri: str) -> Storage:
+        uri = str(uri)
+        if uri.startswith("s3://"):
+            root = uri[len("s3://"):].strip("/")
+            if not root:
+                raise ConfigError(f"'{uri}' names no bucket: use s3://bucket/prefix")
+            return cls(uri.rstrip("/"), _s3_filesystem(), root)
+        if "://" in uri:
+            raise ConfigError(f"'{uri}': only local paths and s3:// URIs are supported")
+        root = os.path.abspath(os.path.expanduser(uri))
+        return cls(root, pafs.LocalFileSystem(), root)
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def uri_of(self, *parts: str) -> str:
+        return posixpath.join(self.uri, *parts) if parts else self.uri
+
+    def info(self, *parts: str) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.info(*parts).type != pafs.FileType.NotFound
+
+    def is_file(self, *parts: str) -> bool:
+        return self.info(*parts).type == pafs.FileType.File
+
+    def is_dir(self, *parts: str) -> bool:
+        return self.info(*parts).type == pafs.FileType.Directory
+
+    def list(self, *parts: str, suffixes: tuple[str, ...] = (), recursive: bool = False) -> list[str]:
+        """Sorted file paths (inside `fs`) under a directory, hidden/temporary files left out."""
+        base = self.path(*parts)
+        if self.info(*parts).type == pafs.FileType.NotFound:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
+        out = [
+            i.path for i in infos
+            if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+            and (not suffixes or i.base_name.lower().endswith(suffixes))
+        ]
+        return sorted(out)
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def prepare_output(self) -> None:
+        """Check the output location can be a directory; create it locally."""
+        kind = self.info().type
+        if kind == pafs.FileType.File:
+            raise ConfigError(f"--output {self.uri} is a file: give a directory (or s3://bucket/prefix)")
+        if not self.is_s3:
+            try:
+                self.fs.create_dir(self.root, recursive=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create --output {self.uri}: {e}") from None
+
+    def write_atomic(self, relpath: str, data: bytes) -> str:
+        final = self.path(relpath)
+        parent = posixpath.dirname(final)
+        if self.is_s3:
+            with self.fs.open_output_stream(final) as f:
+                f.write(data)
+            return final
+        self.fs.create_dir(parent, recursive=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(final)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, final)
+        finally:
+            if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                self.fs.delete_file(tmp)
+        return final
+
+    def write_json(self, relpath: str, obj) -> str:
+        return self.write_atomic(relpath, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+    def write_parquet(self, relpath: str, table: pa.Table) -> str:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        return self.write_atomic(relpath, buf.getvalue())
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def read_bytes(self, path: str) -> bytes:
+        """`path` as `list` returns it (inside `fs`)."""
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def read_json(self, relpath: str):
+        return json.loads(self.read_bytes(self.path(relpath)))
+
+    def read_parquet(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
+        tables = [pq.read_table(p, columns=columns, filesystem=self.fs) for p in paths]
+        return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns or []})
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    kwargs = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)

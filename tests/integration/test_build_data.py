@@ -1,0 +1,180 @@
+"""jobs/build_data.py through its real entry point on a real local Ray: the self-aug set, FFHQ ingest, resume after
+SIGKILL, s3:// through a local S3 server, and bad input."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from facegen.data.build import run_build
+from facegen.data.config import shipped_list
+from facegen.data.schema import SELFAUG_COLUMNS, decode_image
+from facegen.data.storage import Storage
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--set", "data.steps=2", "--set", "data.max_prompts=3", "--set", "data.write.batch_size=3"]
+
+
+def selfaug_rows(out) -> "pd.DataFrame":  # noqa: F821
+    return Storage.open(str(out)).read_parquet(Storage.open(str(out)).list("selfaug", suffixes=(".parquet",))).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def tiny_build(ray_cluster, load_job, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "data"
+    rc = load_job("build_data").main(["--preset", "tiny", "--output", str(out), "--num-identities", "6", *FAST])
+    assert rc == 0
+    return out
+
+
+def test_selfaug_rows_schema_prompts_and_top_fraction(tiny_build):
+    df = selfaug_rows(tiny_build)
+    names = shipped_list("celebrities.txt")[:6]
+    prompts = shipped_list("edit_prompts.txt")[:3]
+    assert set(SELFAUG_COLUMNS) <= set(df.columns)
+    assert len(df) == 6 * 3 and not df.duplicated(["identity", "prompt_index"]).any()
+    assert set(df["identity"]) == set(names) and set(df["prompt"]) == set(prompts)
+    for prompt in df["prompt"]:
+        assert "S*" in prompt and not any(n.lower() in prompt.lower() for n in names)  # no name leaks
+    face = decode_image(df["source_face"].iloc[0])
+    assert face.shape == (112, 112, 3)
+    assert decode_image(df["edited_image"].iloc[0]).shape == (144, 144, 3)
+    assert df["id_score"].between(-1, 1).all() and (df["clip_score"] >= 0).all()
+    rank = df["id_score"] + df["clip_score"] / 100
+    for _, group in df.assign(rank=rank).groupby("prompt"):
+        n_keep = math.ceil(len(group) * 0.25)
+        assert group["kept"].sum() == n_keep
+        assert group[group["kept"]]["rank"].min() >= group[~group["kept"]]["rank"].max()  # exactly the top
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert (c["generated"], c["scored"], c["kept"], c["no_face"], c["too_small"]) == (6, 18, 6, 0, 0)
+    assert manifest["preset"] == "tiny" and "generate" in manifest["throughput"]
+
+
+def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path):
+    src = tmp_path / "ffhq"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(photos["astronaut"], src / "astronaut.png")
+    shutil.copy(photos["group"], src / "sub" / "group.jpg")
+    shutil.copy(photos["tom_hanks"], src / "hanks.png")
+    shutil.copy(photos["no_face"], src / "mask.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (src / "notes.txt").write_text("not an image, not counted")
+    out = tmp_path / "out"
+    rc = load_job("build_data").main(["--output", str(out), "--num-identities", "0", "--ffhq", str(src)])
+    assert rc == 0
+    c = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (c["ffhq_in"], c["ffhq_no_face"], c["ffhq_unreadable"], c["ffhq_kept"]) == (5, 1, 1, 3)
+    rows = pq.read_table(out / "ffhq").to_pandas()
+    assert sorted(rows["identity"]) == ["astronaut", "hanks", "sub/group"]
+    assert all("S*" in p for p in rows["prompt"])
+    assert {decode_image(b).shape for b in rows["target_image"]} == {(128, 128, 3)}
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(REPO / "jobs" / "build_data.py"), "--output", str(out), "--num-identities", "6",
+           *FAST, "--set", "data.generate.batch_size=1", "--set", "data.edit.batch_size=1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / "selfaug").glob("part-*.parquet")):
+        assert proc.poll() is None, "the build ended before a shard was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the job finished before it could be killed"
+    partial = len(selfaug_rows(out))
+    assert 0 < partial < 18
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "already done" in r.stdout
+    resumed, full = selfaug_rows(out), selfaug_rows(tiny_build)
+    assert not resumed.duplicated(["identity", "prompt_index"]).any()
+    key = ["identity", "prompt_index"]
+    a, b = resumed.sort_values(key).reset_index(drop=True), full.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    assert (a["id_score"] - b["id_score"]).abs().max() < 1e-3
+    assert (a["clip_score"] - b["clip_score"]).abs().max() < 1e-2
+    assert a["kept"].tolist() == b["kept"].tolist()
+
+
+def test_s3_input_and_output(ray_cluster, load_job, photos, s3_endpoint):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="facegen-test")
+    for name in ("astronaut", "tom_hanks", "no_face"):
+        s3.upload_file(str(photos[name]), "facegen-test", f"faces/{name}{photos[name].suffix}")
+    rc = load_job("build_data").main(["--output", "s3://facegen-test/run1", "--num-identities", "2",
+                                      "--ffhq", "s3://facegen-test/faces", *FAST])
+    assert rc == 0
+    storage = Storage.open("s3://facegen-test/run1")
+    counts = storage.read_json("manifest.json")["counts"]
+    assert (counts["scored"], counts["ffhq_in"], counts["ffhq_kept"], counts["ffhq_no_face"]) == (6, 3, 2, 1)
+    rows = storage.read_parquet(storage.list("selfaug", suffixes=(".parquet",))).to_pandas()
+    assert len(rows) == 6 and rows["kept"].sum() == 3
+
+
+def test_bad_input_is_refused_before_any_work(ray_cluster, load_job, tmp_path, capsys):
+    job = load_job("build_data")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["--celebrities", str(tmp_path / "missing.txt")], "no such file"),
+        (["--celebrities", str(empty)], "holds no names"),
+        (["--ffhq", str(tmp_path / "nowhere"), "--num-identities", "0"], "no such directory"),
+        (["--ffhq", str(tmp_path), "--num-identities", "0"], "holds no images"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--set", "data.keep_fraction=lots"], "data.keep_fraction"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert job.main(["--output", str(out), *args]) == 2
+        assert message in capsys.readouterr().err
+        assert not list(out.glob("**/*.parquet"))
+    assert job.main(["--output", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert a_file.read_text() == "x"
+
+
+def test_existing_output_needs_resume(tiny_build, load_job, capsys):
+    before = sorted(p.name for p in (tiny_build / "selfaug").iterdir())
+    assert load_job("build_data").main(["--output", str(tiny_build), "--num-identities", "6"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sorted(p.name for p in (tiny_build / "selfaug").iterdir()) == before
+
+
+def test_too_small_and_no_face_sources_are_counted(photos):
+    """AlignStage on real photos: a face whose box is under min_face_size is rejected, a faceless photo too."""
+    import pandas as pd
+    from facegen.config import load_preset
+    from facegen.data.schema import png_bytes
+    from facegen.data.stages import AlignStage
+    from PIL import Image
+
+    preset = load_preset("tiny", ["data.assume_aligned=false", "data.min_face_size=128"])
+    big = Image.open(photos["astronaut"]).convert("RGB").resize((1024, 1024))
+    small = Image.open(photos["astronaut"]).convert("RGB").resize((256, 256))
+    df = pd.DataFrame({"identity": ["big", "small", "none"],
+                       "source_image": [png_bytes(big), png_bytes(small), png_bytes(Image.open(photos["no_face"]))]})
+    out = AlignStage(preset)(df)
+    assert out["status"].tolist() == ["ok", "too_small", "no_face"]
+    assert decode_image(out["source_face"].iloc[0]).shape == (112, 112, 3)
+
+
+def test_run_build_rejects_prompts_without_placeholder(tmp_path):
+    from facegen.config import load_preset
+    from facegen.errors import ConfigError
+
+    preset = load_preset("tiny", ["data.edit_prompts=[a chef]"])
+    with pytest.raises(ConfigError, match="has no S"):
+        run_build(preset, Storage.open(str(tmp_path)), ["X"], None, None)
