@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/build_data.py --identities 16
 
 lint: install
 	$(PY) -m ruff check platform tests jobs serve bench

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--preset", default="tiny")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--verbose", action="store_true")
+    w = sub.add_parser("watermark", help="say whether images carry facegen's invisible watermark (JSON on stdout)")
+    w.add_argument("files", nargs="+")
+    w.add_argument("--verbose", action="store_true")
     return p
 
 
@@ -139,12 +142,24 @@ def cmd_faces(args) -> int:
     return 0
 
 
+def cmd_watermark(args) -> int:
+    from facegen.face.images import load_image
+    from facegen.serving.watermark import inspect
+
+    reports = []
+    for path in args.files:
+        load_image(path)  # a clear error for a missing or unreadable file
+        reports.append(inspect(path))
+    print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    return 0 if all(r["watermarked"] for r in reports) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.verbose:
         _quiet()
     try:
-        return {"generate": cmd_generate, "faces": cmd_faces}[args.command](args)
+        return {"generate": cmd_generate, "faces": cmd_faces, "watermark": cmd_watermark}[args.command](args)
     except FacegenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from facegen.face.analyzer import FaceAnalyzer
 from facegen.models.clip_scorer import ClipScorer
 from facegen.models.faceclip import FaceCLIPEncoder
 from facegen.models.m2 import M2Encoder
+from facegen.train.config import TrainConfig
 
 PRESETS = ("tiny", "dreamidentity-sd21", "faceclip-sdxl")
 
@@ -55,6 +56,7 @@ class Preset:
     faceclip: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
     data: DataConfig = field(default_factory=DataConfig)  # jobs/build_data.py
+    train: TrainConfig = field(default_factory=TrainConfig)  # jobs/train_m2.py, jobs/train_faceclip.py
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +173,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"bad value for '{path}': expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

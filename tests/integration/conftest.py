@@ -55,3 +55,21 @@ def _load_job(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def train_data(ray_cluster, load_job, photos, tmp_path_factory):
+    """A tiny training set: 2 identities × 2 edit prompts, all kept (4 self-aug rows), plus 2 FFHQ photos."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("train_data")
+    ffhq = root / "ffhq_photos"
+    ffhq.mkdir()
+    shutil.copy(photos["astronaut"], ffhq / "astronaut.png")
+    shutil.copy(photos["tom_hanks"], ffhq / "hanks.png")
+    out = root / "data"
+    rc = load_job("build_data").main(["--output", str(out), "--num-identities", "2", "--ffhq", str(ffhq),
+                                      "--set", "data.max_prompts=2", "--set", "data.keep_fraction=1.0",
+                                      "--set", "data.steps=2"])
+    assert rc == 0
+    return out

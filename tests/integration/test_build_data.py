@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from facegen.data.build import run_build
 from facegen.data.config import shipped_list
 from facegen.data.schema import SELFAUG_COLUMNS, decode_image
@@ -67,7 +68,8 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (src / "notes.txt").write_text("not an image, not counted")
     out = tmp_path / "out"
-    rc = load_job("build_data").main(["--output", str(out), "--num-identities", "0", "--ffhq", str(src)])
+    rc = load_job("build_data").main(["--output", str(out), "--num-identities", "0", "--ffhq", str(src),
+                                      "--set", "data.cache_latents=true"])
     assert rc == 0
     c = json.loads((out / "manifest.json").read_text())["counts"]
     assert (c["ffhq_in"], c["ffhq_no_face"], c["ffhq_unreadable"], c["ffhq_kept"]) == (5, 1, 1, 3)
@@ -75,6 +77,19 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
     assert sorted(rows["identity"]) == ["astronaut", "hanks", "sub/group"]
     assert all("S*" in p for p in rows["prompt"])
     assert {decode_image(b).shape for b in rows["target_image"]} == {(128, 128, 3)}
+    # the cached latents are the VAE's latents of the stored target image
+    from diffusers import AutoencoderKL
+    from facegen.data.schema import decode_latents
+    from facegen.data.stages import encode_vae
+    from facegen.weights import resolve_model
+
+    vae = AutoencoderKL.from_pretrained(resolve_model("tiny:sd21"), subfolder="vae").eval()
+    row = rows.iloc[0]
+    cached = decode_latents(row["latents"], row["latents_shape"])
+    with torch.no_grad():
+        direct = encode_vae(vae, decode_image(row["target_image"]), "cpu", torch.float32)
+    assert cached.shape == direct.shape == (4, 16, 16)
+    assert abs(cached - direct).max() < 1e-2  # float16 storage
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, tmp_path):

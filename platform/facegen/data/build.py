@@ -36,6 +36,15 @@ def _key(identity: str, index: int) -> str:
     return f"{identity}\x1f{index}"
 
 
+def _table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    # Column by column: Ray hands pandas batches with Arrow-backed dtypes that from_pandas cannot always map.
+    return pa.table({f.name: pa.array([_plain(v) for v in df[f.name]], f.type) for f in schema}, schema=schema)
+
+
+def _plain(value):
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 def write_shard(df: pd.DataFrame, uri: str, kind: str, skip: frozenset, latents: bool) -> pd.DataFrame:
     """Write a batch as one shard (rows to <kind>/, rejected identities to _state/); return its accounting row."""
     storage = Storage.open(uri)
@@ -55,13 +64,11 @@ def write_shard(df: pd.DataFrame, uri: str, kind: str, skip: frozenset, latents:
         schema = with_latents(schema)
     if len(ok):
         name = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
-        storage.write_parquet(f"{kind}/part-{name}.parquet", pa.Table.from_pandas(ok[schema.names], schema=schema,
-                                                                                  preserve_index=False))
+        storage.write_parquet(f"{kind}/part-{name}.parquet", _table(ok, schema))
     if len(bad):
         state = pd.DataFrame({"kind": kind, "identity": bad["identity"], "status": bad["status"]})
         name = hashlib.sha1("\n".join(sorted(state["identity"])).encode()).hexdigest()[:16]
-        storage.write_parquet(f"{STATE}/{kind}-{name}.parquet",
-                              pa.Table.from_pandas(state, schema=STATE_SCHEMA, preserve_index=False))
+        storage.write_parquet(f"{STATE}/{kind}-{name}.parquet", _table(state, STATE_SCHEMA))
     acct = {"rows": [len(ok)], "rejected": [len(bad)]}
     for col in STAGE_NAMES:
         acct[col] = [float(df[col].sum()) if col in df else 0.0]

@@ -98,8 +98,14 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise BadPrompt("prompt must be a text or a list of texts")
         b = len(prompts)
-        return self.faceclip_encoder(prompts, identity.embedding.expand(b, -1).to(self.faceclip_encoder.dtype),
-                                     identity.face_tokens.expand(b, -1, -1))
+        if isinstance(identity, (list, tuple)):  # one identity per prompt (batched service requests)
+            if len(identity) != b:
+                raise BadPrompt(f"{len(identity)} identities for {b} prompts")
+            embedding = torch.stack([i.embedding for i in identity])
+            tokens = torch.stack([i.face_tokens for i in identity])
+        else:
+            embedding, tokens = identity.embedding.expand(b, -1), identity.face_tokens.expand(b, -1, -1)
+        return self.faceclip_encoder(prompts, embedding.to(self.faceclip_encoder.dtype), tokens)
 
     # -- generation --------------------------------------------------------------------------------------------
     @torch.no_grad()

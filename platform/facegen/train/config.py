@@ -1,0 +1,56 @@
+"""Typed training configuration (the preset's `train:` section), shared by jobs/train_m2.py and train_faceclip.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from facegen.errors import ConfigError
+
+STRATEGIES = ("ddp", "deepspeed")
+FACECLIP_STAGES = ("align", "diffusion")
+UNET_MODES = ("frozen", "lora", "full")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-5  # DreamIdentity's
+    weight_decay: float = 0.0
+    batch_size: int = 8  # per worker (the paper: 64 over 8 GPUs)
+    max_steps: int = 60_000
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    ffhq_ratio: float = 0.5  # share of FFHQ reconstruction rows in the mix (the rest: kept self-aug edits)
+    resolution: int = 512  # target images are resized to this square; cached latents are used when they match
+    shuffle_buffer: int = 256  # rows, per worker (a local shuffle: no global shuffle of the image bytes)
+    checkpoint_every: int = 1000  # steps
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    materialize: bool = False  # decode the whole dataset once before training (small sets: no re-read per epoch)
+    fixed_noise: bool = False  # same noise and timesteps every step: a diagnostic for overfitting a fixed batch
+    max_failures: int = 3  # a killed worker restarts the group from the last checkpoint this many times
+    deepspeed_stage: int = 2  # ZeRO stage for --strategy deepspeed (2 or 3)
+    use_gpu: bool | None = None  # None = when the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    # FaceCLIP only.
+    stage: str = "align"  # align: alignment loss only; diffusion: diffusion loss + align_weight · alignment loss
+    unet: str = "frozen"  # frozen | lora | full (diffusion stage)
+    lora_rank: int = 8
+    align_weight: float = 0.1
+    cond_dropout: float = 0.1  # zero face + empty prompt, for classifier-free guidance
+
+    def validate(self, strategy: str) -> None:
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
+        if self.stage not in FACECLIP_STAGES:
+            raise ConfigError(f"train.stage '{self.stage}': use one of {', '.join(FACECLIP_STAGES)}")
+        if self.unet not in UNET_MODES:
+            raise ConfigError(f"train.unet '{self.unet}': use one of {', '.join(UNET_MODES)}")
+        if self.deepspeed_stage not in (2, 3):
+            raise ConfigError("train.deepspeed_stage must be 2 or 3")
+        if not 0 <= self.ffhq_ratio <= 1:
+            raise ConfigError("train.ffhq_ratio must be between 0 and 1")
+        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "resolution"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive")
+        if self.resolution % 8:
+            raise ConfigError("train.resolution must be a multiple of 8")

@@ -1,0 +1,125 @@
+"""Training rows from build_data's output, as one Ray Data dataset that Ray Train shards across workers.
+
+Self-aug row (kept only): encoder input = source_face, target = edited_image, prompt = the S* prompt.
+FFHQ row: input = the aligned face of the photo, target = the photo, prompt = its caption.
+The two are mixed at `train.ffhq_ratio` by down-sampling the larger side; decoding (PNG → float arrays) and, for
+FaceCLIP, the 512-d identity embedding of the face run on the Ray Data side, not in the training loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from facegen.config import Preset
+from facegen.data.schema import check_columns, decode_image, decode_latents
+from facegen.data.storage import Storage
+from facegen.errors import ConfigError
+
+SELFAUG_NEEDS = ("source_face", "prompt", "edited_image", "kept")
+FFHQ_NEEDS = ("source_face", "prompt", "target_image")
+
+
+def _shards(storage: Storage, kind: str, needs) -> tuple[list[str], bool]:
+    paths = storage.list(kind, suffixes=(".parquet",))
+    if not paths:
+        return [], False
+    schema = pq.read_schema(paths[0], filesystem=storage.fs)
+    check_columns(schema, needs, storage.uri_of(kind))
+    return paths, "latents" in schema.names
+
+
+def _rows(storage: Storage, paths: list[str]) -> int:
+    return sum(pq.read_metadata(p, filesystem=storage.fs).num_rows for p in paths)
+
+
+class DecodeBatch:
+    """PNG bytes → face (3×112×112) and target (3×R×R) float32 in [-1, 1]; cached latents when they fit R."""
+
+    def __init__(self, resolution: int, identity_face: Preset | None = None):
+        self.resolution = resolution
+        self.analyzer = None
+        if identity_face is not None:  # FaceCLIP needs the recognizer's identity vector of each face
+            from facegen.face.analyzer import FaceAnalyzer
+
+            self.analyzer = FaceAnalyzer(identity_face.face)
+
+    def __call__(self, batch: dict) -> dict:
+        import PIL.Image
+
+        r = self.resolution
+        faces = [decode_image(b) for b in batch["source_face"]]
+        out = {"prompt": np.asarray(batch["prompt"], dtype=object)}
+        out["face"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(f).resize((112, 112), PIL.Image.BICUBIC)))
+                                for f in faces])
+        targets = []
+        for b in batch["target"]:
+            img = PIL.Image.fromarray(decode_image(b))
+            targets.append(_to_unit(np.asarray(img.resize((r, r), PIL.Image.BICUBIC))))
+        out["target"] = np.stack(targets)
+        if "latents" in batch:
+            lat = [decode_latents(d, s) if len(d) else None for d, s in zip(batch["latents"], batch["latents_shape"])]
+            if all(x is not None and x.shape[-1] == r // 8 for x in lat):
+                out["latents"] = np.stack(lat)
+        if self.analyzer is not None:
+            out["identity"] = self.analyzer.embed_aligned(faces).astype(np.float32)
+        return out
+
+
+def _to_unit(rgb: np.ndarray) -> np.ndarray:
+    return (rgb.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
+
+
+def check_training_data(uri: str) -> dict:
+    """Fail with a clear error (before any worker starts) unless `uri` holds build_data shards with the columns
+    training reads. Returns the shard lists and row counts."""
+    storage = Storage.open(uri)
+    if not storage.is_dir():
+        raise ConfigError(f"--data {uri}: no such directory (give the --output of jobs/build_data.py)")
+    selfaug, s_lat = _shards(storage, "selfaug", SELFAUG_NEEDS)
+    ffhq, f_lat = _shards(storage, "ffhq", FFHQ_NEEDS)
+    if not selfaug and not ffhq:
+        raise ConfigError(f"--data {uri} holds no selfaug/*.parquet or ffhq/*.parquet shards: run jobs/build_data.py first")
+    kept = 0
+    if selfaug:
+        kept = int(sum(pq.read_table(p, columns=["kept"], filesystem=storage.fs)["kept"].to_numpy().sum() for p in selfaug))
+    n_ffhq = _rows(storage, ffhq) if ffhq else 0
+    if kept + n_ffhq == 0:
+        raise ConfigError(f"--data {uri} has no kept self-aug rows and no FFHQ rows")
+    return {"storage": storage, "selfaug": selfaug, "ffhq": ffhq, "kept": kept, "ffhq_rows": n_ffhq,
+            "latents": s_lat and (f_lat or not ffhq) if selfaug else f_lat}
+
+
+def training_dataset(uri: str, preset: Preset, with_identity: bool):
+    """The mixed, decoded Ray Dataset of training rows (columns: face, target, prompt[, latents][, identity])."""
+    import ray
+
+    info = check_training_data(uri)
+    # Ray Train prints the training progress; per-batch data progress bars from every epoch would bury it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    storage, cfg = info["storage"], preset.train
+    extra = ["latents", "latents_shape"] if info["latents"] else []
+    parts = []
+    if info["kept"]:
+        ds = ray.data.read_parquet(info["selfaug"], filesystem=storage.fs,
+                                   columns=["source_face", "prompt", "edited_image", "kept", *extra], num_cpus=0.25)
+        ds = ds.filter(lambda row: bool(row["kept"])).rename_columns({"edited_image": "target"}).drop_columns(["kept"])
+        parts.append((ds, info["kept"]))
+    if info["ffhq_rows"]:
+        ds = ray.data.read_parquet(info["ffhq"], filesystem=storage.fs,
+                                   columns=["source_face", "prompt", "target_image", *extra], num_cpus=0.25)
+        parts.append((ds.rename_columns({"target_image": "target"}), info["ffhq_rows"]))
+    if len(parts) == 2 and 0 < cfg.ffhq_ratio < 1:
+        (s, n_s), (f, n_f) = parts
+        want_f = cfg.ffhq_ratio / (1 - cfg.ffhq_ratio) * n_s  # FFHQ rows that give the ratio with every self-aug row
+        if n_f > want_f:
+            f = f.random_sample(want_f / n_f, seed=cfg.seed)
+        else:
+            s = s.random_sample(n_f * (1 - cfg.ffhq_ratio) / cfg.ffhq_ratio / n_s, seed=cfg.seed)
+        ds = s.union(f)
+    elif len(parts) == 2:
+        ds = parts[1][0] if cfg.ffhq_ratio == 1 else parts[0][0]
+    else:
+        ds = parts[0][0]
+    ds = ds.map_batches(DecodeBatch, fn_constructor_args=(cfg.resolution, preset if with_identity else None),
+                        batch_size=16, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
+    return ds.materialize() if cfg.materialize else ds

@@ -1,0 +1,131 @@
+"""The driver side of a training job: check inputs, start Ray Train's TorchTrainer, then export the model from the
+final checkpoint and write metrics.jsonl + a loss-curve PNG.
+
+Checkpoints live under <output>/checkpoints/ (Ray Train's storage). A run stopped for any reason continues with
+`--resume`: Ray Train finds the run's checkpoint state there and every worker restarts from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from facegen.config import Preset
+from facegen.data.storage import Storage
+from facegen.errors import ConfigError
+from facegen.train.loop import DS_TAG, HISTORY_FILE, MODEL_FILE, STATE_FILE, train_loop_per_worker
+
+RUN_NAME = "run"
+
+
+def _torch_extensions_cache() -> None:
+    # DeepSpeed JIT-builds a small CPU op on first use; keep the build across runs and test sessions.
+    from facegen.weights import cache_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+
+
+def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_workers: int, strategy: str,
+                 max_steps: int | None) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from facegen.jobs import ensure_ray
+    from facegen.train.data import check_training_data, training_dataset
+    from facegen.train.tasks import TASKS
+
+    cfg = preset.train
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    cfg.validate(strategy)
+    if num_workers < 1:
+        raise ConfigError("--num-workers must be at least 1")
+    info = check_training_data(data_uri)  # before any worker starts
+    if method == "faceclip" and cfg.stage == "align" and info["kept"] + info["ffhq_rows"] < 2:
+        raise ConfigError("the alignment loss contrasts rows within a batch: the dataset needs at least 2 rows")
+    _torch_extensions_cache()
+    ensure_ray()
+    # Auto: GPUs when the cluster has one per worker (set train.use_gpu=true where GPU nodes autoscale from zero).
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= num_workers
+    env = {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    os.environ.update(env)
+    dataset = training_dataset(data_uri, preset, with_identity=TASKS[method].needs_identity)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"preset": preset, "method": method, "strategy": strategy, "max_steps": cfg.max_steps},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(name=RUN_NAME, storage_path=out.uri_of("checkpoints"),
+                             storage_filesystem=out.fs if out.is_s3 else None,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        datasets={"train": dataset},
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    if result.checkpoint is None:
+        raise RuntimeError(f"training ended without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = json.loads(open(os.path.join(d, STATE_FILE)).read())
+        history = [json.loads(line) for line in open(os.path.join(d, HISTORY_FILE))]
+        export(method, preset, strategy, d, out)
+    out.write_atomic("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+    out.write_atomic("loss.png", loss_curve_png(history, f"{method} ({strategy}, {num_workers} workers)"))
+    steps = [h for h in history if "loss" in h]
+    return {"counts": {"steps": state["step"], "workers": num_workers},
+            "final_loss": steps[-1]["loss"] if steps else None, "first_loss": steps[0]["loss"] if steps else None,
+            "resumed": sum(1 for h in history if h.get("event") == "resumed"),
+            "timings": {"fit_s": round(seconds, 2)}, "model": out.uri_of("model")}
+
+
+def checkpoint_state_dict(strategy: str, checkpoint_dir: str) -> dict:
+    """The trainable module's full fp32 state dict from a checkpoint (ZeRO shards consolidated)."""
+    if strategy == "deepspeed":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
+    return torch.load(os.path.join(checkpoint_dir, MODEL_FILE), map_location="cpu", weights_only=False)["model"]
+
+
+def export(method: str, preset: Preset, strategy: str, checkpoint_dir: str, out: Storage) -> None:
+    """<output>/model/: the encoder via save_pretrained, loadable by the pipelines and `generate --model`."""
+    from facegen.train.tasks import TASKS
+
+    task = TASKS[method](preset, "cpu", load_base=False)
+    state = checkpoint_state_dict(strategy, checkpoint_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        task.export(state, tmp)
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    out.write_atomic(os.path.join("model", os.path.relpath(path, tmp)), f.read())
+
+
+def loss_curve_png(history: list[dict], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [h for h in history if "loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
+    for h in history:
+        if h.get("event") == "resumed":
+            ax.axvline(h["step"], color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

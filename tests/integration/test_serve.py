@@ -1,0 +1,149 @@
+"""The HTTP service: a real `serve.run` of the tiny app on the session's Ray, called over HTTP like any client."""
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import PIL.Image
+import pytest
+import requests
+from facegen.serving import watermark
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SMALL = {"steps": 2}
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster):
+    """The tiny app with an API key, a 2 MB body cap, and a FaceCLIP generator that queues at most one request
+    (so back-pressure can be seen); the DreamIdentity generator batches."""
+    from facegen.serving.deployments import build_app
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    options = {"FaceCLIPGenerator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}
+    serve.run(build_app("tiny", max_body=2 * 1024 * 1024, options=options, keys=[KEY]), name="facegen",
+              route_prefix="/", blocking=False)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def b64(path) -> str:
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+def post(url, path, body, headers=AUTH, timeout=300):
+    return requests.post(url + path, data=json.dumps(body) if not isinstance(body, bytes) else body,
+                         headers={"Content-Type": "application/json", **headers}, timeout=timeout)
+
+
+def png(b64_png: str) -> PIL.Image.Image:
+    return PIL.Image.open(io.BytesIO(base64.b64decode(b64_png)))
+
+
+def test_generate_both_methods(service, photos):
+    for method, prompt in [("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")]:
+        r = post(service, "/v1/generate", {"method": method, "face_image": b64(photos["astronaut"]), "prompt": prompt,
+                                           "num_images": 2, "seed": 7, **SMALL})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["method"] == method and out["seed"] == 7 and len(out["images"]) == 2
+        assert {"total", "generate", "encode"} <= set(out["timings_ms"])
+        img = png(out["images"][0])
+        assert img.size == (256, 256)
+        assert watermark.detect(img) >= 0.9
+        meta = json.loads(img.info["facegen"])
+        assert meta["method"] == method and meta["seed"] == 7 and meta["preset"] == "tiny"
+
+
+def test_encode_once_generate_with_token(service, photos):
+    r = post(service, "/v1/encode", {"method": "dreamidentity", "face_image": b64(photos["tom_hanks"])})
+    assert r.status_code == 200, r.text
+    token, face = r.json()["identity"], r.json()["face"]
+    assert len(face["bbox"]) == 4 and face["score"] > 0.5
+    body = {"method": "dreamidentity", "prompt": "oil painting style, S* face", "seed": 3, **SMALL}
+    with_token = post(service, "/v1/generate", {**body, "identity": token})
+    with_photo = post(service, "/v1/generate", {**body, "face_image": b64(photos["tom_hanks"])})
+    assert with_token.status_code == with_photo.status_code == 200
+    a, b = png(with_token.json()["images"][0]), png(with_photo.json()["images"][0])
+    assert a.tobytes() == b.tobytes()  # the token carries exactly the identity the photo gives
+    assert "encode" not in with_token.json()["timings_ms"]
+    # tampered, foreign-method and garbage tokens are refused with a 4xx, never a 5xx
+    body_part, mac = token.split(".")
+    tampered = body_part[:10] + ("x" if body_part[10] != "x" else "y") + body_part[11:] + "." + mac
+    for bad in (tampered, "not-a-token", token + "A"):
+        r = post(service, "/v1/generate", {**body, "identity": bad})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_identity"
+    r = post(service, "/v1/generate", {**body, "method": "faceclip", "identity": token})
+    assert r.status_code == 400 and "method" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"method": "dreamidentity", "face_image": "!!!not base64", "prompt": "S*"}, 400, "invalid_image"),
+    ({"method": "dreamidentity", "face_image": base64.b64encode(b"just text").decode(), "prompt": "S*"}, 400, "invalid_image"),
+    ({"method": "dreamidentity", "prompt": "a chef"}, 422, "validation"),
+    ({"method": "painting", "face_image": "AAAA", "prompt": "S*"}, 422, "validation"),
+    ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "num_images": 9}, 422, "validation"),
+    ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "width": 300}, 422, "validation"),
+    ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "surprise": 1}, 422, "validation"),
+])
+def test_bad_requests_get_the_documented_error(service, body, status, code):
+    r = post(service, "/v1/generate", body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+def test_no_face_bad_prompt_auth_and_size(service, photos):
+    r = post(service, "/v1/generate", {"method": "dreamidentity", "face_image": b64(photos["no_face"]), "prompt": "S* at sea"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_face"
+    r = post(service, "/v1/generate", {"method": "dreamidentity", "face_image": b64(photos["astronaut"]), "prompt": "a chef"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_prompt"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = post(service, "/v1/generate", {"method": "faceclip", "prompt": "x"}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    big = b'{"method": "faceclip", "prompt": "x", "face_image": "' + b"A" * (3 * 1024 * 1024) + b'"}'
+    r = post(service, "/v1/generate", big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    r = post(service, "/v1/generate", b"{not json")
+    assert r.status_code == 422
+
+
+def test_concurrent_requests_are_batched_and_overload_gives_503(service, photos):
+    face = b64(photos["astronaut"])
+    body = {"method": "dreamidentity", "face_image": face, "prompt": "S* in the snow", **SMALL}
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda s: post(service, "/v1/generate", {**body, "seed": s}), range(6)))
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    assert max(r.json()["batch_size"] for r in results) > 1
+    stats = requests.get(service + "/v1/stats", timeout=30).json()
+    assert stats["dreamidentity"]["max_batch_size"] > 1
+    token = post(service, "/v1/encode", {"method": "faceclip", "face_image": face}).json()["identity"]
+    fc = {"method": "faceclip", "identity": token, "prompt": "a knight", "steps": 20}
+    with ThreadPoolExecutor(8) as pool:
+        codes = [r.status_code for r in pool.map(lambda s: post(service, "/v1/generate", {**fc, "seed": s}), range(8))]
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}, codes
+
+
+def test_health_models_and_page(service):
+    assert requests.get(service + "/healthz", timeout=10).json() == {"status": "ok"}
+    models = requests.get(service + "/v1/models", timeout=30).json()
+    assert models["methods"] == ["dreamidentity", "faceclip"] and models["preset"] == "tiny"
+    assert models["models"]["dreamidentity"]["default_size"] == [256, 256]
+    page = requests.get(service + "/", timeout=10)
+    assert page.status_code == 200 and "/v1/generate" in page.text and 'type="file"' in page.text
+    schema = requests.get(service + "/openapi.json", timeout=10).json()
+    assert "prompt" in json.dumps(schema["paths"]["/v1/generate"])
+
+
+def test_openapi_fuzzing_finds_no_server_error(service):
+    r = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", service + "/openapi.json",
+                        "--checks", "not_a_server_error", "--max-examples", "25", "-H", f"Authorization: Bearer {KEY}",
+                        ], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

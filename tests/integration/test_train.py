@@ -1,0 +1,157 @@
+"""jobs/train_m2.py and jobs/train_faceclip.py through their real entry points on a real local Ray: overfitting
+with 2 DDP workers, a DeepSpeed ZeRO-2 run, a killed worker, --resume, export round trips and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from facegen.config import load_preset
+from facegen.models.m2 import M2Encoder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def latest_checkpoint(out: Path) -> Path:
+    snapshot = json.loads((out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json").read_text())
+    name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    return out / "checkpoints" / "run" / name
+
+
+@pytest.fixture(scope="module")
+def m2_run(train_data, load_job, tmp_path_factory):
+    """2 DDP workers overfit the 4 self-aug rows (fixed per-row noise, so the loss is a function of the weights)."""
+    out = tmp_path_factory.mktemp("m2") / "run"
+    rc = load_job("train_m2").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
+                                    "--max-steps", "10", "--set", "train.fixed_noise=true", "--set", "train.lr=1e-2",
+                                    "--set", "train.ffhq_ratio=0"])
+    assert rc == 0
+    return out
+
+
+def test_m2_loss_falls_with_two_ddp_workers(m2_run):
+    curve = losses(m2_run)
+    assert steps(m2_run) == list(range(1, 11))
+    assert curve[-1] < curve[0] and min(curve[5:]) < min(curve[:2])
+    manifest = json.loads((m2_run / "manifest.json").read_text())
+    assert manifest["counts"] == {"steps": 10, "workers": 2} and manifest["resumed"] == 0
+    assert (m2_run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_m2_export_round_trip(m2_run, photos, analyzer):
+    """The exported model = the model at the end of training (the last checkpoint), and the pipeline/CLI load it."""
+    from facegen.pipelines.dreamidentity import DreamIdentityPipeline
+
+    exported = M2Encoder.from_pretrained(m2_run / "model")
+    trained = M2Encoder.from_config_random(load_preset("tiny").m2)
+    state = torch.load(latest_checkpoint(m2_run) / "model.pt", weights_only=False)["model"]
+    trained.load_state_dict(state)
+    face = analyzer.aligned(photos["astronaut"])
+    assert torch.equal(exported.encode_aligned(face), trained.encode_aligned(face))
+    fresh = M2Encoder.from_config_random(load_preset("tiny").m2)
+    assert not torch.allclose(fresh.encode_aligned(face), exported.encode_aligned(face))
+    pipe = DreamIdentityPipeline.from_preset("tiny", model=m2_run / "model")
+    assert torch.allclose(pipe.encode_identity(photos["astronaut"]), exported.encode_aligned(face)[0])
+
+
+def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job, tmp_path):
+    out = tmp_path / "faceclip"
+    rc = load_job("train_faceclip").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
+                                          "--max-steps", "8", "--set", "train.cond_dropout=0",
+                                          "--set", "train.ffhq_ratio=0.5"])
+    assert rc == 0
+    curve = losses(out)
+    assert len(curve) == 8 and curve[-1] < curve[0]
+    from facegen.models.faceclip import FaceCLIPEncoder
+
+    encoder = FaceCLIPEncoder.from_pretrained(out / "model")
+    state = torch.load(latest_checkpoint(out) / "model.pt", weights_only=False)["model"]
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, state["encoder." + key]), key
+
+
+def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
+    from facegen.train.run import checkpoint_state_dict
+
+    out = tmp_path / "ds"
+    rc = load_job("train_m2").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
+                                    "--strategy", "deepspeed", "--max-steps", "3"])
+    assert rc == 0
+    assert steps(out) == [1, 2, 3]
+    ckpt = latest_checkpoint(out)
+    assert len(list(ckpt.glob("zero/*optim_states.pt"))) == 2  # one ZeRO shard per rank, merged by Ray Train
+    exported = M2Encoder.from_pretrained(out / "model")
+    consolidated = checkpoint_state_dict("deepspeed", str(ckpt))
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, consolidated[key].float()), key
+
+
+def test_killed_worker_resumes_from_checkpoint(train_data, ray_cluster, tmp_path):
+    import ray
+    from ray.util.state import list_actors
+
+    out = tmp_path / "fault"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    cmd = [sys.executable, str(REPO / "jobs" / "train_m2.py"), "--data", str(train_data), "--output", str(out),
+           "--num-workers", "2", "--max-steps", "14", "--set", "train.checkpoint_every=4"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "checkpoints" / "run").glob("checkpoint_*/state.json")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    assert workers, "no training worker found"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    log, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, log[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed"] >= 1 and manifest["counts"]["steps"] == 14
+    assert steps(out) == list(range(1, 15))  # continuous: the redone steps replace the lost ones
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "resumed" in x]
+    assert all(e["step"] % 4 == 0 and e["step"] > 0 for e in events)
+    assert ray.is_initialized()
+
+
+def test_resume_continues_a_stopped_run(train_data, load_job, tmp_path):
+    out = tmp_path / "resume"
+    job = load_job("train_m2")
+    base = ["--data", str(train_data), "--output", str(out), "--num-workers", "1", "--set", "train.checkpoint_every=3"]
+    assert job.main([*base, "--max-steps", "3"]) == 0
+    first = M2Encoder.from_pretrained(out / "model").state_dict()
+    assert job.main([*base, "--max-steps", "5", "--resume"]) == 0
+    assert steps(out) == [1, 2, 3, 4, 5]
+    assert json.loads((out / "manifest.json").read_text())["resumed"] == 1
+    second = M2Encoder.from_pretrained(out / "model").state_dict()
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    broken = tmp_path / "broken" / "selfaug"
+    broken.mkdir(parents=True)
+    table = pq.read_table(next((train_data / "selfaug").glob("*.parquet"))).drop_columns(["edited_image"])
+    pq.write_table(table, broken / "part-0.parquet")
+    job = load_job("train_faceclip")
+    cases = [(tmp_path / "nothing", "no such directory"), (tmp_path, "holds no selfaug"),
+             (broken.parent, "lacks the column(s) edited_image")]
+    for i, (data, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        start = time.time()
+        assert job.main(["--data", str(data), "--output", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert time.time() - start < 20 and not (out / "checkpoints").exists()
+    assert job.main(["--data", str(train_data), "--output", str(tmp_path / "o"), "--set", "train.stage=both"]) == 2
+    assert "train.stage" in capsys.readouterr().err
