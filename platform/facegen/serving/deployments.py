@@ -4,7 +4,6 @@ DeploymentHandles. Replicas are stateless: identities travel as signed tokens (t
     HTTP → Ingress ──encode──▶ FaceEncoder (detect + align + identity + M² / FaceCLIP face tokens)
                    └─generate─▶ DreamIdentityGenerator | FaceCLIPGenerator (@serve.batch)
 """
-from __future__ import annotations
 
 import base64
 import io

@@ -57,9 +57,10 @@ def train_loop_per_worker(config: dict) -> None:
         import deepspeed
 
         ds_cfg = deepspeed_config(cfg.deepspeed_stage, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.grad_clip, on_gpu)
-        model, optimizer, _, _ = deepspeed.initialize(model=task.trainable.to(device), model_parameters=params,
-                                                      config=ds_cfg, dist_init_required=False)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
+        # The engine steps (and checkpoints) the scheduler itself; it builds it around its own inner optimizer.
+        model, optimizer, _, scheduler = deepspeed.initialize(
+            model=task.trainable.to(device), model_parameters=params, config=ds_cfg, dist_init_required=False,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps)))
     else:
         model = ray.train.torch.prepare_model(task.trainable, parallel_strategy_kwargs={"find_unused_parameters": True})
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -103,7 +104,7 @@ def train_loop_per_worker(config: dict) -> None:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
-            scheduler.step()
+                scheduler.step()
             step += 1
             samples += len(batch["prompt"])
             if step % cfg.log_every == 0 or step == config["max_steps"]:
