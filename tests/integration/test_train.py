@@ -94,19 +94,6 @@ def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
         assert torch.equal(value, consolidated[key].float()), key
 
 
-def test_resume_continues_a_stopped_run(train_data, load_job, tmp_path):
-    out = tmp_path / "resume"
-    job = load_job("train_m2")
-    base = ["--data", str(train_data), "--output", str(out), "--num-workers", "1", "--set", "train.checkpoint_every=3"]
-    assert job.main([*base, "--max-steps", "3"]) == 0
-    first = M2Encoder.from_pretrained(out / "model").state_dict()
-    assert job.main([*base, "--max-steps", "5", "--resume"]) == 0
-    assert steps(out) == [1, 2, 3, 4, 5]
-    assert json.loads((out / "manifest.json").read_text())["resumed"] == 1
-    second = M2Encoder.from_pretrained(out / "model").state_dict()
-    assert any(not torch.equal(first[k], second[k]) for k in first)
-
-
 def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, capsys):
     import pyarrow.parquet as pq
 
