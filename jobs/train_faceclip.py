@@ -7,19 +7,11 @@ The exported model lands in <output>/model/ (use it with `python -m facegen gene
 """
 import sys
 
-from facegen.jobs import job_parser, run_job
-from facegen.train.run import run_training
+from facegen.train.run import training_main
 
 
 def main(argv=None) -> int:
-    p = job_parser(__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="the --output of jobs/build_data.py (local or s3://)")
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"])
-    p.add_argument("--max-steps", type=int, default=None)
-    args = p.parse_args(argv)
-    return run_job("train_faceclip", args, lambda preset, out, a: run_training(
-        "faceclip", preset, out, a.data, a.num_workers, a.strategy, a.max_steps))
+    return training_main("train_faceclip", "faceclip", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

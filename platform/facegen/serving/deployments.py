@@ -159,6 +159,16 @@ class _Generator:
         return results
 
     def _draw(self, jobs: list[GenerationJob]) -> list:
+        """One pipeline call for a compatible group: every image its own prompt, identity and seeded generator."""
+        prompts, owners, gens = _generators(jobs)
+        j = jobs[0]
+        return self.pipe(prompt=prompts, identity=self._identities([jobs[o].identity for o in owners]),
+                         negative_prompt=j.negative_prompt, num_inference_steps=j.steps, guidance_scale=j.guidance_scale,
+                         width=j.width, height=j.height, generator=gens).images
+
+    @staticmethod
+    def _identities(arrays: list[dict]):
+        """The method's identity argument for the pipeline, one entry per image."""
         raise NotImplementedError
 
     def stats(self) -> dict:
@@ -185,12 +195,9 @@ class DreamIdentityGenerator(_Generator):
 
         return DreamIdentityPipeline.from_preset(preset, model=model).to(_device())
 
-    def _draw(self, jobs):
-        prompts, owners, gens = _generators(jobs)
-        identity = torch.stack([torch.from_numpy(jobs[o].identity["tokens"]) for o in owners])
-        j = jobs[0]
-        return self.pipe(prompt=prompts, identity=identity, negative_prompt=j.negative_prompt, num_inference_steps=j.steps,
-                         guidance_scale=j.guidance_scale, width=j.width, height=j.height, generator=gens).images
+    @staticmethod
+    def _identities(arrays: list[dict]):
+        return torch.stack([torch.from_numpy(a["tokens"]) for a in arrays])
 
 
 @serve.deployment(name="FaceCLIPGenerator", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
@@ -203,15 +210,11 @@ class FaceCLIPGenerator(_Generator):
 
         return FaceCLIPSDXLPipeline.from_preset(preset, model=model).to(_device())
 
-    def _draw(self, jobs):
+    @staticmethod
+    def _identities(arrays: list[dict]):
         from facegen.pipelines.faceclip_sdxl import FaceCLIPIdentity
 
-        prompts, owners, gens = _generators(jobs)
-        identity = [FaceCLIPIdentity(torch.from_numpy(jobs[o].identity["embedding"]),
-                                     torch.from_numpy(jobs[o].identity["face_tokens"])) for o in owners]
-        j = jobs[0]
-        return self.pipe(prompt=prompts, identity=identity, negative_prompt=j.negative_prompt, num_inference_steps=j.steps,
-                         guidance_scale=j.guidance_scale, width=j.width, height=j.height, generator=gens).images
+        return [FaceCLIPIdentity(torch.from_numpy(a["embedding"]), torch.from_numpy(a["face_tokens"])) for a in arrays]
 
 
 app = FastAPI(title="facegen", version="1", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP).")

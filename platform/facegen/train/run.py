@@ -86,6 +86,21 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
             "timings": {"fit_s": round(seconds, 2)}, "model": out.uri_of("model")}
 
 
+def training_main(job: str, method: str, description: str, argv=None) -> int:
+    """The command line both training jobs share: the common job flags plus --data, --num-workers, --strategy,
+    --max-steps."""
+    from facegen.jobs import job_parser, run_job
+
+    p = job_parser(description)
+    p.add_argument("--data", required=True, help="the --output of jobs/build_data.py (local or s3://)")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"])
+    p.add_argument("--max-steps", type=int, default=None)
+    args = p.parse_args(argv)
+    return run_job(job, args, lambda preset, out, a: run_training(
+        method, preset, out, a.data, a.num_workers, a.strategy, a.max_steps))
+
+
 def checkpoint_state_dict(strategy: str, checkpoint_dir: str) -> dict:
     """The trainable module's full fp32 state dict from a checkpoint (ZeRO shards consolidated)."""
     if strategy == "deepspeed":

@@ -44,6 +44,16 @@ def diffusion_loss(unet, scheduler, latents, seeds: list[int] | None = None, **u
     return F.mse_loss(pred.float(), _noise_target(scheduler, latents, noise, t).float())
 
 
+def target_latents(vae, batch: dict, device, dtype, use_mean: bool) -> torch.Tensor:
+    """The batch's cached latents, or the frozen VAE's latents of its target images (the mean when the noise is
+    fixed, so an overfitting run sees one fixed target)."""
+    if "latents" in batch:
+        return batch["latents"].to(device, dtype)
+    with torch.no_grad():
+        dist = vae.encode(batch["target"].to(device, vae.dtype)).latent_dist
+        return (dist.mean if use_mean else dist.sample()) * vae.config.scaling_factor
+
+
 def _frozen(module: nn.Module, device, dtype) -> nn.Module:
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -83,12 +93,7 @@ class M2Task:
                                               unet=self.unet, scheduler=self.scheduler, m2_encoder=self.trainable)
 
     def latents(self, batch) -> torch.Tensor:
-        if "latents" in batch:
-            return batch["latents"].to(self.device, self.unet.dtype)
-        with torch.no_grad():
-            x = batch["target"].to(self.device, self.vae.dtype)
-            dist = self.vae.encode(x).latent_dist
-            return (dist.mean if self.preset.train.fixed_noise else dist.sample()) * self.vae.config.scaling_factor
+        return target_latents(self.vae, batch, self.device, self.unet.dtype, self.preset.train.fixed_noise)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         s = model(batch["face"].to(self.device))  # B×k×D
@@ -192,12 +197,7 @@ class FaceCLIPTask:
         return mse + self.cfg.align_weight * align, {"mse": float(mse), "align": float(align), **parts}
 
     def latents(self, batch) -> torch.Tensor:
-        if "latents" in batch:
-            return batch["latents"].to(self.device, self.vae.dtype)
-        with torch.no_grad():
-            x = batch["target"].to(self.device, self.vae.dtype)
-            dist = self.vae.encode(x).latent_dist
-            return (dist.mean if self.preset.train.fixed_noise else dist.sample()) * self.vae.config.scaling_factor
+        return target_latents(self.vae, batch, self.device, self.vae.dtype, self.cfg.fixed_noise)
 
     def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
         """The encoder as `FaceCLIPEncoder.save_pretrained`; a trained UNet (LoRA or full) beside it in unet/."""
