@@ -23,7 +23,8 @@ FAST = ["--set", "data.steps=2", "--set", "data.max_prompts=3", "--set", "data.w
 
 
 def selfaug_rows(out) -> "pd.DataFrame":  # noqa: F821
-    return Storage.open(str(out)).read_parquet(Storage.open(str(out)).list("selfaug", suffixes=(".parquet",))).to_pandas()
+    storage = Storage.open(str(out))
+    return storage.read_parquet(storage.list("selfaug", suffixes=(".parquet",))).to_pandas()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, 
     out = tmp_path / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(REPO / "jobs" / "build_data.py"), "--output", str(out), "--num-identities", "6",
-           *FAST, "--set", "data.generate.batch_size=1", "--set", "data.edit.batch_size=1"]
+           *FAST, *[f"--set=data.{stage}.batch_size=1" for stage in ("generate", "align", "edit", "score")]]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not list((out / "selfaug").glob("part-*.parquet")):
