@@ -104,7 +104,9 @@ def cmd_generate(args) -> int:
             raise FacegenError(f"--width/--height must be positive multiples of 8, got {size}")
     paths = output_paths(args.out, args.num_images)
     preset = load_preset(args.preset, args.set)
-    pipe = _pipeline(args.method, preset, args.model)
+    from facegen.pipelines import load_pipeline
+
+    pipe = load_pipeline(args.method, preset, args.model)
     if not args.verbose:
         pipe.set_progress_bar_config(disable=True)
     identity = pipe.encode_identity(args.face)
@@ -115,16 +117,6 @@ def cmd_generate(args) -> int:
     for path in paths:
         print(path)
     return 0
-
-
-def _pipeline(method: str, preset, model):
-    if method == "dreamidentity":
-        from facegen.pipelines.dreamidentity import DreamIdentityPipeline
-
-        return DreamIdentityPipeline.from_preset(preset, model=model)
-    from facegen.pipelines.faceclip_sdxl import FaceCLIPSDXLPipeline
-
-    return FaceCLIPSDXLPipeline.from_preset(preset, model=model)
 
 
 def cmd_faces(args) -> int:

@@ -19,6 +19,7 @@ import yaml
 
 from facegen.data.config import DataConfig
 from facegen.errors import ConfigError
+from facegen.eval.config import EvalConfig
 from facegen.face.analyzer import FaceAnalyzer
 from facegen.models.clip_scorer import ClipScorer
 from facegen.models.faceclip import FaceCLIPEncoder
@@ -57,6 +58,7 @@ class Preset:
         default_factory=lambda: GenerationConfig(guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
     data: DataConfig = field(default_factory=DataConfig)  # jobs/build_data.py
     train: TrainConfig = field(default_factory=TrainConfig)  # jobs/train_m2.py, jobs/train_faceclip.py
+    eval: EvalConfig = field(default_factory=EvalConfig)  # jobs/evaluate.py
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,24 @@
-"""`make demo`: portraits of the people in the photos that ship with scikit-image and insightface, drawn through
-the real command line (`python -m facegen generate`) on the tiny preset. Pictures land in out/demo/."""
+"""`make demo`: the whole platform on the tiny preset on a local Ray, each step through its real entry point:
+
+    build_data → train_m2 and train_faceclip (a few steps) → evaluate (both) → generate (both methods)
+
+Inputs are the face photos that ship with scikit-image and insightface. Each job's output lands in
+out/demo/<job>/, the pictures in out/demo/. The jobs run as their own processes (`python jobs/NAME.py …`), as
+`ray job submit` would run them, attached to one local Ray started here so it starts once.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from facegen.__main__ import main as cli
+
+REPO = Path(__file__).resolve().parents[2]  # platform/facegen/demo.py → the checkout
 
 
 def shipped_photos() -> dict[str, Path]:
@@ -23,32 +35,101 @@ def shipped_photos() -> dict[str, Path]:
 PROMPTS = {"chef": "S* as a chef, looking at the camera", "painting": "oil painting style, S* face"}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="out/demo")
-    parser.add_argument("--preset", default="tiny")
-    args = parser.parse_args()
-    out = Path(args.out)
-    start = time.time()
-    written = []
+def chain(out: Path, preset: str) -> list[tuple[str, list[str]]]:
+    """(job, arguments) in order: a dataset, both encoders trained on it, both evaluated."""
+    inputs = out / "inputs"
+    common = ["--preset", preset]
+    return [
+        ("build_data", [*common, "--output", str(out / "build_data"), "--num-identities", "3",
+                        "--ffhq", str(inputs / "ffhq"), "--set", "data.max_prompts=2", "--set", "data.steps=4",
+                        "--set", "data.keep_fraction=0.5"]),
+        ("train_m2", [*common, "--output", str(out / "train_m2"), "--data", str(out / "build_data"),
+                      "--max-steps", "10"]),
+        ("train_faceclip", [*common, "--output", str(out / "train_faceclip"), "--data", str(out / "build_data"),
+                            "--max-steps", "10"]),
+        ("evaluate", [*common, "--output", str(out / "evaluate_m2"), "--method", "dreamidentity",
+                      "--model", str(out / "train_m2" / "model"), "--faces", str(inputs / "faces")]),
+        ("evaluate", [*common, "--output", str(out / "evaluate_faceclip"), "--method", "faceclip",
+                      "--model", str(out / "train_faceclip" / "model"), "--faces", str(inputs / "faces")]),
+    ]
+
+
+def _prepare_inputs(out: Path) -> None:
     photos = shipped_photos()
-    cli(["faces", *map(str, photos.values())])
-    for name, photo in photos.items():
+    for folder, names in (("ffhq", ("astronaut", "tom_hanks")), ("faces", ("astronaut", "tom_hanks"))):
+        d = out / "inputs" / folder
+        d.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(photos[name], d / f"{name}{photos[name].suffix}")
+
+
+def run_jobs(out: Path, preset: str) -> dict[str, float]:
+    import ray
+
+    jobs_dir = REPO / "jobs"
+    if not (jobs_dir / "build_data.py").is_file():
+        raise SystemExit(f"error: {jobs_dir} not found: run `make demo` from a facegen checkout")
+    steps = chain(out, preset)
+    for _, args in steps:  # a rerun starts over: the demo owns these folders
+        shutil.rmtree(Path(args[args.index("--output") + 1]), ignore_errors=True)
+    _prepare_inputs(out)
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    timings = {}
+    try:
+        for job, args in steps:
+            label = Path(args[args.index("--output") + 1]).name
+            print(f"\n=== {label}: python jobs/{job}.py {' '.join(args)}", flush=True)
+            start = time.time()
+            rc = subprocess.call([sys.executable, str(jobs_dir / f"{job}.py"), *args], env=env, cwd=REPO)
+            timings[label] = time.time() - start
+            if rc != 0:
+                raise SystemExit(f"error: {label} failed (exit {rc}); see its output above")
+    finally:
+        ray.shutdown()
+    return timings
+
+
+def draw(out: Path, preset: str) -> list[Path]:
+    """Portraits of the shipped photos through `python -m facegen generate`, with the encoders just trained."""
+    written = []
+    models = {"dreamidentity": out / "train_m2" / "model", "faceclip": out / "train_faceclip" / "model"}
+    cli(["faces", *map(str, shipped_photos().values())])
+    for name, photo in shipped_photos().items():
         for tag, prompt in PROMPTS.items():
             target = out / f"dreamidentity_{name}_{tag}.png"
-            rc = cli(["generate", "--preset", args.preset, "--method", "dreamidentity", "--face", str(photo),
-                      "--prompt", prompt, "--out", str(target), "--seed", "0"])
-            if rc != 0:
-                return rc
+            if cli(["generate", "--preset", preset, "--method", "dreamidentity", "--model", str(models["dreamidentity"]),
+                    "--face", str(photo), "--prompt", prompt, "--out", str(target), "--seed", "0"]) != 0:
+                raise SystemExit(f"error: generate failed for {photo}")
             written.append(target)
         target = out / f"faceclip_{name}_chef.png"
-        rc = cli(["generate", "--preset", args.preset, "--method", "faceclip", "--face", str(photo),
-                  "--prompt", "a chef in a kitchen, looking at the camera", "--out", str(target), "--seed", "0"])
-        if rc != 0:
-            return rc
+        if cli(["generate", "--preset", preset, "--method", "faceclip", "--model", str(models["faceclip"]),
+                "--face", str(photo), "--prompt", "a chef in a kitchen, looking at the camera", "--out", str(target),
+                "--seed", "0"]) != 0:
+            raise SystemExit(f"error: generate failed for {photo}")
         written.append(target)
-    print(f"\ndemo done in {time.time() - start:.0f}s: {len(written)} pictures in {out}/")
-    print("the tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/demo")
+    parser.add_argument("--preset", default="tiny")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    start = time.time()
+    timings = run_jobs(out, args.preset)
+    t = time.time()
+    pictures = draw(out, args.preset)
+    timings["generate"] = time.time() - t
+    print(f"\ndemo done in {time.time() - start:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    print(f"  dataset        {out / 'build_data'}/  (selfaug/*.parquet, ffhq/*.parquet, manifest.json)")
+    for job in ("train_m2", "train_faceclip"):
+        print(f"  {job:<14} {out / job}/model/  (exported encoder; metrics.jsonl, loss.png)")
+    for job in ("evaluate_m2", "evaluate_faceclip"):
+        print(f"  {job:<14} {out / job}/report.md  (metrics.json, grids/, plot)")
+    print(f"  pictures       {len(pictures)} in {out}/  (e.g. {pictures[0].name})")
+    print("The tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
     print("see README 'Real weights' for the real presets.")
     return 0
 

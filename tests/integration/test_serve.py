@@ -2,6 +2,7 @@
 import base64
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -147,3 +148,44 @@ def test_openapi_fuzzing_finds_no_server_error(service):
                         "--checks", "not_a_server_error", "--max-examples", "25", "-H", f"Authorization: Bearer {KEY}",
                         ], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                    reason="Debian's chromium + chromium-driver are not installed (make test installs them as root)")
+def test_web_page_in_headless_chromium(service, photos, tmp_path):
+    """The page at / in a real browser: choose a photo, type the key, click Generate, and a PNG appears."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(service + "/")
+        driver.find_element(By.ID, "photo").send_keys(str(photos["astronaut"]))
+        driver.find_element(By.ID, "apikey").send_keys(KEY)
+        driver.find_element(By.ID, "go").click()
+        WebDriverWait(driver, 240).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#images img") or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+        status = driver.find_element(By.ID, "status").text
+        images = driver.find_elements(By.CSS_SELECTOR, "#images img")
+        assert len(images) == 1, status
+        assert images[0].get_attribute("src").startswith("data:image/png;base64,")
+        assert driver.execute_script("return arguments[0].naturalWidth", images[0]) == 256
+        assert status.startswith("seed ")
+        # A mistake is shown on the page, not swallowed: the same click without the key.
+        driver.find_element(By.ID, "apikey").clear()
+        driver.find_element(By.ID, "go").click()
+        WebDriverWait(driver, 60).until(lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"))
+        assert "key" in driver.find_element(By.ID, "status").text.lower()
+    finally:
+        driver.quit()

@@ -1,6 +1,9 @@
 """jobs/train_m2.py and jobs/train_faceclip.py through their real entry points on a real local Ray: overfitting
 with 2 DDP workers, a DeepSpeed ZeRO-2 run, a killed worker, --resume, export round trips and bad input."""
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -92,6 +95,62 @@ def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
     consolidated = checkpoint_state_dict("deepspeed", str(ckpt))
     for key, value in exported.state_dict().items():
         assert torch.equal(value, consolidated[key].float()), key
+
+
+def _train_worker_pids() -> list[int]:
+    """Ray names each actor process after its class: Ray Train's workers are "ray::RayTrainWorker…"."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::RayTrainWorker"):
+            pids.append(proc.pid)
+    return pids
+
+
+def test_killed_worker_resumes_from_checkpoint(train_data, load_job, tmp_path):
+    """SIGKILL one of 2 DDP workers after the first checkpoint: Ray Train restarts the group from that checkpoint
+    (FailureConfig) and the run finishes with one continuous step series."""
+    out = tmp_path / "fault"
+    result = {}
+    argv = ["--data", str(train_data), "--output", str(out), "--num-workers", "2", "--max-steps", "40",
+            "--set", "train.checkpoint_every=4", "--set", "train.max_failures=2", "--set", "train.ffhq_ratio=0"]
+    job = threading.Thread(target=lambda: result.update(rc=load_job("train_m2").main(argv)))
+    job.start()
+    deadline, killed = time.time() + 300, None
+    # A checkpoint counts once the controller has registered it (its snapshot names it), not when files appear.
+    snapshot = out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json"
+    while time.time() < deadline and job.is_alive() and killed is None:
+        if snapshot.exists() and _train_worker_pids():
+            killed = _train_worker_pids()[-1]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.1)
+    job.join(600)
+    assert killed is not None, "no checkpoint appeared before the run ended"
+    assert result["rc"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed"] >= 1 and manifest["counts"]["steps"] == 40
+    assert steps(out) == list(range(1, 41))  # steps before the checkpoint kept, lost ones redone, none twice
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    resumed_at = [h["step"] for h in history if h.get("event") == "resumed"]
+    assert all(s % 4 == 0 and 0 < s < 40 for s in resumed_at)
+
+
+def test_resume_continues_a_stopped_run(train_data, load_job, tmp_path):
+    """A run that stopped at step 4 continues with --resume to step 8: step counter, optimizer and metrics go on."""
+    out = tmp_path / "resume"
+    common = ["--data", str(train_data), "--output", str(out), "--num-workers", "2",
+              "--set", "train.checkpoint_every=2", "--set", "train.ffhq_ratio=0"]
+    job = load_job("train_m2")
+    assert job.main([*common, "--max-steps", "4"]) == 0
+    assert job.main([*common, "--max-steps", "8"]) == 2  # an existing run is not overwritten by mistake
+    assert job.main([*common, "--max-steps", "8", "--resume"]) == 0
+    assert steps(out) == list(range(1, 9))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed"] == 1 and manifest["counts"]["steps"] == 8
+    state = torch.load(latest_checkpoint(out) / "model.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == 8  # the LR schedule went on, not restarted
 
 
 def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, capsys):

@@ -139,3 +139,33 @@ def test_round_trip(fc_pipe, photos, tmp_path):
     after = loaded(["a chef"], identity.embedding[None], identity.face_tokens[None])
     for x, y in zip(before, after):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_trained_unet_is_exported_and_loaded_by_the_pipeline(mode, tmp_path):
+    """train.stage=diffusion with a trained UNet: the export holds it, and the pipeline draws with it (not the base)."""
+    from facegen.config import load_preset
+    from facegen.pipelines import load_pipeline
+    from facegen.train.tasks import FaceCLIPTask
+
+    preset = load_preset("tiny", ["train.stage=diffusion", f"train.unet={mode}"])
+    task = FaceCLIPTask(preset, load_base=False)
+    torch.manual_seed(1)
+    with torch.no_grad():  # stand-in for training: move every trainable UNet weight
+        for p in task.trainable.unet.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    task.export(task.trainable.state_dict(), tmp_path)
+    pipe = load_pipeline("faceclip", preset, tmp_path)
+    base = load_pipeline("faceclip", preset)
+    c = pipe.unet.config
+    sample = torch.randn(1, c.in_channels, 8, 8)
+    pooled_dim = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+    kwargs = {"encoder_hidden_states": torch.randn(1, 4, c.cross_attention_dim),
+              "added_cond_kwargs": {"text_embeds": torch.randn(1, pooled_dim), "time_ids": torch.tensor([[64.0] * 6])}}
+    with torch.no_grad():
+        trained = task.trainable.unet(sample, 10, **kwargs).sample
+        loaded = pipe.unet(sample, 10, **kwargs).sample
+        untouched = base.unet(sample, 10, **kwargs).sample
+    assert torch.allclose(trained, loaded, atol=1e-5)
+    assert not torch.allclose(loaded, untouched, atol=1e-3)

@@ -123,6 +123,21 @@ class Storage:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    def local_dir(self) -> str:
+        """A local directory holding this location's files: the directory itself, or a temporary copy of an
+        s3:// prefix (for loaders that want a path, such as from_pretrained)."""
+        if not self.is_s3:
+            return self.root
+        import tempfile
+
+        target = tempfile.mkdtemp(prefix="facegen-")
+        for path in self.list(recursive=True):
+            dest = os.path.join(target, posixpath.relpath(path, self.root))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(self.read_bytes(path))
+        return target
+
     def read_json(self, relpath: str):
         return json.loads(self.read_bytes(self.path(relpath)))
 

@@ -22,6 +22,22 @@ from facegen.models.face_vit import faces_to_tensor
 from facegen.models.faceclip import FaceCLIPEncoder
 from facegen.pipelines.dreamidentity import FaceAnalyzerComponent, make_scheduler
 
+LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
+
+
+def load_trained_unet(model_dir: str | os.PathLike, unet):
+    """A UNet trained with the encoder (train.unet=full → <model>/unet/, lora → <model>/unet_lora/), else `unet`."""
+    from pathlib import Path
+
+    from diffusers import UNet2DConditionModel
+
+    d = Path(model_dir)
+    if (d / "unet" / "config.json").is_file():
+        return UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=unet.dtype)
+    if (d / LORA_DIR / LORA_FILE).is_file():
+        unet.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="faceclip")
+    return unet
+
 
 @dataclass
 class FaceCLIPIdentity:
@@ -64,7 +80,8 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
             encoder = FaceCLIPEncoder.from_sdxl(p.faceclip_encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
         g = p.faceclip
-        return cls(unet=c["unet"], vae=c["vae"], scheduler=make_scheduler(g.scheduler, c["scheduler"]),
+        unet = load_trained_unet(weights, c["unet"]) if weights else c["unet"]
+        return cls(unet=unet, vae=c["vae"], scheduler=make_scheduler(g.scheduler, c["scheduler"]),
                    faceclip_encoder=encoder, face_analyzer=FaceAnalyzer(p.face), num_inference_steps=g.steps,
                    guidance_scale=g.guidance_scale, height=g.height, width=g.width, negative_prompt=g.negative_prompt)
 

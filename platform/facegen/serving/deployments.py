@@ -106,7 +106,9 @@ class _Generator:
     def __init__(self, preset: str, models: dict, key: bytes):
         _quiet()
         self.preset, self.models, self.key = preset, models, key
-        self.pipe = self._load(preset, models.get(_model_key(self.method)))
+        from facegen.pipelines import load_pipeline
+
+        self.pipe = load_pipeline(self.method, preset, models.get(_model_key(self.method))).to(_device())
         self.pipe.set_progress_bar_config(disable=True)
         cfg = self.pipe.config
         # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
@@ -190,12 +192,6 @@ class DreamIdentityGenerator(_Generator):
     method = "dreamidentity"
 
     @staticmethod
-    def _load(preset, model):
-        from facegen.pipelines.dreamidentity import DreamIdentityPipeline
-
-        return DreamIdentityPipeline.from_preset(preset, model=model).to(_device())
-
-    @staticmethod
     def _identities(arrays: list[dict]):
         return torch.stack([torch.from_numpy(a["tokens"]) for a in arrays])
 
@@ -203,12 +199,6 @@ class DreamIdentityGenerator(_Generator):
 @serve.deployment(name="FaceCLIPGenerator", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
 class FaceCLIPGenerator(_Generator):
     method = "faceclip"
-
-    @staticmethod
-    def _load(preset, model):
-        from facegen.pipelines.faceclip_sdxl import FaceCLIPSDXLPipeline
-
-        return FaceCLIPSDXLPipeline.from_preset(preset, model=model).to(_device())
 
     @staticmethod
     def _identities(arrays: list[dict]):

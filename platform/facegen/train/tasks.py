@@ -118,14 +118,16 @@ class FaceCLIPTrainable(nn.Module):
         self.encoder = encoder
         self.unet = unet
 
-    def forward(self, prompts, identity, faces, targets: tuple | None = None):
-        """(prompt_embeds, pooled) and, given (identity, text, image) targets, the alignment loss — inside
-        forward, because DDP only syncs gradients of parameters used in forward."""
+    def forward(self, prompts, identity, faces, targets: tuple | None = None, denoise=None):
+        """(prompt_embeds, pooled) and, given (identity, text, image) targets, the alignment loss and (given
+        `denoise(unet, embeds, pooled)`) the diffusion loss — all inside forward, because DDP only syncs gradients
+        of parameters used in forward (a trained UNet's included)."""
         embeds, pooled = self.encoder(prompts, identity, self.encoder.encode_faces(faces))
         if targets is None:
             return embeds, pooled
         align, parts = self.encoder.alignment_loss(pooled, *targets)
-        return embeds, pooled, align, parts
+        mse = denoise(self.unet, embeds, pooled) if denoise is not None else None
+        return embeds, pooled, align, parts, mse
 
 
 class FaceCLIPTask:
@@ -184,16 +186,22 @@ class FaceCLIPTask:
             targets = ((batch["target"].clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).numpy()
             image_embeds = self.clip.embed_images([PIL.Image.fromarray(t) for t in targets]).to(self.device)
             text_embeds = enc.plain_text_embeds([str(p).replace("S*", "a person") for p in batch["prompt"]])
-        embeds, pooled, align, parts = model(prompts, identity, faces,
-                                             (batch["identity"].to(self.device), text_embeds, image_embeds))
-        if not self.diffusion:
+        denoise = None
+        if self.diffusion:
+            latents = self.latents(batch)
+            seeds = row_seeds(batch) if self.cfg.fixed_noise else None
+
+            def denoise(trained_unet, embeds, pooled):
+                unet = trained_unet if trained_unet is not None else self.unet  # frozen: outside the model
+                r = latents.shape[-1] * 8
+                time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=pooled.dtype).expand(len(prompts), -1)
+                return diffusion_loss(unet, self.scheduler, latents, seeds, encoder_hidden_states=embeds.to(unet.dtype),
+                                      added_cond_kwargs={"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids})
+
+        _, _, align, parts, mse = model(prompts, identity, faces,
+                                        (batch["identity"].to(self.device), text_embeds, image_embeds), denoise)
+        if mse is None:
             return align, {"align": float(align), **parts}
-        latents = self.latents(batch)
-        r = latents.shape[-1] * 8
-        time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=pooled.dtype).expand(len(prompts), -1)
-        mse = diffusion_loss(self.unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
-                             encoder_hidden_states=embeds.to(self.unet.dtype),
-                             added_cond_kwargs={"text_embeds": pooled.to(self.unet.dtype), "time_ids": time_ids})
         return mse + self.cfg.align_weight * align, {"mse": float(mse), "align": float(align), **parts}
 
     def latents(self, batch) -> torch.Tensor:
@@ -208,9 +216,11 @@ class FaceCLIPTask:
             from peft.utils import get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            os.makedirs(os.path.join(directory, "unet_lora"), exist_ok=True)
+            from facegen.pipelines.faceclip_sdxl import LORA_DIR, LORA_FILE
+
+            os.makedirs(os.path.join(directory, LORA_DIR), exist_ok=True)
             save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()},
-                      os.path.join(directory, "unet_lora", "pytorch_lora_weights.safetensors"))
+                      os.path.join(directory, LORA_DIR, LORA_FILE))
         elif unet is not None:
             unet.save_pretrained(os.path.join(directory, "unet"))
 

@@ -1,0 +1,1 @@
+"""Evaluation: the papers' protocol (face similarity, CLIP-T), on Ray, with a report."""

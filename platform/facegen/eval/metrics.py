@@ -1,0 +1,73 @@
+"""The two numbers of the papers' protocol, per generated image, and their averages.
+
+Face similarity: cosine between the ArcFace identity of the input face and that of the largest face detected in the
+generated image; an image with no detectable face scores 0 and is counted (a method that draws no face must not
+look better by being skipped). Text alignment: CLIP-T (100 × cosine, floored at 0) between the image and the prompt
+with S* read as "a person".
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from facegen.face.analyzer import FaceAnalyzer
+from facegen.models.clip_scorer import ClipScorer
+from facegen.models.tokens import PLACEHOLDER
+
+
+@dataclass
+class ImageScore:
+    face: str  # the test face's name
+    category: str
+    prompt: str
+    index: int  # image i of this face and prompt (seed = eval.seed + i)
+    face_similarity: float  # 0 when no face was detected
+    text_alignment: float
+    no_face: bool
+
+
+def face_similarities(recognizer: FaceAnalyzer, reference: np.ndarray, images) -> tuple[list[float], list[bool]]:
+    """(cosine to `reference` per image, whether the image had no detectable face)."""
+    scores, missing = [], []
+    for image in images:
+        faces = recognizer.detect(np.asarray(image.convert("RGB")))
+        if not faces:
+            scores.append(0.0)
+            missing.append(True)
+            continue
+        scores.append(float(np.dot(reference, faces[0].embedding)))  # both unit vectors
+        missing.append(False)
+    return scores, missing
+
+
+def text_alignments(clip: ClipScorer, images, prompt: str, person_words: str) -> list[float]:
+    text = prompt.replace(PLACEHOLDER, person_words)
+    return [float(s) for s in clip.score(list(images), [text] * len(images))]
+
+
+def _mean(rows: list[ImageScore]) -> dict:
+    n = len(rows)
+    return {
+        "face_similarity": float(np.mean([r.face_similarity for r in rows])) if n else math.nan,
+        "text_alignment": float(np.mean([r.text_alignment for r in rows])) if n else math.nan,
+        "no_face": sum(r.no_face for r in rows),
+        "images": n,
+        "no_face_rate": sum(r.no_face for r in rows) / n if n else math.nan,
+    }
+
+
+def summarize(rows: list[ImageScore]) -> dict:
+    """metrics.json's numbers: overall, per prompt, per category, per face."""
+    groups = {"per_prompt": defaultdict(list), "per_category": defaultdict(list), "per_face": defaultdict(list)}
+    for r in rows:
+        groups["per_prompt"][r.prompt].append(r)
+        groups["per_category"][r.category].append(r)
+        groups["per_face"][r.face].append(r)
+    return {"overall": _mean(rows), **{k: {name: _mean(v) for name, v in g.items()} for k, g in groups.items()}}
+
+
+def rows_to_json(rows: list[ImageScore]) -> list[dict]:
+    return [asdict(r) for r in rows]

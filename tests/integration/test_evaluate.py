@@ -1,0 +1,78 @@
+"""jobs/evaluate.py through its real entry point on the tiny preset and real photos."""
+import json
+import math
+import shutil
+
+import pytest
+from facegen.config import load_preset
+from facegen.eval.report import LABEL_HEIGHT
+from facegen.models.m2 import M2Encoder
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def faces(photos, tmp_path_factory):
+    d = tmp_path_factory.mktemp("faces")
+    shutil.copy(photos["astronaut"], d / "astronaut.png")
+    shutil.copy(photos["tom_hanks"], d / "hanks.png")
+    Image.new("RGB", (200, 160), "gray").save(d / "no_face.jpg")  # a test photo with no face: skipped, reported
+    return d
+
+
+def test_evaluate_dreamidentity_exported_model(ray_cluster, load_job, faces, tmp_path):
+    preset = load_preset("tiny")
+    model = tmp_path / "model"
+    M2Encoder.from_config_random(preset.m2).save_pretrained(model)  # the format the training jobs export
+    out = tmp_path / "eval"
+    assert load_job("evaluate").main(["--model", str(model), "--faces", str(faces), "--output", str(out),
+                                      "--method", "dreamidentity"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    n_prompts, n = len(preset.eval.protocol_prompts()), preset.eval.images_per_prompt
+    o = m["overall"]
+    assert o["images"] == 2 * n_prompts * n == len(json.loads((out / "scores.json").read_text()))
+    assert all(math.isfinite(o[k]) for k in ("face_similarity", "text_alignment", "no_face_rate"))
+    assert m["skipped_faces"] == ["no_face"] and set(m["per_face"]) == {"astronaut", "hanks"}
+    assert all(v["images"] == 2 * n for v in m["per_prompt"].values()) and len(m["per_prompt"]) == n_prompts
+    # The tiny model's random pictures hold no face: every image counts as no-face and scores 0, none is dropped.
+    scores = json.loads((out / "scores.json").read_text())
+    assert o["no_face"] == sum(s["no_face"] for s in scores)
+    assert o["face_similarity"] == pytest.approx(sum(s["face_similarity"] for s in scores) / len(scores))
+    assert all(s["face_similarity"] == 0 for s in scores if s["no_face"])
+    cell = preset.eval.grid_cell
+    for face in ("astronaut", "hanks"):
+        grid = Image.open(out / "grids" / f"{face}.png")
+        assert grid.size == (n * cell, cell + n_prompts * (cell + LABEL_HEIGHT))  # 4 images per prompt
+    report = (out / "report.md").read_text()
+    assert "S* as a chef" in report and "grids/hanks.png" in report and "no_face" in report
+    assert (out / "face_similarity_vs_text_alignment.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "manifest.json").read_text())["counts"]["skipped_faces"] == 1
+
+
+def test_evaluate_faceclip_is_deterministic(ray_cluster, load_job, faces, tmp_path):
+    """Fixed seeds: two runs give the same scores."""
+    job = load_job("evaluate")
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"fc{i}"
+        assert job.main(["--faces", str(faces), "--output", str(out), "--method", "faceclip",
+                         "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3"]) == 0
+        runs.append(json.loads((out / "scores.json").read_text()))
+    assert runs[0] == runs[1] and len(runs[0]) == 2 * 2 * 2
+
+
+def test_evaluate_bad_input(ray_cluster, load_job, faces, tmp_path, capsys):
+    job = load_job("evaluate")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "face.png").write_bytes(b"not a png")
+    cases = [(["--faces", str(tmp_path / "nope")], "no such directory"),
+             (["--faces", str(empty)], "holds no images"),
+             (["--faces", str(broken)], "face is not a readable image"),
+             (["--faces", str(faces), "--model", str(empty)], "not an exported model"),
+             (["--faces", str(faces), "--set", "eval.prompts=[a painting]"], "has no S*")]
+    for i, (args, message) in enumerate(cases):
+        assert job.main([*args, "--output", str(tmp_path / f"o{i}")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / f"o{i}" / "metrics.json").exists()

@@ -1,0 +1,73 @@
+"""`ray job submit` against a real head node started on loopback (and stopped by its own process), as users run
+the jobs on a cluster: the working directory is uploaded and jobs/build_data.py runs through Ray's job API."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node():
+    """`ray start --head --block` on 127.0.0.1 with its own temp dir; terminating that process stops its node."""
+    temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dashboard = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(url + "/api/version", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(1)
+    else:
+        pytest.fail("the head node's job API did not come up in 120 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_build_data_through_ray_job_submit(head_node, tmp_path):
+    out = tmp_path / "data"
+    env = {**os.environ, "RAY_ADDRESS": head_node}
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", head_node, "--working-dir", str(REPO), "--",
+         sys.executable, "jobs/build_data.py", "--preset", "tiny", "--output", str(out), "--num-identities", "2",
+         "--set", "data.max_prompts=1", "--set", "data.steps=2"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout and "build_data: done" in done.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["generated"] == 2 and manifest["counts"]["scored"] == 2
+    assert len(list((out / "selfaug").glob("*.parquet"))) >= 1
+    # The job ran on the submitted cluster, not on a Ray of its own: the head's job list has it.
+    jobs = requests.get(head_node + "/api/jobs/", timeout=10).json()
+    assert any(j["status"] == "SUCCEEDED" and "build_data.py" in j["entrypoint"] for j in jobs)
