@@ -29,10 +29,11 @@ from facegen.data.storage import Storage  # noqa: E402
 def build_dataset(out: str, identities: int) -> None:
     import ray
     from facegen.data.build import run_build
+    from facegen.data.config import read_names
 
     preset = load_preset("tiny", ["data.max_prompts=2", "data.steps=2", "data.keep_fraction=1.0"])
     ray.init(logging_level="WARNING")
-    run_build(preset, Storage.open(out), None, None, identities)
+    run_build(preset, Storage.open(out), read_names(None), None, identities)
     ray.shutdown()
 
 

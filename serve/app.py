@@ -5,6 +5,7 @@
 
 The deployments live in facegen/serving/deployments.py; this file only turns builder arguments into the graph.
 """
+from facegen.errors import ConfigError
 from facegen.serving.deployments import build_app
 
 
@@ -13,6 +14,8 @@ def deploy(args: dict):
     args = dict(args or {})
     cors = args.pop("cors", None)
     max_body = args.pop("max_body", None)
+    if max_body is not None and not str(max_body).isdigit():
+        raise ConfigError(f"max_body={max_body}: give a number of bytes")
     return build_app(preset=args.pop("preset", "tiny"), m2=args.pop("m2", None), faceclip=args.pop("faceclip", None),
                      max_body=int(max_body) if max_body else None, options=args.pop("options", None),
                      cors=cors.split(",") if isinstance(cors, str) else cors, **_no_more(args))
@@ -20,6 +23,6 @@ def deploy(args: dict):
 
 def _no_more(args: dict) -> dict:
     if args:
-        raise ValueError(f"unknown serve.app:deploy argument(s): {', '.join(args)} "
+        raise ConfigError(f"unknown serve.app:deploy argument(s): {', '.join(args)} "
                          "(known: preset, m2, faceclip, max_body, cors, options)")
     return {}

@@ -2,6 +2,7 @@
 the jobs on a cluster: the working directory is uploaded and jobs/build_data.py runs through Ray's job API."""
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,27 +27,29 @@ def _free_port() -> int:
 
 @pytest.fixture
 def head_node():
-    """`ray start --head --block` on 127.0.0.1 with its own temp dir; terminating that process stops its node."""
+    """`ray start --head --block` on 127.0.0.1 with its own temp dir and Ray's token authentication (the token in
+    RAY_AUTH_TOKEN for the node and its clients); terminating that process stops its node."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dashboard = _free_port(), _free_port()
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        try:
-            if requests.get(url + "/api/version", timeout=2).ok:
-                break
+        try:  # any answer means the dashboard's job API is up (401 where Ray's token auth is on)
+            requests.get(url + "/api/version", timeout=2)
+            break
         except requests.ConnectionError:
             pass
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(1)
     else:
         pytest.fail("the head node's job API did not come up in 120 s")
-    yield url
+    yield url, {**env, "RAY_ADDRESS": url}
     os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
     try:
         proc.wait(60)
@@ -56,8 +59,8 @@ def head_node():
 
 
 def test_build_data_through_ray_job_submit(head_node, tmp_path):
+    head_node, env = head_node
     out = tmp_path / "data"
-    env = {**os.environ, "RAY_ADDRESS": head_node}
     done = subprocess.run(
         [RAY, "job", "submit", "--address", head_node, "--working-dir", str(REPO), "--",
          sys.executable, "jobs/build_data.py", "--preset", "tiny", "--output", str(out), "--num-identities", "2",
@@ -69,5 +72,6 @@ def test_build_data_through_ray_job_submit(head_node, tmp_path):
     assert manifest["counts"]["generated"] == 2 and manifest["counts"]["scored"] == 2
     assert len(list((out / "selfaug").glob("*.parquet"))) >= 1
     # The job ran on the submitted cluster, not on a Ray of its own: the head's job list has it.
-    jobs = requests.get(head_node + "/api/jobs/", timeout=10).json()
-    assert any(j["status"] == "SUCCEEDED" and "build_data.py" in j["entrypoint"] for j in jobs)
+    listed = subprocess.run([RAY, "job", "list", "--address", head_node], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert "build_data.py" in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout + listed.stderr

@@ -36,3 +36,22 @@ def test_serve_config_names_real_deployments_and_builder_args():
             assert d["autoscaling_config"]["min_replicas"] >= 1 and d["max_queued_requests"] > 0
     builder_args = set(inspect.signature(deployments.build_app).parameters)
     assert set(app["args"]) <= builder_args
+
+
+def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path):
+    """`serve run serve.app:deploy …` mistakes fail in the builder, naming the argument, before any replica starts."""
+    import importlib.util
+
+    import pytest
+    from facegen.errors import ConfigError
+
+    spec = importlib.util.spec_from_file_location("serve_app", REPO / "serve" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    cases = [({"preset": "bogus"}, "unknown preset 'bogus'"), ({"m2": str(tmp_path)}, "not an exported model"),
+             ({"faceclip": str(tmp_path / "nope")}, "faceclip="), ({"max_body": "ten"}, "max_body=ten"),
+             ({"colour": "red"}, "unknown serve.app:deploy argument(s): colour")]
+    for args, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            app.deploy(args)
+    assert app.deploy({"preset": "tiny"}) is not None  # builds the graph (replicas start only under serve.run)

@@ -301,7 +301,18 @@ class Ingress:
 
 def build_app(preset: str = "tiny", m2: str | None = None, faceclip: str | None = None, max_body: int | None = None,
               options: dict | None = None, cors: list | None = None, keys: list[str] | None = None):
-    """The application graph; `options` maps a deployment name to `.options(...)` (replicas, autoscaling, GPUs)."""
+    """The application graph; `options` maps a deployment name to `.options(...)` (replicas, autoscaling, GPUs).
+    The preset and model directories are checked here, so a mistake fails `serve run` at once with its reason
+    rather than in every replica."""
+    from pathlib import Path
+
+    from facegen.config import load_preset
+    from facegen.errors import ConfigError
+
+    load_preset(preset)
+    for name, directory in (("m2", m2), ("faceclip", faceclip)):
+        if directory and not (Path(directory) / "config.json").is_file():
+            raise ConfigError(f"{name}={directory}: not an exported model (no config.json; use <train output>/model)")
     key = tokens.token_key()
     models = {"m2": m2, "faceclip": faceclip}
     options = options or {}
