@@ -35,7 +35,10 @@ def head_node():
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--temp-dir={temp}", "--disable-usage-stats",
+         # Its own agent ports: the test session's Ray already holds the default ones (52365, …).
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
@@ -61,11 +64,14 @@ def head_node():
 def test_build_data_through_ray_job_submit(head_node, tmp_path):
     head_node, env = head_node
     out = tmp_path / "data"
-    done = subprocess.run(
-        [RAY, "job", "submit", "--address", head_node, "--working-dir", str(REPO), "--",
-         sys.executable, "jobs/build_data.py", "--preset", "tiny", "--output", str(out), "--num-identities", "2",
-         "--set", "data.max_prompts=1", "--set", "data.steps=2"],
-        env=env, capture_output=True, text=True, timeout=600)
+    submit = [RAY, "job", "submit", "--address", head_node, "--working-dir", str(REPO), "--",
+              sys.executable, "jobs/build_data.py", "--preset", "tiny", "--output", str(out), "--num-identities", "2",
+              "--set", "data.max_prompts=1", "--set", "data.steps=2"]
+    for _ in range(10):  # the job API answers before the node's agent has registered: Ray says to try again
+        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in done.stdout + done.stderr:
+            break
+        time.sleep(3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout and "build_data: done" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text())

@@ -81,6 +81,27 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
         assert torch.equal(value, state["encoder." + key]), key
 
 
+def test_faceclip_diffusion_stage_trains_lora_with_two_ddp_workers(train_data, load_job, tmp_path):
+    """stage=diffusion, unet=lora: the LoRA UNet runs inside the DDP forward, moves, is exported beside the encoder
+    and drawn with by the pipeline."""
+    from facegen.pipelines import load_pipeline
+    from facegen.pipelines.faceclip_sdxl import LORA_DIR, LORA_FILE
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lora"
+    rc = load_job("train_faceclip").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
+                                          "--max-steps", "3", "--set", "train.stage=diffusion",
+                                          "--set", "train.unet=lora", "--set", "train.lr=1e-2"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("mse" in r and "align" in r for r in rows)
+    lora = load_file(out / "model" / LORA_DIR / LORA_FILE)
+    ups = [v for k, v in lora.items() if "lora_B" in k]
+    assert ups and any(v.abs().sum() > 0 for v in ups)  # peft starts lora_B at zero: training moved it
+    pipe = load_pipeline("faceclip", load_preset("tiny"), out / "model")
+    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+
 def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
     from facegen.train.run import checkpoint_state_dict
 

@@ -78,10 +78,15 @@ def read_faces(uri: str) -> list[tuple[str, bytes]]:
     files = src.list(suffixes=IMAGE_SUFFIXES, recursive=True)
     if not files:
         raise ConfigError(f"--faces {uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    out = []
+    out, taken = [], set()
     for path in files:
         rel = posixpath.relpath(path, src.root)
-        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in os.path.splitext(rel)[0])
+        base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in os.path.splitext(rel)[0])
+        name, n = base, 1
+        while name in taken:  # "a b.png" and "a_b.jpg" must not share a grid
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name)
         out.append((name, src.read_bytes(path)))
     return out
 
