@@ -161,7 +161,8 @@ def test_killed_worker_resumes_from_checkpoint(train_data, load_job, tmp_path):
 def test_resume_continues_a_stopped_run(train_data, load_job, tmp_path):
     """A run that stopped at step 4 continues with --resume to step 8: step counter, optimizer and metrics go on."""
     out = tmp_path / "resume"
-    common = ["--data", str(train_data), "--output", str(out), "--num-workers", "2",
+    # One worker on this cluster's declared GPU, which CUDA cannot see: the run must notice and train on CPU (gloo).
+    common = ["--data", str(train_data), "--output", str(out), "--num-workers", "1",
               "--set", "train.checkpoint_every=2", "--set", "train.ffhq_ratio=0"]
     job = load_job("train_m2")
     assert job.main([*common, "--max-steps", "4"]) == 0

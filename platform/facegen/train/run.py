@@ -50,8 +50,10 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
         raise ConfigError("the alignment loss contrasts rows within a batch: the dataset needs at least 2 rows")
     _torch_extensions_cache()
     ensure_ray()
-    # Auto: GPUs when the cluster has one per worker (set train.use_gpu=true where GPU nodes autoscale from zero).
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= num_workers
+    # Auto: GPUs when the cluster has one per worker and CUDA sees it there (set train.use_gpu=true where GPU nodes
+    # autoscale from zero).
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else (
+        ray.cluster_resources().get("GPU", 0) >= num_workers and _cuda_on_gpu_nodes())
     env = {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
@@ -84,6 +86,18 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
             "final_loss": steps[-1]["loss"] if steps else None, "first_loss": steps[0]["loss"] if steps else None,
             "resumed": sum(1 for h in history if h.get("event") == "resumed"),
             "timings": {"fit_s": round(seconds, 2)}, "model": out.uri_of("model")}
+
+
+def _cuda_on_gpu_nodes() -> bool:
+    """A Ray GPU resource can be declared where CUDA sees none (`ray start --num-gpus` on a CPU box, a test
+    cluster): ask a GPU worker, so such a cluster trains on CPU with gloo rather than failing in NCCL set-up."""
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def probe() -> bool:
+        return torch.cuda.is_available()
+
+    return ray.get(probe.remote())
 
 
 def training_main(job: str, method: str, description: str, argv=None) -> int:
