@@ -50,15 +50,20 @@ class ClipScorer(nn.Module):
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") else self.model.embed_dim
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives: inputs (preprocessed on the CPU) follow it, so callers may move the scorer to a GPU."""
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
         """PIL images → B×E unit vectors."""
-        batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images])
+        batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(self.device)
         return F.normalize(self.model.encode_image(batch).float(), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenizer(texts)).float(), dim=-1)
+        return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
 
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP-T: 100 × cosine(image, text), one per pair, floored at 0 as in CLIPScore."""
