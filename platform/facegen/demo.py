@@ -94,8 +94,9 @@ def draw(out: Path, preset: str) -> list[Path]:
     """Portraits of the shipped photos through `python -m facegen generate`, with the encoders just trained."""
     written = []
     models = {"dreamidentity": out / "train_m2" / "model", "faceclip": out / "train_faceclip" / "model"}
-    cli(["faces", *map(str, shipped_photos().values())])
-    for name, photo in shipped_photos().items():
+    photos = shipped_photos()
+    cli(["faces", *map(str, photos.values())])
+    for name, photo in photos.items():
         for tag, prompt in PROMPTS.items():
             target = out / f"dreamidentity_{name}_{tag}.png"
             if cli(["generate", "--preset", preset, "--method", "dreamidentity", "--model", str(models["dreamidentity"]),

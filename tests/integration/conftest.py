@@ -19,6 +19,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def free_port():
+    """free_port() → a TCP port on 127.0.0.1 that nothing listens on now."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1; its address is in the environment before Ray starts, so workers see it."""
     from moto.server import ThreadedMotoServer

@@ -3,7 +3,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +18,13 @@ SMALL = {"steps": 2}
 
 
 @pytest.fixture(scope="module")
-def service(ray_cluster):
+def service(ray_cluster, free_port):
     """The tiny app with an API key, a 2 MB body cap, and a FaceCLIP generator that queues at most one request
     (so back-pressure can be seen); the DreamIdentity generator batches."""
     from facegen.serving.deployments import build_app
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = {"FaceCLIPGenerator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}
     serve.run(build_app("tiny", max_body=2 * 1024 * 1024, options=options, keys=[KEY]), name="facegen",

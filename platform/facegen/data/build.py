@@ -24,9 +24,7 @@ import pyarrow as pa
 from facegen.config import Preset
 from facegen.data.schema import FFHQ_SCHEMA, SELFAUG_SCHEMA, STATE_SCHEMA, check_columns, with_latents
 from facegen.data.storage import Storage
-from facegen.errors import ConfigError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SELFAUG, FFHQ, STATE = "selfaug", "ffhq", "_state"
 STAGE_NAMES = {"t_generate": "generate", "t_align": "detect+align", "t_edit": "edit", "t_score": "score",
                "t_latents": "latents", "t_ffhq": "ffhq ingest"}
@@ -188,11 +186,7 @@ class SelfAugBuilder:
         from facegen.data import stages
 
         src = Storage.open(source_uri)
-        if not src.is_dir():
-            raise ConfigError(f"--ffhq {source_uri}: no such directory")
-        files = src.list(suffixes=IMAGE_SUFFIXES, recursive=True)
-        if not files:
-            raise ConfigError(f"--ffhq {source_uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        files = src.image_files("--ffhq")
         items = [{"path": f, "identity": _file_id(src, f)} for f in files]
         done = set(self._done_pairs(FFHQ).get("identity", [])) | set(self._state(FFHQ)["identity"])
         todo = [it for it in items if it["identity"] not in done]

@@ -194,11 +194,7 @@ class ScoreStage:
         if self.cfg.assume_aligned:
             emb = self.analyzer.embed_aligned(images)
             return np.array([cosine(e, s) for e, s in zip(emb, sources)], np.float32)
-        scores = []
-        for img, src in zip(images, sources):
-            faces = self.analyzer.detect(img)
-            scores.append(cosine(faces[0].embedding, src) if faces else 0.0)
-        return np.asarray(scores, np.float32)
+        return np.asarray(self.analyzer.similarities(images, sources)[0], np.float32)
 
 
 class LatentStage:

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 
 from facegen.errors import ConfigError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
 
 @dataclass
 class Storage:
@@ -78,6 +80,16 @@ class Storage:
             and (not suffixes or i.base_name.lower().endswith(suffixes))
         ]
         return sorted(out)
+
+    def image_files(self, flag: str) -> list[str]:
+        """Every image under this location (recursively), or a ConfigError naming the command-line `flag` when the
+        location is missing or holds none."""
+        if not self.is_dir():
+            raise ConfigError(f"{flag} {self.uri}: no such directory")
+        files = self.list(suffixes=IMAGE_SUFFIXES, recursive=True)
+        if not files:
+            raise ConfigError(f"{flag} {self.uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return files
 
     # -- writing -------------------------------------------------------------------------------------------------
     def prepare_output(self) -> None:

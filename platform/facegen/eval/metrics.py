@@ -31,16 +31,7 @@ class ImageScore:
 
 def face_similarities(recognizer: FaceAnalyzer, reference: np.ndarray, images) -> tuple[list[float], list[bool]]:
     """(cosine to `reference` per image, whether the image had no detectable face)."""
-    scores, missing = [], []
-    for image in images:
-        faces = recognizer.detect(np.asarray(image.convert("RGB")))
-        if not faces:
-            scores.append(0.0)
-            missing.append(True)
-            continue
-        scores.append(float(np.dot(reference, faces[0].embedding)))  # both unit vectors
-        missing.append(False)
-    return scores, missing
+    return recognizer.similarities(list(images), [reference] * len(images))
 
 
 def text_alignments(clip: ClipScorer, images, prompt: str, person_words: str) -> list[float]:

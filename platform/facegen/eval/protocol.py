@@ -13,11 +13,12 @@ import PIL.Image
 import torch
 
 from facegen.config import Preset
+from facegen.data.schema import png_bytes
 from facegen.data.storage import Storage
 from facegen.errors import ConfigError, FacegenError
 from facegen.eval.config import EvalPrompt
 from facegen.eval.metrics import ImageScore, face_similarities, rows_to_json, summarize, text_alignments
-from facegen.eval.report import face_grid, png_bytes, report_markdown, scatter_png
+from facegen.eval.report import face_grid, report_markdown, scatter_png
 
 PLOT_FILE = "face_similarity_vs_text_alignment.png"
 
@@ -38,7 +39,7 @@ class FaceEvaluator:
         self.pipe = load_pipeline(method, preset, model, torch_dtype=dtype).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.recognizer = FaceAnalyzer(self.cfg.recognizer or preset.face)
-        self.clip = ClipScorer(preset.clip)
+        self.clip = ClipScorer(preset.clip).to(self.device)
 
     def evaluate(self, name: str, photo: bytes, prompts: list[EvalPrompt]) -> dict:
         """→ {"name", "scores": [ImageScore...], "grid": PNG bytes} or {"name", "skipped": reason}."""
@@ -70,14 +71,8 @@ class FaceEvaluator:
 
 def read_faces(uri: str) -> list[tuple[str, bytes]]:
     """(name, file bytes) of every image under --faces (local dir or s3://), names unique and file-system safe."""
-    from facegen.data.build import IMAGE_SUFFIXES
-
     src = Storage.open(uri)
-    if not src.is_dir():
-        raise ConfigError(f"--faces {uri}: no such directory")
-    files = src.list(suffixes=IMAGE_SUFFIXES, recursive=True)
-    if not files:
-        raise ConfigError(f"--faces {uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    files = src.image_files("--faces")
     out, taken = [], set()
     for path in files:
         rel = posixpath.relpath(path, src.root)

@@ -2,17 +2,9 @@
 and report.md."""
 from __future__ import annotations
 
-import io
-
 from PIL import Image, ImageDraw
 
 LABEL_HEIGHT = 14  # the prompt written above each grid row
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def face_grid(reference: Image.Image, rows: list[tuple[str, list[Image.Image]]], cell: int) -> Image.Image:
@@ -40,23 +32,15 @@ def _fit(image: Image.Image, cell: int) -> Image.Image:
 
 def scatter_png(per_prompt: dict, title: str) -> bytes:
     """One point per prompt: face similarity (x) against text alignment (y) — the papers' trade-off plot."""
-    import matplotlib
+    from facegen import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    fig, ax = plots.new_axes((6.5, 4.5))
     for prompt, m in per_prompt.items():
         ax.scatter(m["face_similarity"], m["text_alignment"], s=18)
         ax.annotate(prompt[:28], (m["face_similarity"], m["text_alignment"]), fontsize=6,
                     xytext=(3, 2), textcoords="offset points")
     ax.set(xlabel="face similarity (ArcFace cosine)", ylabel="text alignment (CLIP-T)", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return plots.png_bytes(fig)
 
 
 def report_markdown(metrics: dict, grids: dict[str, str], plot: str) -> str:

@@ -166,6 +166,16 @@ class FaceAnalyzer:
         rgb, face = self.largest(image, name)
         return align_face(rgb, face.kps, size=size, margin=margin)
 
+    def similarities(self, images: Sequence[ImageInput], references: Sequence[np.ndarray]) -> tuple[list[float], list[bool]]:
+        """Per image: (cosine between its largest face's identity and its reference, whether it had no face). An
+        image with no detectable face scores 0 — the data filter's and the evaluation protocol's rule."""
+        scores, missing = [], []
+        for image, reference in zip(images, references, strict=True):
+            faces = self.detect(image)
+            scores.append(cosine(faces[0].embedding, reference) if faces else 0.0)
+            missing.append(not faces)
+        return scores, missing
+
     def embed_aligned(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         """L2-normalised identity vectors of faces that are already aligned crops (resized to the recognizer's
         input): for pre-aligned datasets and generators that draw no detectable face (the tiny preset)."""

@@ -6,7 +6,6 @@ Checkpoints live under <output>/checkpoints/ (Ray Train's storage). A run stoppe
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -143,21 +142,13 @@ def export(method: str, preset: Preset, strategy: str, checkpoint_dir: str, out:
 
 
 def loss_curve_png(history: list[dict], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from facegen.plots import new_axes, png_bytes
 
     rows = [h for h in history if "loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = new_axes((6, 3.5))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
     for h in history:
         if h.get("event") == "resumed":
             ax.axvline(h["step"], color="grey", ls="--", lw=0.8)
     ax.set(xlabel="step", ylabel="loss", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
