@@ -6,13 +6,14 @@ Writes <output>/metrics.json, report.md, grids/<face>.png, a face-similarity vs 
 """
 from facegen.eval.protocol import run_evaluation
 from facegen.jobs import job_parser, run_job
+from facegen.methods import NAMES
 
 
 def main(argv=None) -> int:
     p = job_parser(__doc__.strip().splitlines()[0])
     p.add_argument("--model", default=None, help="an exported model (<train output>/model); default: the preset's encoder")
     p.add_argument("--faces", required=True, help="a directory (or s3:// prefix) of test face photos")
-    p.add_argument("--method", default="dreamidentity", choices=["dreamidentity", "faceclip"])
+    p.add_argument("--method", default=NAMES[0], choices=NAMES)
     args = p.parse_args(argv)
     return run_job("evaluate", args, lambda preset, out, a: run_evaluation(a.method, preset, out, a.faces, a.model))
 

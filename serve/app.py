@@ -1,28 +1,83 @@
-"""The facegen HTTP service as a Ray Serve application (DESIGN.md "HTTP API").
+"""The facegen HTTP service as a Ray Serve application (docs/DESIGN.md "HTTP API").
 
-    serve run serve.app:deploy preset=tiny [m2=DIR] [faceclip=DIR] [max_body=BYTES]
+    serve run serve.app:deploy preset=tiny [methods=dreamidentity,faceclip] [dreamidentity=DIR] [faceclip=DIR]
+                                [max_body=BYTES] [cors=https://app.example]
     serve deploy serve/config.yaml            # a cluster: replicas, autoscaling, GPUs per deployment
 
-The deployments live in facegen/serving/deployments.py; this file only turns builder arguments into the graph.
+The builder's arguments are one typed (pydantic) model, `AppArgs`, with a field per registered method for its
+trained encoder; a mistake fails `serve run` at once with the argument named. The deployments live in
+facegen/serving/deployments.py.
 """
+from __future__ import annotations
+
+from pathlib import Path
+
 from facegen.errors import ConfigError
-from facegen.serving.deployments import build_app
+from facegen.methods import NAMES
+from facegen.serving.api import DEFAULT_MAX_BODY
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+
+class _AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str = Field("tiny", description="a shipped preset name or a .yaml file")
+    methods: list[str] | None = Field(None, description="methods to serve (default: every method the preset offers)")
+    max_body: int = Field(DEFAULT_MAX_BODY, gt=0, description="largest request body, bytes")
+    cors: list[str] | None = Field(None, description="origins allowed to call the API from a browser")
+    keys: list[str] | None = Field(None, description="API keys (default: FACEGEN_API_KEYS)")
+    options: dict[str, dict] = Field(default_factory=dict, description="deployment name → .options(...)")
+
+    @field_validator("methods", "cors", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self):
+        from facegen.config import load_preset
+
+        preset = load_preset(self.preset)
+        offered = preset.method_names
+        if self.methods is None:
+            self.methods = offered
+        unknown = [m for m in self.methods if m not in NAMES]
+        if unknown:
+            raise ValueError(f"methods: unknown method '{unknown[0]}' (known: {', '.join(NAMES)})")
+        missing = [m for m in self.methods if m not in offered]
+        if missing:
+            raise ValueError(f"methods: preset '{self.preset}' does not configure '{missing[0]}' "
+                             f"(it offers: {', '.join(offered) or 'none'})")
+        if not self.methods:
+            raise ValueError("methods: nothing to serve")
+        for m in NAMES:
+            directory = getattr(self, m)
+            if directory and m not in self.methods:
+                raise ValueError(f"{m}={directory}: method '{m}' is not served (methods={','.join(self.methods)})")
+            if directory and not (Path(directory) / "config.json").is_file():
+                raise ValueError(f"{m}={directory}: not an exported model (no config.json; use <train output>/model)")
+        return self
+
+
+# One optional field per registered method: the encoder a training job exported for it.
+AppArgs = create_model("AppArgs", __base__=_AppArgs, **{
+    m: (str | None, Field(None, description=f"an exported {m} encoder (<train output>/model)")) for m in NAMES})
+
+
+def parse_args(args: dict | None) -> BaseModel:
+    """Builder arguments → AppArgs; any mistake is a ConfigError that names the argument."""
+    try:
+        return AppArgs.model_validate(dict(args or {}))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        message = str(first.get("msg", e)).removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown serve.app:deploy argument (known: {', '.join(AppArgs.model_fields)})"
+        raise ConfigError(f"{where}: {message}" if where else message) from None
 
 
 def deploy(args: dict):
     """Ray Serve application builder: `serve run serve.app:deploy key=value ...` passes the key=value pairs here."""
-    args = dict(args or {})
-    cors = args.pop("cors", None)
-    max_body = args.pop("max_body", None)
-    if max_body is not None and not str(max_body).isdigit():
-        raise ConfigError(f"max_body={max_body}: give a number of bytes")
-    return build_app(preset=args.pop("preset", "tiny"), m2=args.pop("m2", None), faceclip=args.pop("faceclip", None),
-                     max_body=int(max_body) if max_body else None, options=args.pop("options", None),
-                     cors=cors.split(",") if isinstance(cors, str) else cors, **_no_more(args))
+    from facegen.serving.deployments import build_app
 
-
-def _no_more(args: dict) -> dict:
-    if args:
-        raise ConfigError(f"unknown serve.app:deploy argument(s): {', '.join(args)} "
-                         "(known: preset, m2, faceclip, max_body, cors, options)")
-    return {}
+    return build_app(parse_args(args))

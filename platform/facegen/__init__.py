@@ -1,20 +1,23 @@
 """facegen: identity-preserving portrait generation (DreamIdentity, FaceCLIP) on Ray.
 
-Heavy imports (torch, diffusers) happen on first use of a name, so `import facegen` stays cheap for the CLI
-and for Ray workers that only read data.
+`import facegen` loads nothing else: the names below import their module (torch, diffusers) on first use, so the
+CLI and Ray workers that only read data stay cheap.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
-    "DreamIdentityPipeline": "facegen.pipelines.dreamidentity",
-    "FaceCLIPSDXLPipeline": "facegen.pipelines.faceclip_sdxl",
-    "FaceCLIPEncoder": "facegen.models.faceclip",
+    "DreamIdentityPipeline": "facegen.methods.dreamidentity.pipeline",
+    "IdTokens": "facegen.methods.dreamidentity.pipeline",
+    "M2Encoder": "facegen.methods.dreamidentity.encoder",
+    "FaceCLIPSDXLPipeline": "facegen.methods.faceclip.pipeline",
+    "FaceCLIPCondition": "facegen.methods.faceclip.pipeline",
+    "FaceCLIPEncoder": "facegen.methods.faceclip.encoder",
     "ClipScorer": "facegen.models.clip_scorer",
-    "M2Encoder": "facegen.models.m2",
     "FaceViT": "facegen.models.face_vit",
     "FaceAnalyzer": "facegen.face.analyzer",
     "Preset": "facegen.config",
     "load_preset": "facegen.config",
+    "load_pipeline": "facegen.methods",
 }
 
 __all__ = list(_EXPORTS)

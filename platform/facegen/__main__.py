@@ -13,8 +13,7 @@ import warnings
 from pathlib import Path
 
 from facegen.errors import FacegenError
-
-METHODS = ("dreamidentity", "faceclip")
+from facegen.methods import NAMES, get_method
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,14 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="draw the person in a photo into the scene a prompt describes")
-    g.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | faceclip-sdxl | a .yaml file")
-    g.add_argument("--method", choices=METHODS, default="dreamidentity")
+    g.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | faceclip-sdxl | production | a .yaml file")
+    g.add_argument("--method", choices=NAMES, default=None, help="default: the preset's first method")
     g.add_argument("--face", action="append", required=True, help="a photo of the person (repeat for several)")
     g.add_argument("--prompt", required=True,
                    help='DreamIdentity: "S* as a chef" (S* marks the person); FaceCLIP: "a chef in a kitchen"')
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--out", required=True, help="output .png (with --num-images N: NAME-1.png … NAME-N.png)")
-    g.add_argument("--model", default=None, help="an encoder exported by a training job (replaces the preset's)")
+    g.add_argument("--model", default=None,
+                   help="an encoder exported by a training job (sets methods.<method>.model)")
     g.add_argument("--num-images", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, default=None)
@@ -99,17 +99,18 @@ def cmd_generate(args) -> int:
         raise FacegenError("--num-images must be between 1 and 16")
     if args.steps is not None and not 1 <= args.steps <= 1000:
         raise FacegenError("--steps must be between 1 and 1000")
-    for size in (args.width, args.height):
-        if size is not None and (size <= 0 or size % 8):
-            raise FacegenError(f"--width/--height must be positive multiples of 8, got {size}")
     paths = output_paths(args.out, args.num_images)
     preset = load_preset(args.preset, args.set)
-    from facegen.pipelines import load_pipeline
+    method = get_method(args.method or (preset.method_names or NAMES)[0])
+    preset.method(method.name)  # the preset offers it
+    # The pipeline's own input checks, before any model loads.
+    method.pipeline_class().check_inputs(args.prompt, args.negative_prompt or "", args.height, args.width)
+    from facegen.methods import load_pipeline
 
-    pipe = load_pipeline(args.method, preset, args.model)
+    pipe = load_pipeline(method.name, preset, args.model)
     if not args.verbose:
         pipe.set_progress_bar_config(disable=True)
-    identity = pipe.encode_identity(args.face)
+    identity = pipe.encode_identity(args.face)  # several --face photos of one person are averaged
     out = pipe(prompt=args.prompt, identity=identity, negative_prompt=args.negative_prompt,
                num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
                num_images_per_prompt=args.num_images, generator=torch.Generator().manual_seed(args.seed))

@@ -14,6 +14,10 @@ class InvalidImage(FacegenError):
     code = "invalid_image"
 
 
+class ImageTooLarge(InvalidImage):
+    code = "too_large"
+
+
 class NoFaceFound(FacegenError):
     code = "no_face"
 
@@ -28,3 +32,9 @@ class ConfigError(FacegenError):
 
 class ModelNotFound(FacegenError):
     code = "model_not_found"
+
+
+class GenerationFailed(FacegenError):
+    """The model failed on a request (e.g. out of GPU memory) even when drawn alone: the service answers 503."""
+
+    code = "generation_failed"

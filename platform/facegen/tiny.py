@@ -26,7 +26,7 @@ def build_tiny(kind: str) -> Path:
         from facegen.errors import ModelNotFound
 
         raise ModelNotFound(f"unknown tiny model 'tiny:{kind}' (known: {', '.join('tiny:' + k for k in KINDS)})")
-    from facegen.weights import cache_dir
+    from facegen.cache import cache_dir
 
     target = cache_dir() / "tiny" / f"{kind}-{TINY_VERSION}"
     if (target / "model_index.json").is_file():

@@ -1,28 +1,22 @@
-"""Resolving model references: a local diffusers directory, a hub id, or the offline tiny builder.
+"""Resolving model references: a local diffusers directory, a hub id, or an offline builder.
 
 Every base model goes through one path: `resolve_model(ref)` gives a local directory in the real diffusers layout,
-then the libraries' own `from_pretrained` loads it. "tiny:sd21" and "tiny:sdxl" are built once (see `tiny.py`)
-into the cache and then loaded exactly like downloaded weights.
+then the libraries' own `from_pretrained` loads it. "tiny:sd21" / "tiny:sdxl" (small random models, tiny.py) and
+"random:sd21-base" / "random:sdxl-base" (random weights with the public models' exact configs, random_models.py)
+are built once into the cache and then loaded exactly like downloaded weights.
 """
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 from pathlib import Path
 
 from facegen.errors import ModelNotFound
 
-TINY_PREFIX = "tiny:"
+TINY_PREFIX, RANDOM_PREFIX = "tiny:", "random:"
 # Only what the pipelines need from a hub repo: no fp16 duplicates, no .bin/.ckpt copies.
 HUB_PATTERNS = ["*.json", "*.txt", "*/*.json", "*/*.txt", "*/*.model", "*/diffusion_pytorch_model.safetensors",
                 "*/model.safetensors", "*/*.safetensors.index.json"]
-
-
-def cache_dir() -> Path:
-    """FACEGEN_CACHE, or ~/.cache/facegen: tiny models and the linked face models live here."""
-    path = Path(os.environ.get("FACEGEN_CACHE", "~/.cache/facegen")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
@@ -31,6 +25,10 @@ def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
         from facegen.tiny import build_tiny
 
         path = build_tiny(ref[len(TINY_PREFIX):])
+    elif ref.startswith(RANDOM_PREFIX):
+        from facegen.random_models import build_random
+
+        path = build_random(ref[len(RANDOM_PREFIX):])
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser()
     elif ref.startswith(("/", ".", "~")) or ref.count("/") != 1:
@@ -55,7 +53,7 @@ def _from_hub(repo_id: str) -> Path:
         raise ModelNotFound(
             f"cannot load '{repo_id}' from the Hugging Face hub ({type(e).__name__}). Without network, download it "
             f"elsewhere (`hf download {repo_id} --local-dir DIR`) and point the preset at the directory, e.g. "
-            f"--set sd21=DIR or --set sdxl=DIR"
+            f"--set methods.<method>.base_model=DIR"
         ) from None
 
 
@@ -102,3 +100,12 @@ def load_sdxl_components(ref: str, sha256: dict[str, str] | None = None, torch_d
         raise ModelNotFound(f"{ref} is not an SDXL model directory: {e}") from None
     names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
     return {k: getattr(pipe, k) for k in names}
+
+
+def text_token_dim(ref: str, sha256: dict[str, str] | None = None) -> int:
+    """The token-embedding width of a model's (first) text encoder, read from its config alone."""
+    path = resolve_model(ref, sha256)
+    config = path / "text_encoder" / "config.json"
+    if not config.is_file():
+        raise ModelNotFound(f"{ref} has no text_encoder/config.json: is it a Stable Diffusion model directory?")
+    return int(json.loads(config.read_text())["hidden_size"])

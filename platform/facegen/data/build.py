@@ -5,8 +5,8 @@
 
 Every stage is a `map_batches` over an actor pool with its own resources (DataConfig); models load once per actor.
 `write_shard` writes each batch it gets as one Parquet shard under a temporary name and renames it, so a shard is
-either complete or absent. `--resume` reads back which (identity, prompt) pairs and rejected identities are on disk
-and runs only the rest; rows are drawn with seeds that depend only on (identity, prompt), so a resumed build equals
+either complete or absent. `--resume` reads back which (subject, prompt) pairs and rejected subjects are on disk
+and runs only the rest; rows are drawn with seeds that depend only on (subject, prompt), so a resumed build equals
 an uninterrupted one. The top-fraction selection (`kept`) runs last over the score columns only — per prompt, no
 global shuffle — and rewrites just the shards whose marks change.
 """
@@ -30,8 +30,8 @@ STAGE_NAMES = {"t_generate": "generate", "t_align": "detect+align", "t_edit": "e
                "t_latents": "latents", "t_ffhq": "ffhq ingest"}
 
 
-def _key(identity: str, index: int) -> str:
-    return f"{identity}\x1f{index}"
+def _key(subject: str, index: int) -> str:
+    return f"{subject}\x1f{index}"
 
 
 def _table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -44,16 +44,16 @@ def _plain(value):
 
 
 def write_shard(df: pd.DataFrame, uri: str, kind: str, skip: frozenset, latents: bool) -> pd.DataFrame:
-    """Write a batch as one shard (rows to <kind>/, rejected identities to _state/); return its accounting row."""
+    """Write a batch as one shard (rows to <kind>/, rejected subjects to _state/); return its accounting row."""
     storage = Storage.open(uri)
     ok = df[df["status"] == "ok"]
     bad = df[df["status"] != "ok"]
     if kind == SELFAUG:
         ok = ok.assign(kept=False)
-        keys = [_key(i, p) for i, p in zip(ok["identity"], ok["prompt_index"])]
+        keys = [_key(i, p) for i, p in zip(ok["subject"], ok["prompt_index"])]
         schema = SELFAUG_SCHEMA
     else:
-        keys = [_key(i, 0) for i in ok["identity"]]
+        keys = [_key(i, 0) for i in ok["subject"]]
         schema = FFHQ_SCHEMA
     if skip:
         ok = ok[[k not in skip for k in keys]]
@@ -64,8 +64,8 @@ def write_shard(df: pd.DataFrame, uri: str, kind: str, skip: frozenset, latents:
         name = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
         storage.write_parquet(f"{kind}/part-{name}.parquet", _table(ok, schema))
     if len(bad):
-        state = pd.DataFrame({"kind": kind, "identity": bad["identity"], "status": bad["status"]})
-        name = hashlib.sha1("\n".join(sorted(state["identity"])).encode()).hexdigest()[:16]
+        state = pd.DataFrame({"kind": kind, "subject": bad["subject"], "status": bad["status"]})
+        name = hashlib.sha1("\n".join(sorted(state["subject"])).encode()).hexdigest()[:16]
         storage.write_parquet(f"{STATE}/{kind}-{name}.parquet", _table(state, STATE_SCHEMA))
     acct = {"rows": [len(ok)], "rejected": [len(bad)]}
     for col in STAGE_NAMES:
@@ -115,12 +115,12 @@ class SelfAugBuilder:
 
     # -- what is on disk ---------------------------------------------------------------------------------------------
     def _state(self, kind: str) -> pd.DataFrame:
-        table = self.out.read_parquet(self.out.list(STATE, suffixes=(".parquet",)), ["kind", "identity", "status"])
+        table = self.out.read_parquet(self.out.list(STATE, suffixes=(".parquet",)), ["kind", "subject", "status"])
         df = table.to_pandas()
         return df[df["kind"] == kind] if len(df) else df
 
     def _done_pairs(self, kind: str) -> pd.DataFrame:
-        cols = ["identity", "prompt_index"] if kind == SELFAUG else ["identity"]
+        cols = ["subject", "prompt_index"] if kind == SELFAUG else ["subject"]
         return self.out.read_parquet(self.out.list(kind, suffixes=(".parquet",)), cols).to_pandas()
 
     # -- self-augmented editing set --------------------------------------------------------------------------------
@@ -131,16 +131,16 @@ class SelfAugBuilder:
 
         n_prompts = len(self.cfg.prompts())
         pairs = self._done_pairs(SELFAUG)
-        per_identity = pairs.groupby("identity").size() if len(pairs) else pd.Series(dtype=int)
-        finished = set(per_identity[per_identity >= n_prompts].index) | set(self._state(SELFAUG)["identity"])
-        partial = set(per_identity[per_identity < n_prompts].index)
-        skip = {_key(i, p) for i, p in zip(pairs["identity"], pairs["prompt_index"]) if i in partial} if len(pairs) else set()
+        per_subject = pairs.groupby("subject").size() if len(pairs) else pd.Series(dtype=int)
+        finished = set(per_subject[per_subject >= n_prompts].index) | set(self._state(SELFAUG)["subject"])
+        partial = set(per_subject[per_subject < n_prompts].index)
+        skip = {_key(i, p) for i, p in zip(pairs["subject"], pairs["prompt_index"]) if i in partial} if len(pairs) else set()
         todo = [n for n in names if n not in finished]
-        print(f"self-aug: {len(names)} identities × {n_prompts} prompts; {len(names) - len(todo)} already done", flush=True)
+        print(f"self-aug: {len(names)} subjects × {n_prompts} prompts; {len(names) - len(todo)} already done", flush=True)
         if todo:
             c = self.cfg
             blocks = max(1, math.ceil(len(todo) / c.generate.batch_size))
-            ds = ray.data.from_items([{"identity": n} for n in todo], override_num_blocks=blocks)
+            ds = ray.data.from_items([{"subject": n} for n in todo], override_num_blocks=blocks)
             ds = self._stage(ds, stages.GenerateSourceStage, c.generate)
             ds = self._stage(ds, stages.AlignStage, c.align)
             ds = self._stage(ds, stages.EditStage, c.edit)
@@ -157,7 +157,7 @@ class SelfAugBuilder:
         paths = self.out.list(SELFAUG, suffixes=(".parquet",))
         if not paths:
             return
-        cols = ["identity", "prompt_index", "prompt", "id_score", "clip_score", "kept"]
+        cols = ["subject", "prompt_index", "prompt", "id_score", "clip_score", "kept"]
         frames = []
         for path in paths:
             df = self.out.read_parquet([path], cols).to_pandas()
@@ -167,7 +167,7 @@ class SelfAugBuilder:
         df["rank"] = self.cfg.id_weight * df["id_score"] + self.cfg.clip_weight * df["clip_score"] / 100.0
         keep = np.zeros(len(df), bool)
         for _, group in df.groupby("prompt", sort=False):
-            order = group.sort_values(["rank", "identity"], ascending=[False, True], kind="stable")
+            order = group.sort_values(["rank", "subject"], ascending=[False, True], kind="stable")
             n_keep = max(1, math.ceil(len(group) * self.cfg.keep_fraction))
             keep[order.index[:n_keep]] = True
         df["new_kept"] = keep
@@ -176,7 +176,7 @@ class SelfAugBuilder:
         refs = []
         for path in changed:
             rows = df[(df["path"] == path) & df["new_kept"]]
-            refs.append(rewrite.remote(self.out.uri, path, [_key(i, x) for i, x in zip(rows["identity"], rows["prompt_index"])]))
+            refs.append(rewrite.remote(self.out.uri, path, [_key(i, x) for i, x in zip(rows["subject"], rows["prompt_index"])]))
         ray.get(refs)
 
     # -- FFHQ ----------------------------------------------------------------------------------------------------
@@ -187,9 +187,9 @@ class SelfAugBuilder:
 
         src = Storage.open(source_uri)
         files = src.image_files("--ffhq")
-        items = [{"path": f, "identity": _file_id(src, f)} for f in files]
-        done = set(self._done_pairs(FFHQ).get("identity", [])) | set(self._state(FFHQ)["identity"])
-        todo = [it for it in items if it["identity"] not in done]
+        items = [{"path": f, "subject": _file_id(src, f)} for f in files]
+        done = set(self._done_pairs(FFHQ).get("subject", [])) | set(self._state(FFHQ)["subject"])
+        todo = [it for it in items if it["subject"] not in done]
         print(f"ffhq: {len(items)} photos; {len(items) - len(todo)} already done", flush=True)
         if todo:
             c = self.cfg
@@ -203,8 +203,8 @@ class SelfAugBuilder:
     def report(self, seconds: float) -> BuildReport:
         counts = {}
         state = self._state(SELFAUG)
-        scored = self.out.read_parquet(self.out.list(SELFAUG, suffixes=(".parquet",)), ["identity", "kept"]).to_pandas()
-        ok_ids = scored["identity"].nunique() if len(scored) else 0
+        scored = self.out.read_parquet(self.out.list(SELFAUG, suffixes=(".parquet",)), ["subject", "kept"]).to_pandas()
+        ok_ids = scored["subject"].nunique() if len(scored) else 0
         counts["generated"] = int(ok_ids + len(state))
         counts["no_face"] = int((state["status"] == "no_face").sum()) if len(state) else 0
         counts["too_small"] = int((state["status"] == "too_small").sum()) if len(state) else 0
@@ -227,8 +227,8 @@ class SelfAugBuilder:
 
 
 def _file_id(src: Storage, path: str) -> str:
-    rel = path[len(src.root):].lstrip("/")
-    return rel.rsplit(".", 1)[0]
+    """An FFHQ photo's subject: its path relative to --ffhq, extension included (a.png and a.jpg are two)."""
+    return path[len(src.root):].lstrip("/")
 
 
 def _rewrite_kept(uri: str, path: str, kept_keys: list[str]) -> None:
@@ -237,9 +237,9 @@ def _rewrite_kept(uri: str, path: str, kept_keys: list[str]) -> None:
 
     storage = Storage.open(uri)
     table = pq.read_table(path, filesystem=storage.fs)
-    check_columns(table.schema, ("identity", "prompt_index", "kept"), path)
+    check_columns(table.schema, ("subject", "prompt_index", "kept"), path)
     wanted = set(kept_keys)
-    kept = [_key(i, p) in wanted for i, p in zip(table["identity"].to_pylist(), table["prompt_index"].to_pylist())]
+    kept = [_key(i, p) in wanted for i, p in zip(table["subject"].to_pylist(), table["prompt_index"].to_pylist())]
     table = table.set_column(table.schema.get_field_index("kept"), "kept", pa.array(kept, pa.bool_()))
     storage.write_parquet(path[len(storage.root):].lstrip("/"), table)
 

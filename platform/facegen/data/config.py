@@ -24,11 +24,12 @@ def _gpu(batch: int) -> StageResources:
 
 @dataclass
 class DataConfig:
-    # What to draw. Templates use "S*" where the name goes: it is filled in to draw, and stays in the stored prompt.
+    # The method whose base model draws the set (its methods.<name>.base_model and sampling scheduler).
+    method: str = "dreamidentity"
+    # What to draw. Templates use "S*" where the subject's name goes: it is filled in to draw, and stays in the stored prompt.
     source_prompt: str = "S* face, looking at the camera"
     edit_prompts: list[str] | None = None  # None = the shipped list (facegen/data/edit_prompts.txt)
     max_prompts: int | None = None  # use only the first N edit prompts (quick runs)
-    person_words: str = "a person"  # what S* reads as for the CLIP score
     negative_prompt: str = ""
     steps: int = 30
     guidance_scale: float = 7.5
@@ -37,7 +38,7 @@ class DataConfig:
     seed: int = 0
     # Filtering.
     min_face_size: int = 128  # keep a source face only if its box's short side is larger (pixels)
-    face_size: int = 112  # aligned crop stored as source_face
+    face_size: int = 112  # aligned crop stored as source_face (training resizes it to each encoder's face ViT)
     keep_fraction: float = 0.25  # per prompt, the top fraction by id_weight·id_score + clip_weight·clip_score/100
     id_weight: float = 1.0
     clip_weight: float = 1.0

@@ -14,37 +14,16 @@ import PIL.Image
 import torch
 
 from facegen.config import Preset
-from facegen.data.schema import decode_image, encode_latents, png_bytes, stable_seed
+from facegen.data.schema import encode_latents
 from facegen.errors import FacegenError
 from facegen.face.align import align_face
 from facegen.face.analyzer import FaceAnalyzer, cosine
+from facegen.face.images import decode_image, png_bytes
 from facegen.models.tokens import PLACEHOLDER
+from facegen.seeds import stable_seed
+from facegen.workers import actor_device, quiet_worker
 
 OK = "ok"
-
-
-def actor_device() -> tuple[torch.device, torch.dtype]:
-    """The GPU Ray gave this actor, if it gave one and torch can use it; else the CPU in fp32."""
-    import ray
-
-    if torch.cuda.is_available() and ray.is_initialized() and ray.get_gpu_ids():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
-
-
-def quiet_worker() -> None:
-    """Model-loading progress bars and deprecation chatter from every actor would drown Ray Data's progress."""
-    import warnings
-
-    import diffusers
-    import transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def fill_name(template: str, name: str) -> str:
@@ -57,19 +36,20 @@ def _timed(df: pd.DataFrame, column: str, start: float) -> pd.DataFrame:
 
 
 class _Generator:
-    """Stable Diffusion from the preset's base model, drawing one image per (prompt, seed)."""
+    """Stable Diffusion from the base model of data.method's section, drawing one image per (prompt, seed)."""
 
     def __init__(self, preset: Preset):
         from diffusers import StableDiffusionPipeline
 
-        from facegen.pipelines.dreamidentity import make_scheduler
+        from facegen.methods.pipeline_utils import make_scheduler
         from facegen.weights import load_sd21_components
 
         quiet_worker()
         self.preset, self.cfg = preset, preset.data
         self.device, dtype = actor_device()
-        parts = load_sd21_components(preset.sd21, preset.sha256, torch_dtype=dtype)
-        parts["scheduler"] = make_scheduler(preset.dreamidentity.scheduler, parts["scheduler"])
+        section = preset.method(self.cfg.method)
+        parts = load_sd21_components(section.base_model, section.sha256, torch_dtype=dtype)
+        parts["scheduler"] = make_scheduler(section.sampling.scheduler, parts["scheduler"])
         self.pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                             requires_safety_checker=False).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -83,19 +63,19 @@ class _Generator:
 
 
 class GenerateSourceStage(_Generator):
-    """identity → source_image: "<name> face, looking at the camera"."""
+    """subject → source_image: "<name> face, looking at the camera"."""
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         start = time.perf_counter()
-        prompts = [fill_name(self.cfg.source_prompt, n) for n in df["identity"]]
-        seeds = [stable_seed(self.cfg.seed, "source", n) for n in df["identity"]]
+        prompts = [fill_name(self.cfg.source_prompt, n) for n in df["subject"]]
+        seeds = [stable_seed(self.cfg.seed, "source", n) for n in df["subject"]]
         df["source_image"] = [png_bytes(img) for img in self.draw(prompts, seeds)]
         df["status"] = OK
         return _timed(df, "t_generate", start)
 
 
 class AlignStage:
-    """source_image → source_face (aligned crop) + source_embedding, or status no_face / too_small."""
+    """source_image → source_face (aligned crop) + face_embedding, or status no_face / too_small."""
 
     def __init__(self, preset: Preset):
         quiet_worker()
@@ -121,7 +101,7 @@ class AlignStage:
                 faces.append(png_bytes(align_face(rgb, face.kps, self.cfg.face_size)) if state == OK else b"")
                 embeddings.append(face.embedding.tolist() if state == OK else [])
                 status.append(state)
-        df["source_face"], df["source_embedding"], df["status"] = faces, embeddings, status
+        df["source_face"], df["face_embedding"], df["status"] = faces, embeddings, status
         df = df.drop(columns=["source_image"])
         return _timed(df, "t_align", start)
 
@@ -136,7 +116,7 @@ class AlignStage:
 
 
 class EditStage(_Generator):
-    """One identity row → one row per edit prompt: "<name> as a chef" drawn, stored as "S* as a chef"."""
+    """One subject row → one row per edit prompt: "<name> as a chef" drawn, stored as "S* as a chef"."""
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         start = time.perf_counter()
@@ -148,8 +128,8 @@ class EditStage(_Generator):
                 continue
             for i, template in enumerate(prompts):
                 rows.append({**rec, "prompt": template, "prompt_index": i, "edited_image": b""})
-                jobs.append((len(rows) - 1, fill_name(template, rec["identity"]), stable_seed(self.cfg.seed, "edit", rec["identity"], i)))
-                if i:  # the identity's earlier stage times count once
+                jobs.append((len(rows) - 1, fill_name(template, rec["subject"]), stable_seed(self.cfg.seed, "edit", rec["subject"], i)))
+                if i:  # the subject's earlier stage times count once
                     rows[-1].update(t_generate=0.0, t_align=0.0)
         batch = max(1, self.cfg.edit.batch_size)
         for b in range(0, len(jobs), batch):
@@ -164,7 +144,7 @@ class EditStage(_Generator):
 
 class ScoreStage:
     """id_score: ArcFace cosine between the edited image's face and the source face (0 when it has none);
-    clip_score: CLIP-T between the edited image and its prompt with S* read as "a person"."""
+    clip_score: CLIP-T between the edited image and its prompt with S* read as clip.person_words."""
 
     def __init__(self, preset: Preset):
         from facegen.models.clip_scorer import ClipScorer
@@ -183,9 +163,9 @@ class ScoreStage:
         if ok.any():
             idx = np.flatnonzero(ok)
             images = [decode_image(df["edited_image"].iloc[i]) for i in idx]
-            sources = [np.asarray(df["source_embedding"].iloc[i], np.float32) for i in idx]
+            sources = [np.asarray(df["face_embedding"].iloc[i], np.float32) for i in idx]
             id_scores[idx] = self.identity_scores(images, sources)
-            texts = [fill_name(df["prompt"].iloc[i], self.cfg.person_words) for i in idx]
+            texts = [self.clip.reading(df["prompt"].iloc[i]) for i in idx]
             clip_scores[idx] = self.clip.score([PIL.Image.fromarray(im) for im in images], texts).cpu().numpy()
         df["id_score"], df["clip_score"] = id_scores, clip_scores
         return _timed(df, "t_score", start)
@@ -207,7 +187,8 @@ class LatentStage:
 
         quiet_worker()
         self.device, self.dtype = actor_device()
-        path = resolve_model(preset.sd21, preset.sha256)
+        section = preset.method(preset.data.method)
+        path = resolve_model(section.base_model, section.sha256)
         self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=self.dtype).to(self.device).eval()
         self.column = image_column
 
@@ -236,7 +217,7 @@ def encode_vae(vae, rgb: np.ndarray, device, dtype) -> np.ndarray:
 
 
 class FFHQStage:
-    """A photo file → aligned face + target image + caption, or status unreadable / no_face."""
+    """A photo file → aligned face + its face_embedding + target image + caption, or status unreadable / no_face."""
 
     def __init__(self, preset: Preset, source_uri: str):
         from facegen.data.storage import Storage
@@ -250,9 +231,9 @@ class FFHQStage:
         from facegen.face.images import load_image
 
         start = time.perf_counter()
-        out = {"source_face": [], "target_image": [], "prompt": [], "status": []}
-        for path, ident in zip(df["path"], df["identity"]):
-            face, target, state = b"", b"", OK
+        out = {"source_face": [], "face_embedding": [], "target_image": [], "prompt": [], "status": []}
+        for path, subject in zip(df["path"], df["subject"]):
+            face, embedding, target, state = b"", [], b"", OK
             try:
                 rgb = load_image(self.storage.read_bytes(path))
             except (FacegenError, OSError):
@@ -263,11 +244,13 @@ class FFHQStage:
                     state = "no_face"
                 else:
                     face = png_bytes(align_face(rgb, faces[0].kps, self.cfg.face_size))
+                    embedding = faces[0].embedding.tolist()
                     target = png_bytes(center_square(rgb, self.cfg.ffhq_size))
             captions = self.cfg.ffhq_captions
             out["source_face"].append(face)
+            out["face_embedding"].append(embedding)
             out["target_image"].append(target)
-            out["prompt"].append(captions[stable_seed(self.cfg.seed, ident) % len(captions)])
+            out["prompt"].append(captions[stable_seed(self.cfg.seed, subject) % len(captions)])
             out["status"].append(state)
         for k, v in out.items():
             df[k] = v

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from facegen.errors import ConfigError
-from facegen.face.analyzer import FaceAnalyzer
+from facegen.face.config import FaceAnalyzerConfig
 
 
 @dataclass
@@ -24,10 +24,9 @@ class EvalConfig:
     guidance_scale: float | None = None
     width: int | None = None
     height: int | None = None
-    person_words: str = "a person"  # what S* reads as for the CLIP-T score
     # The recognizer that scores identity. None = the preset's own face analyzer; set it to another insightface
     # pack (e.g. antelopev2) so the score does not come from the same network the encoder was trained against.
-    recognizer: FaceAnalyzer.Config | None = None
+    recognizer: FaceAnalyzerConfig | None = None
     grid_cell: int = 128  # pixels per image in the per-face grids
     # Ray: one actor per `pool_size` holds a pipeline and evaluates whole faces.
     num_gpus: float = 1.0  # per actor, when the cluster has GPUs; on a cluster with none the actors run on CPU

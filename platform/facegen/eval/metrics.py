@@ -3,7 +3,7 @@
 Face similarity: cosine between the ArcFace identity of the input face and that of the largest face detected in the
 generated image; an image with no detectable face scores 0 and is counted (a method that draws no face must not
 look better by being skipped). Text alignment: CLIP-T (100 × cosine, floored at 0) between the image and the prompt
-with S* read as "a person".
+with S* read as clip.person_words ("a person").
 """
 from __future__ import annotations
 
@@ -12,10 +12,6 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from facegen.face.analyzer import FaceAnalyzer
-from facegen.models.clip_scorer import ClipScorer
-from facegen.models.tokens import PLACEHOLDER
 
 
 @dataclass
@@ -29,13 +25,14 @@ class ImageScore:
     no_face: bool
 
 
-def face_similarities(recognizer: FaceAnalyzer, reference: np.ndarray, images) -> tuple[list[float], list[bool]]:
+def face_similarities(recognizer, reference: np.ndarray, images) -> tuple[list[float], list[bool]]:
     """(cosine to `reference` per image, whether the image had no detectable face)."""
     return recognizer.similarities(list(images), [reference] * len(images))
 
 
-def text_alignments(clip: ClipScorer, images, prompt: str, person_words: str) -> list[float]:
-    text = prompt.replace(PLACEHOLDER, person_words)
+def text_alignments(clip, images, prompt: str) -> list[float]:
+    """CLIP-T of each image against the prompt as the scorer reads it (S* → clip.person_words)."""
+    text = clip.reading(prompt)
     return [float(s) for s in clip.score(list(images), [text] * len(images))]
 
 

@@ -13,12 +13,12 @@ import PIL.Image
 import torch
 
 from facegen.config import Preset
-from facegen.data.schema import png_bytes
 from facegen.data.storage import Storage
 from facegen.errors import ConfigError, FacegenError
 from facegen.eval.config import EvalPrompt
 from facegen.eval.metrics import ImageScore, face_similarities, rows_to_json, summarize, text_alignments
 from facegen.eval.report import face_grid, report_markdown, scatter_png
+from facegen.face.images import png_bytes
 
 PLOT_FILE = "face_similarity_vs_text_alignment.png"
 
@@ -27,16 +27,16 @@ class FaceEvaluator:
     """One Ray actor: draws and scores whole faces (pipeline, recognizer and CLIP scorer loaded once)."""
 
     def __init__(self, method: str, preset: Preset, model_uri: str | None):
-        from facegen.data.stages import actor_device, quiet_worker
         from facegen.face.analyzer import FaceAnalyzer
+        from facegen.methods import load_pipeline
         from facegen.models.clip_scorer import ClipScorer
-        from facegen.pipelines import load_pipeline
+        from facegen.workers import actor_device, quiet_worker
 
         quiet_worker()
         self.cfg, self.method = preset.eval, method
-        self.device, dtype = actor_device()
+        self.device, _ = actor_device()
         model = Storage.open(model_uri).local_dir() if model_uri else None
-        self.pipe = load_pipeline(method, preset, model, torch_dtype=dtype).to(self.device)
+        self.pipe = load_pipeline(method, preset, model, device=self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.recognizer = FaceAnalyzer(self.cfg.recognizer or preset.face)
         self.clip = ClipScorer(preset.clip).to(self.device)
@@ -50,7 +50,7 @@ class FaceEvaluator:
         try:
             rgb = load_image(photo)
             identity = self.pipe.encode_identity(rgb)
-            reference = self.recognizer.identity(rgb)
+            reference = self.recognizer.face_embedding(rgb)
         except NoFaceFound:  # reported with the results, not fatal
             return {"name": name, "skipped": "no face found"}
         except FacegenError as e:
@@ -62,7 +62,7 @@ class FaceEvaluator:
             images = self.pipe(p.prompt, identity=identity, num_inference_steps=c.steps, guidance_scale=c.guidance_scale,
                                width=c.width, height=c.height, num_images_per_prompt=n, generator=generators).images
             sims, missing = face_similarities(self.recognizer, reference, images)
-            clip_t = text_alignments(self.clip, images, p.prompt, c.person_words)
+            clip_t = text_alignments(self.clip, images, p.prompt)
             scores += [ImageScore(name, p.category, p.prompt, i, sims[i], clip_t[i], missing[i]) for i in range(n)]
             rows.append((p.prompt, images))
         grid = face_grid(PIL.Image.fromarray(rgb), rows, c.grid_cell)
@@ -92,6 +92,7 @@ def run_evaluation(method: str, preset: Preset, out: Storage, faces_uri: str, mo
     from facegen.jobs import ensure_ray
 
     cfg = preset.eval
+    preset.method(method)  # the preset offers this method
     prompts = cfg.protocol_prompts()
     faces = read_faces(faces_uri)
     if model_uri and not Storage.open(model_uri).is_file("config.json"):
@@ -122,7 +123,7 @@ def run_evaluation(method: str, preset: Preset, out: Storage, faces_uri: str, mo
         out.write_atomic(grids[r["name"]], r["grid"])
     metrics = {"method": method, "preset": preset.name, "model": model_uri or "preset", **summarize(rows),
                "images_per_prompt": cfg.images_per_prompt,
-               "seeds": [cfg.seed + i for i in range(cfg.images_per_prompt)], "person_words": cfg.person_words,
+               "seeds": [cfg.seed + i for i in range(cfg.images_per_prompt)], "person_words": preset.clip.person_words,
                "prompts": [{"category": p.category, "prompt": p.prompt} for p in prompts],
                "skipped_faces": skipped, "grid_rows": [p.prompt for p in prompts]}
     out.write_atomic(PLOT_FILE, scatter_png(metrics["per_prompt"], f"{method}: one point per prompt"))

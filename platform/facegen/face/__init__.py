@@ -1,6 +1,2 @@
-"""Face detection, alignment and identity embedding."""
-from facegen.face.align import ARCFACE_TEMPLATE, align_face
-from facegen.face.analyzer import DetectedFace, FaceAnalyzer, cosine
-from facegen.face.images import load_image
-
-__all__ = ["ARCFACE_TEMPLATE", "DetectedFace", "FaceAnalyzer", "align_face", "cosine", "load_image"]
+"""Face detection, alignment and face embeddings: `FaceAnalyzer` (analyzer.py), `align_face` (align.py),
+`load_image` (images.py), `FaceAnalyzerConfig` (config.py). Import the submodules; this package file loads nothing."""

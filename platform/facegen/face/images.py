@@ -1,4 +1,5 @@
-"""Reading user images into RGB uint8 arrays, with clear errors for anything that is not a picture."""
+"""Reading user images into RGB uint8 arrays, with clear errors for anything that is not a picture, and the PNG
+encoding every stored image goes through."""
 from __future__ import annotations
 
 import io
@@ -9,12 +10,14 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facegen.errors import InvalidImage
+from facegen.errors import ImageTooLarge, InvalidImage
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 # Decoded-pixel cap: a 10 MB PNG can decode to gigabytes (a decompression bomb). 40 MP is larger than any phone photo.
 MAX_PIXELS = 40_000_000
+# Only these decoders run on user bytes: Pillow's rarer formats are a larger attack surface for no use here.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
 
 def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -36,20 +39,22 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def _open(fp, name: str) -> Image.Image:
     try:
-        img = Image.open(fp)
+        img = Image.open(fp, formats=FORMATS)
         if img.width * img.height > MAX_PIXELS:
-            raise InvalidImage(f"{name}: {img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels")
+            raise ImageTooLarge(f"{name}: {img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels")
         img.load()
         return img
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise InvalidImage(f"{name} is not a readable image (PNG, JPEG, WebP, …)") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name} decodes to more than {MAX_PIXELS:,} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
+        raise InvalidImage(f"{name} is not a readable image (JPEG, PNG, WebP or BMP)") from None
 
 
 def _from_pil(img: Image.Image, max_pixels: int) -> np.ndarray:
     if img.width * img.height > max_pixels:
-        raise InvalidImage(f"image of {img.width}×{img.height} is larger than {max_pixels:,} pixels")
+        raise ImageTooLarge(f"image of {img.width}×{img.height} is larger than {max_pixels:,} pixels")
     if img.width < 8 or img.height < 8:
         raise InvalidImage(f"image of {img.width}×{img.height} is too small to hold a face")
     img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with an EXIF rotation
@@ -66,3 +71,18 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
             arr = arr * 255.0
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3])
+
+
+def png_bytes(image: Image.Image | np.ndarray) -> bytes:
+    """An image (PIL or H×W×3 uint8 array) as PNG bytes."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes that facegen wrote → H×W×3 uint8 RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))

@@ -1,5 +1,3 @@
-"""Model definitions: the face ViT and the M² encoder (and, later, the FaceCLIP encoder)."""
-from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
-from facegen.models.m2 import M2Encoder
-
-__all__ = ["FaceViT", "M2Encoder", "load_arcface_checkpoint"]
+"""Shared model components: the face ViT (face_vit.py), the CLIP scorer (clip_scorer.py), placeholder tokens
+(tokens.py) and the export format (export.py). The methods' own encoders live in facegen/methods/<method>/.
+This package file loads nothing, so `facegen.models.config` stays light."""

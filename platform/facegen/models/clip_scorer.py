@@ -5,7 +5,6 @@ name an open_clip model and its pretrained tag (e.g. ViT-L-14 / openai), which o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
 
 import torch
@@ -13,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegen.errors import ModelNotFound
-
-TINY = "facegen-tiny-clip"
+from facegen.models.config import TINY_CLIP as TINY
+from facegen.models.config import ClipScorerConfig
 
 
 def _register_tiny() -> None:
@@ -25,17 +24,13 @@ def _register_tiny() -> None:
 
 
 class ClipScorer(nn.Module):
-    @dataclass
-    class Config:
-        model: str = TINY
-        pretrained: str | None = None  # an open_clip pretrained tag or a checkpoint file; None = random (tiny only)
-        seed: int = 0
+    Config = ClipScorerConfig
 
-    def __init__(self, config: ClipScorer.Config | None = None):
+    def __init__(self, config: ClipScorerConfig | None = None):
         super().__init__()
         import open_clip
 
-        self.config = c = config or ClipScorer.Config()
+        self.config = c = config or ClipScorerConfig()
         _register_tiny()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
@@ -64,6 +59,12 @@ class ClipScorer(nn.Module):
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+
+    def reading(self, prompt: str) -> str:
+        """The prompt as it is scored: "S*" read as `person_words`."""
+        from facegen.models.tokens import PLACEHOLDER
+
+        return prompt.replace(PLACEHOLDER, self.config.person_words)
 
     def score(self, images, texts: list[str]) -> torch.Tensor:
         """CLIP-T: 100 × cosine(image, text), one per pair, floored at 0 as in CLIPScore."""

@@ -18,11 +18,12 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
-    """Write `config` (a dataclass with `weights` and `vit.weights`) and every weight of `model`."""
+    """Write `config` (a dataclass; a face ViT checkpoint path in it is dropped) and every weight of `model`."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config)
-    data["weights"], data["vit"]["weights"] = None, None  # the weights are in model.safetensors now
+    if isinstance(data.get("vit"), dict):
+        data["vit"]["weights"] = None  # the ViT's weights are in model.safetensors now
     name = type(model).__name__
     tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp_w),
@@ -33,13 +34,14 @@ def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
     return d
 
 
-def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: str):
-    """(directory, typed config, state dict) of an export; ModelNotFound if it is not one."""
-    from facegen.config import from_dict
+def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: str, weights: bool = True):
+    """(directory, typed config, state dict — or None with weights=False) of an export; ModelNotFound if it is not
+    one."""
+    from facegen.typed import from_dict
 
     d = Path(directory).expanduser()
     if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
         raise ModelNotFound(f"{d} is not an exported {what} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
     data = json.loads((d / CONFIG_NAME).read_text())
     data.pop("_class_name", None)
-    return d, from_dict(config_cls, data, key), load_file(str(d / WEIGHTS_NAME))
+    return d, from_dict(config_cls, data, key), load_file(str(d / WEIGHTS_NAME)) if weights else None

@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegen.errors import ModelNotFound
-
-# arcface_torch's named backbones (backbones/__init__.py): embed_dim, depth, heads.
-ARCHS = {"vit_t": (256, 12, 8), "vit_s": (512, 12, 8), "vit_b": (512, 24, 8), "vit_l": (768, 24, 8)}
+from facegen.models.config import FaceViTConfig
 
 
 @dataclass
@@ -80,24 +78,9 @@ class PatchEmbed(nn.Module):
 
 
 class FaceViT(nn.Module):
-    @dataclass
-    class Config:
-        img_size: int = 112
-        patch_size: int = 9
-        embed_dim: int = 512
-        depth: int = 12
-        num_heads: int = 8
-        mlp_ratio: float = 4.0
-        qkv_bias: bool = False
-        num_features: int = 512  # arcface_torch's num_classes: the identity vector's size
-        weights: str | None = None  # an arcface_torch checkpoint (.pt/.pth/.safetensors) to start from
+    Config = FaceViTConfig
 
-        @classmethod
-        def named(cls, arch: str, **kw) -> FaceViT.Config:
-            dim, depth, heads = ARCHS[arch]
-            return cls(embed_dim=dim, depth=depth, num_heads=heads, **kw)
-
-    def __init__(self, config: FaceViT.Config):
+    def __init__(self, config: FaceViTConfig):
         super().__init__()
         c = self.config = config
         self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.embed_dim)

@@ -1,7 +1,8 @@
-"""The public HTTP API (DESIGN.md "HTTP API"): request models, limits, auth and the error contract.
+"""The public HTTP API (docs/DESIGN.md "HTTP API"): request models, limits, auth and the error contract.
 
 Every error is `{"error": {"code", "message"}}`: 400 invalid_image / no_face / bad_prompt / invalid_identity,
-401 unauthorized, 413 too_large, 422 validation, 503 overloaded. A user mistake never yields a 5xx.
+401 unauthorized, 413 too_large, 415 unsupported_media_type, 422 validation, 503 overloaded / generation_failed.
+A user mistake never yields a 5xx. The `method` enum is the method registry's.
 """
 from __future__ import annotations
 
@@ -18,24 +19,35 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facegen.errors import FacegenError, InvalidImage
+from facegen.methods import NAMES
 
 log = logging.getLogger("facegen.serve")
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
-METHODS = ("dreamidentity", "faceclip")
-STATUS = {"invalid_image": 400, "no_face": 400, "bad_prompt": 400, "invalid_identity": 400, "validation": 422}
+MAX_FACE_IMAGES = 8
+STATUS = {"invalid_image": 400, "no_face": 400, "bad_prompt": 400, "invalid_identity": 400, "too_large": 413,
+          "validation": 422, "generation_failed": 503}
+MethodName = Literal[NAMES]  # type: ignore[valid-type]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["dreamidentity", "faceclip"]
-    face_image: str | None = Field(None, description="base64 PNG/JPEG of the person", max_length=20_000_000)
-    identity: str | None = Field(None, description="a token from /v1/encode, instead of face_image", max_length=1_000_000)
+    method: MethodName
+    face_image: str | None = Field(None, description="base64 PNG/JPEG/WebP of the person", max_length=20_000_000)
+    face_images: list[str] | None = Field(None, description="several base64 photos of one person (averaged)",
+                                          min_length=1, max_length=MAX_FACE_IMAGES)
+    identity_token: str | None = Field(None, description="a token from /v1/encode, instead of photos",
+                                       max_length=1_000_000)
 
     @model_validator(mode="after")
     def _one_face_source(self):
-        if (self.face_image is None) == (self.identity is None):
-            raise ValueError("give exactly one of face_image (base64 photo) or identity (token from /v1/encode)")
+        given = [x is not None for x in (self.face_image, self.face_images, self.identity_token)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of face_image (a base64 photo), face_images (several photos of one "
+                             "person) or identity_token (from /v1/encode)")
         return self
+
+    def photos(self) -> list[str] | None:
+        return [self.face_image] if self.face_image is not None else self.face_images
 
 
 class EncodeRequest(_Request):
@@ -62,15 +74,15 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def decode_base64_image(data: str) -> bytes:
+def decode_base64_image(data: str, name: str = "face_image") -> bytes:
     if data.startswith("data:") and "," in data:  # a data URL from a browser
         data = data.split(",", 1)[1]
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidImage("face_image is not valid base64") from None
+        raise InvalidImage(f"{name} is not valid base64") from None
     if not raw:
-        raise InvalidImage("face_image is empty")
+        raise InvalidImage(f"{name} is empty")
     return raw
 
 
@@ -88,15 +100,21 @@ def check_auth(request: Request, keys: list[str]) -> None:
 
 
 async def read_body(request: Request, model: type[BaseModel], max_body: int) -> BaseModel:
-    """Size cap first (Content-Length, then the bytes actually read), then JSON, then the schema."""
+    """JSON only; the size cap holds while reading (a chunked body without Content-Length is read incrementally
+    and refused once it passes the cap); then the schema."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_body:
         raise ApiError(413, "too_large", f"request body over {max_body} bytes")
-    body = await request.body()
-    if len(body) > max_body:
-        raise ApiError(413, "too_large", f"request body over {max_body} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body:
+            raise ApiError(413, "too_large", f"request body over {max_body} bytes")
     try:
-        return model.model_validate_json(body)
+        return model.model_validate_json(bytes(body))
     except ValueError as e:
         errors = getattr(e, "errors", lambda: [])()
         first = errors[0] if errors else {}

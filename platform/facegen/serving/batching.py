@@ -1,17 +1,26 @@
-"""Which generation requests can share one diffusion batch: same method and the same sampling settings.
+"""Which generation requests can share one diffusion batch, and how a failed batch is isolated.
 
 `@serve.batch` hands a generator replica a list of queued requests; `group_compatible` splits it into groups that
-run as one pipeline call each (prompts, identities and seeds stacked), keeping each request's place.
+run as one pipeline call each (same sampling settings; prompts, identities and seeds stacked), keeping each request's
+place. `draw_groups` runs the groups; a group whose call fails (a CUDA out-of-memory, or any error from the model) is
+retried one request at a time, so only a request that still fails alone gets an error and the others in its batch
+succeed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from facegen.errors import FacegenError, GenerationFailed
+
+log = logging.getLogger("facegen.serve")
 
 
 @dataclass
 class GenerationJob:
     prompt: str
-    identity: dict  # the method's identity tensors (numpy)
+    identity: dict  # the method's identity as arrays (Identity.to_arrays)
     seed: int
     num_images: int = 1
     steps: int = 30
@@ -19,7 +28,6 @@ class GenerationJob:
     width: int = 512
     height: int = 512
     negative_prompt: str = ""
-    extra: dict = field(default_factory=dict)
 
     def batch_key(self) -> tuple:
         return (self.steps, round(self.guidance_scale, 6), self.width, self.height, self.negative_prompt)
@@ -36,3 +44,31 @@ def group_compatible(jobs: list[GenerationJob], max_images: int) -> list[list[in
             order.append(bucket[-1])
         bucket[-1].append(i)
     return order
+
+
+def draw_groups(jobs: list[GenerationJob], max_images: int,
+                draw: Callable[[list[GenerationJob]], list]) -> list[tuple[list, int] | Exception]:
+    """Per job: (its images, the size of the batch it was drawn in), or the exception to answer it with."""
+    results: list = [None] * len(jobs)
+    for group in group_compatible(jobs, max_images):
+        members = [jobs[i] for i in group]
+        try:
+            images = draw(members)
+        except FacegenError as e:  # the user's input: the same answer for every member
+            for i in group:
+                results[i] = e
+            continue
+        except Exception as e:  # noqa: BLE001 — the model failed (OOM, …): isolate the request that causes it
+            if len(group) == 1:
+                log.error("generation failed: %s", e)
+                results[group[0]] = GenerationFailed(f"the model could not draw this request ({type(e).__name__}): "
+                                                     f"retry, or ask for fewer or smaller images")
+                continue
+            log.warning("a batch of %d failed (%s): drawing its requests one at a time", len(group), type(e).__name__)
+            for i in group:
+                results[i] = draw_groups([jobs[i]], max_images, draw)[0]
+            continue
+        for i, job in zip(group, members):
+            results[i] = (images[:job.num_images], len(group))
+            images = images[job.num_images:]
+    return results

@@ -1,15 +1,16 @@
-"""Ray Serve deployments: one ingress (FastAPI), one face encoder, one generator per method, composed with
-DeploymentHandles. Replicas are stateless: identities travel as signed tokens (tokens.py).
+"""Ray Serve deployments, composed from the method registry: one ingress (FastAPI), one face encoder for every
+served method, one generator per served method, wired with DeploymentHandles. Replicas are stateless: identities
+travel as signed tokens (tokens.py).
 
-    HTTP → Ingress ──encode──▶ FaceEncoder (detect + align + identity + M² / FaceCLIP face tokens)
-                   └─generate─▶ DreamIdentityGenerator | FaceCLIPGenerator (@serve.batch)
+    HTTP → Ingress ──encode──▶ FaceEncoder (detect + align + the method's face encoder → identity token)
+                   └─generate─▶ <Method>Generator, one per served method (@serve.batch)
 """
 
 import base64
-import io
 import logging
 import time
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,9 +19,9 @@ from fastapi.responses import HTMLResponse
 from ray import serve
 
 from facegen.errors import FacegenError
+from facegen.methods import REGISTRY, get_method
 from facegen.serving import tokens, watermark
 from facegen.serving.api import (
-    METHODS,
     ApiError,
     EncodeRequest,
     GenerateRequest,
@@ -30,85 +31,72 @@ from facegen.serving.api import (
     install_error_handlers,
     read_body,
 )
-from facegen.serving.batching import GenerationJob, group_compatible
+from facegen.serving.batching import GenerationJob, draw_groups
 
 log = logging.getLogger("facegen.serve")
 
 
 def _quiet() -> None:
-    from facegen.data.stages import quiet_worker
+    from facegen.workers import quiet_worker
 
     quiet_worker()
 
 
+def public_name(ref: str | None) -> str:
+    """A model reference as clients see it: hub ids and built-in models as they are, a server path by its last two
+    parts (never the whole path)."""
+    if not ref:
+        return "fresh"
+    if ":" in ref or (ref.count("/") == 1 and not Path(ref).expanduser().exists()):
+        return ref
+    return "/".join(Path(ref).parts[-2:])
+
+
 def encoder_id(preset: str, method: str, model: str | None) -> str:
-    return f"{preset}:{method}:{model or 'preset'}"
-
-
-def _device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{preset}:{method}:{model or 'fresh'}"
 
 
 @serve.deployment(name="FaceEncoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
 class FaceEncoder:
-    """Photo → identity tensors per method, and the detected face (bbox, score)."""
+    """Photos → a served method's identity token, and the detected faces (bbox, score). Loads each method's face
+    encoder alone (the face stack + M² / the FaceCLIP face ViT) — never a diffusion model or text tower — on the
+    replica's GPU when it has one."""
 
     def __init__(self, preset: str, models: dict, key: bytes):
-        from facegen.config import load_preset
-        from facegen.face.analyzer import FaceAnalyzer
-        from facegen.models.m2 import M2Encoder
-
         _quiet()
         self.preset, self.models, self.key = preset, models, key
-        p = load_preset(preset)
-        self.analyzer = FaceAnalyzer(p.face)
-        self.m2 = M2Encoder.from_pretrained(models["m2"]) if models.get("m2") else M2Encoder.from_config_random(p.m2)
-        self.faceclip = self._faceclip(p, models.get("faceclip"))
+        self.encoders = {}
+        for name, model in models.items():
+            enc = get_method(name).pipeline_class().load_face_encoder(preset, model)
+            if self.encoders:  # one face stack serves every method
+                enc.face_analyzer = next(iter(self.encoders.values())).face_analyzer
+            self.encoders[name] = enc
 
-    @staticmethod
-    def _faceclip(p, weights):
-        from facegen.models.faceclip import FaceCLIPEncoder
-        from facegen.weights import load_sdxl_components
-
-        if weights:
-            return FaceCLIPEncoder.from_pretrained(weights)
-        c = load_sdxl_components(p.sdxl, p.sha256)
-        return FaceCLIPEncoder.from_sdxl(p.faceclip_encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
-                                         c["tokenizer_2"])
-
-    def encode(self, method: str, image: bytes) -> dict:
-        from facegen.face.align import align_face
-        from facegen.models.face_vit import faces_to_tensor
-
+    def encode(self, method: str, images: list[bytes]) -> dict:
         start = time.perf_counter()
-        rgb, face = self.analyzer.largest(image, "face_image")
-        aligned = align_face(rgb, face.kps, 112)
-        with torch.no_grad():
-            if method == "dreamidentity":
-                arrays = {"tokens": self.m2.encode_aligned(aligned)[0].float().numpy()}
-            else:
-                tokens_ = self.faceclip.encode_faces(faces_to_tensor(aligned[None]))[0]
-                arrays = {"embedding": face.embedding.astype(np.float32), "face_tokens": tokens_.float().numpy()}
-        token = tokens.sign(self.key, method, encoder_id(self.preset, method, self.models.get(_model_key(method))), arrays)
-        return {"identity": token, "face": face.to_json(), "ms": round((time.perf_counter() - start) * 1000, 1)}
+        enc = self.encoders[method]
+        names = ["face_image"] if len(images) == 1 else [f"face_images[{i}]" for i in range(len(images))]
+        detections = [enc.face_analyzer.largest(img, name) for img, name in zip(images, names)]
+        identity = enc.from_detections(detections)
+        token = tokens.sign(self.key, method, encoder_id(self.preset, method, self.models[method]), identity.to_arrays())
+        return {"identity_token": token, "faces": [face.to_json() for _, face in detections],
+                "ms": round((time.perf_counter() - start) * 1000, 1)}
 
 
-def _model_key(method: str) -> str:
-    return "m2" if method == "dreamidentity" else "faceclip"
+class Generator:
+    """One method's generator: verifies tokens, groups compatible requests into one pipeline call, watermarks."""
 
-
-class _Generator:
-    """Shared by both generator deployments: unpack tokens, group compatible requests, watermark the PNGs."""
-
-    method = ""
     max_images = 8
 
-    def __init__(self, preset: str, models: dict, key: bytes):
+    def __init__(self, method: str, preset: str, model: str | None, key: bytes):
         _quiet()
-        self.preset, self.models, self.key = preset, models, key
-        from facegen.pipelines import load_pipeline
+        from facegen.config import load_preset
+        from facegen.methods import load_pipeline
 
-        self.pipe = load_pipeline(self.method, preset, models.get(_model_key(self.method))).to(_device())
+        self.method, self.preset, self.model, self.key = get_method(method), preset, model, key
+        self.section = load_preset(preset).method(method)
+        self.identity_cls = self.method.identity_class()
+        self.pipe = load_pipeline(method, preset, model)
         self.pipe.set_progress_bar_config(disable=True)
         cfg = self.pipe.config
         # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
@@ -116,13 +104,16 @@ class _Generator:
         self.batch_sizes: list[int] = []
 
     def model_ids(self) -> dict:
-        return {"preset": self.preset, "encoder": self.models.get(_model_key(self.method)) or "preset",
+        """What this replica loaded, by name (no server paths)."""
+        return {"method": self.method.name, "preset": self.preset,
+                "base_model": public_name(self.section.base_model), "encoder": public_name(self.model),
+                "device": str(self.pipe.device), "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
                 "default_size": list(self.default_size), "steps": self.pipe.config.num_inference_steps,
                 "guidance_scale": self.pipe.config.guidance_scale}
 
     def job(self, req: dict) -> GenerationJob:
-        eid = encoder_id(self.preset, self.method, self.models.get(_model_key(self.method)))
-        arrays = tokens.verify(self.key, req["identity"], self.method, eid)
+        eid = encoder_id(self.preset, self.method.name, self.model)
+        arrays = tokens.verify(self.key, req["identity_token"], self.method.name, eid)
         cfg = self.pipe.config
         return GenerationJob(prompt=req["prompt"], identity=arrays, seed=req["seed"], num_images=req["num_images"],
                              steps=req.get("steps") or cfg.num_inference_steps,
@@ -139,75 +130,46 @@ class _Generator:
                 jobs.append((i, self.job(req)))
             except FacegenError as e:  # one bad token must not fail the others in its batch
                 results[i] = e
-        valid = [j for _, j in jobs]
-        for group in group_compatible(valid, self.max_images):
-            members = [jobs[g] for g in group]
-            start = time.perf_counter()
-            try:
-                images = self._draw([j for _, j in members])
-            except FacegenError as e:
-                for i, _ in members:
-                    results[i] = e
+        start = time.perf_counter()
+        drawn = draw_groups([j for _, j in jobs], self.max_images, self._draw)
+        ms = round((time.perf_counter() - start) * 1000, 1)
+        for (i, job), out in zip(jobs, drawn):
+            if isinstance(out, Exception):
+                results[i] = out
                 continue
-            ms = round((time.perf_counter() - start) * 1000, 1)
-            self.batch_sizes.append(len(members))
-            for i, job in members:
-                pngs = [watermark.png_with_provenance(img, {"method": self.method, "seed": job.seed + n, "prompt": job.prompt,
-                                                            **self.model_ids()})
-                        for n, img in enumerate(images[:job.num_images])]
-                images = images[job.num_images:]
-                results[i] = {"images": [base64.b64encode(p).decode() for p in pngs], "seed": job.seed,
-                              "batch_size": len(members), "ms": ms}
+            images, batch_size = out
+            self.batch_sizes.append(batch_size)
+            info = {"method": self.method.name, "prompt": job.prompt, **self.model_ids()}
+            pngs = [watermark.png_with_provenance(img, {**info, "seed": job.seed + n}) for n, img in enumerate(images)]
+            results[i] = {"images": [base64.b64encode(p).decode() for p in pngs], "seed": job.seed,
+                          "batch_size": batch_size, "ms": ms}
         return results
 
     def _draw(self, jobs: list[GenerationJob]) -> list:
         """One pipeline call for a compatible group: every image its own prompt, identity and seeded generator."""
-        prompts, owners, gens = _generators(jobs)
+        prompts, identities, gens = [], [], []
+        for job in jobs:
+            identity = self.identity_cls.from_arrays(job.identity)
+            for n in range(job.num_images):
+                prompts.append(job.prompt)
+                identities.append(identity)
+                gens.append(torch.Generator().manual_seed(job.seed + n))
         j = jobs[0]
-        return self.pipe(prompt=prompts, identity=self._identities([jobs[o].identity for o in owners]),
-                         negative_prompt=j.negative_prompt, num_inference_steps=j.steps, guidance_scale=j.guidance_scale,
-                         width=j.width, height=j.height, generator=gens).images
-
-    @staticmethod
-    def _identities(arrays: list[dict]):
-        """The method's identity argument for the pipeline, one entry per image."""
-        raise NotImplementedError
+        return self.pipe(prompt=prompts, identity=identities, negative_prompt=j.negative_prompt,
+                         num_inference_steps=j.steps, guidance_scale=j.guidance_scale, width=j.width, height=j.height,
+                         generator=gens).images
 
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0)}
 
 
-def _generators(jobs: list[GenerationJob]) -> tuple[list[str], list[int], list[torch.Generator]]:
-    prompts, owners, gens = [], [], []
-    for k, job in enumerate(jobs):
-        for n in range(job.num_images):
-            prompts.append(job.prompt)
-            owners.append(k)
-            gens.append(torch.Generator().manual_seed(job.seed + n))
-    return prompts, owners, gens
+def generator_deployment(method: str):
+    """The deployment of one method's generator, named <Title>Generator (serve/config.yaml names it so)."""
+    return serve.deployment(Generator, name=f"{get_method(method).title}Generator",
+                            ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
 
 
-@serve.deployment(name="DreamIdentityGenerator", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
-class DreamIdentityGenerator(_Generator):
-    method = "dreamidentity"
-
-    @staticmethod
-    def _identities(arrays: list[dict]):
-        return torch.stack([torch.from_numpy(a["tokens"]) for a in arrays])
-
-
-@serve.deployment(name="FaceCLIPGenerator", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
-class FaceCLIPGenerator(_Generator):
-    method = "faceclip"
-
-    @staticmethod
-    def _identities(arrays: list[dict]):
-        from facegen.pipelines.faceclip_sdxl import FaceCLIPIdentity
-
-        return [FaceCLIPIdentity(torch.from_numpy(a["embedding"]), torch.from_numpy(a["face_tokens"])) for a in arrays]
-
-
-app = FastAPI(title="facegen", version="1", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP).")
+app = FastAPI(title="facegen", version="2", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP).")
 install_error_handlers(app)
 
 
@@ -223,9 +185,10 @@ def _unwrap(exc: Exception) -> Exception:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, encoder, generators: dict, preset: str, max_body: int = 10 * 1024 * 1024, cors: list | None = None,
+    def __init__(self, encoder, generators: dict, preset: str, max_body: int, cors: list | None = None,
                  keys: list[str] | None = None):
         self.encoder, self.generators, self.preset, self.max_body = encoder, generators, preset, max_body
+        self.methods = list(generators)
         self.keys = list(keys) if keys is not None else api_keys()
         if not self.keys:
             log.warning("facegen: no FACEGEN_API_KEYS set — the API is open to anyone who can reach it")
@@ -244,31 +207,39 @@ class Ingress:
         except FacegenError as e:
             raise _unwrap(e) from None
 
-    async def _identity(self, req) -> tuple[str, dict | None]:
-        if req.identity is not None:
-            return req.identity, None
-        out = await self._call(self.encoder.encode, req.method, decode_base64_image(req.face_image))
-        return out["identity"], out
+    def _served(self, method: str):
+        if method not in self.generators:
+            raise ApiError(422, "validation", f"method '{method}' is not served here (served: {', '.join(self.methods)})")
+        return get_method(method)
+
+    async def _encode(self, req) -> dict:
+        photos = req.photos()
+        names = ["face_image"] if req.face_image is not None else [f"face_images[{i}]" for i in range(len(photos))]
+        images = [decode_base64_image(p, n) for p, n in zip(photos, names)]
+        return await self._call(self.encoder.encode, req.method, images)
 
     @app.post("/v1/encode", openapi_extra=_body_schema(EncodeRequest))
     async def encode(self, request: Request):
         check_auth(request, self.keys)
         req = await read_body(request, EncodeRequest, self.max_body)
-        token, out = await self._identity(req)
-        if out is None:
-            raise ApiError(422, "validation", "/v1/encode needs face_image")
-        return {"identity": token, "face": out["face"]}
+        self._served(req.method)
+        if req.identity_token is not None:
+            raise ApiError(422, "validation", "/v1/encode needs face_image or face_images")
+        out = await self._encode(req)
+        return {"identity_token": out["identity_token"], "faces": out["faces"]}
 
     @app.post("/v1/generate", openapi_extra=_body_schema(GenerateRequest))
     async def generate(self, request: Request):
         check_auth(request, self.keys)
         start = time.perf_counter()
         req = await read_body(request, GenerateRequest, self.max_body)
-        if req.method == "dreamidentity" and "S*" not in req.prompt:
-            raise ApiError(400, "bad_prompt", 'a dreamidentity prompt needs "S*" where the person goes, e.g. "S* as a chef"')
-        token, encoded = await self._identity(req)
+        method = self._served(req.method)
+        # The pipeline's own input checks (S* rule, sizes), before any replica works on the request.
+        method.pipeline_class().check_inputs(req.prompt, req.negative_prompt or "", req.height, req.width)
+        encoded = await self._encode(req) if req.identity_token is None else None
+        token = encoded["identity_token"] if encoded else req.identity_token
         seed = req.seed if req.seed is not None else int.from_bytes(np.random.bytes(4), "little") & 0x7FFFFFFF
-        payload = req.model_dump(exclude={"face_image"}) | {"identity": token, "seed": seed}
+        payload = req.model_dump(exclude={"face_image", "face_images"}) | {"identity_token": token, "seed": seed}
         out = await self._call(self.generators[req.method].generate, payload)
         if isinstance(out, Exception):
             raise _unwrap(out)
@@ -284,50 +255,35 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self):
-        from facegen.config import PRESETS
-
-        info = {m: await self._call(self.generators[m].model_ids) for m in METHODS}
-        return {"methods": list(METHODS), "preset": self.preset, "presets": list(PRESETS), "models": info,
-                "max_body_bytes": self.max_body, "num_images": [1, 4]}
+        info = {m: await self._call(self.generators[m].model_ids) for m in self.methods}
+        return {"methods": self.methods, "preset": self.preset, "models": info, "max_body_bytes": self.max_body,
+                "num_images": [1, 4]}
 
     @app.get("/v1/stats")
     async def stats(self):
-        return {m: await self._call(self.generators[m].stats) for m in METHODS}
+        return {m: await self._call(self.generators[m].stats) for m in self.methods}
 
     @app.get("/", response_class=HTMLResponse)
     async def page(self):
-        return resources.files("facegen.serving").joinpath("index.html").read_text()
+        options = "\n".join(
+            f'      <option value="{m}" data-placeholder="{"yes" if REGISTRY[m].needs_placeholder else "no"}">'
+            f'{REGISTRY[m].title}{" (write S* where the person goes)" if REGISTRY[m].needs_placeholder else ""}</option>'
+            for m in self.methods)
+        html = resources.files("facegen.serving").joinpath("index.html").read_text()
+        return html.replace("<!--METHOD_OPTIONS-->", options)
 
 
-def build_app(preset: str = "tiny", m2: str | None = None, faceclip: str | None = None, max_body: int | None = None,
-              options: dict | None = None, cors: list | None = None, keys: list[str] | None = None):
-    """The application graph; `options` maps a deployment name to `.options(...)` (replicas, autoscaling, GPUs).
-    The preset and model directories are checked here, so a mistake fails `serve run` at once with its reason
-    rather than in every replica."""
-    from pathlib import Path
-
-    from facegen.config import load_preset
-    from facegen.errors import ConfigError
-
-    load_preset(preset)
-    for name, directory in (("m2", m2), ("faceclip", faceclip)):
-        if directory and not (Path(directory) / "config.json").is_file():
-            raise ConfigError(f"{name}={directory}: not an exported model (no config.json; use <train output>/model)")
+def build_app(args) -> object:
+    """The application graph for checked builder arguments (serve/app.py's AppArgs): a generator for each served
+    method, one face encoder for them all, the ingress. `args.options` maps a deployment name to `.options(...)`
+    (replicas, autoscaling, GPUs)."""
     key = tokens.token_key()
-    models = {"m2": m2, "faceclip": faceclip}
-    options = options or {}
+    models = {m: getattr(args, m) for m in args.methods}
 
-    def bind(deployment, *args):
-        return deployment.options(**options.get(deployment.name, {})).bind(*args)
+    def bind(deployment, *bind_args):
+        return deployment.options(**args.options.get(deployment.name, {})).bind(*bind_args)
 
-    encoder = bind(FaceEncoder, preset, models, key)
-    generators = {"dreamidentity": bind(DreamIdentityGenerator, preset, models, key),
-                  "faceclip": bind(FaceCLIPGenerator, preset, models, key)}
-    return Ingress.options(**options.get("Ingress", {})).bind(encoder, generators, preset,
-                                                               max_body or 10 * 1024 * 1024, cors, keys)
-
-
-def image_from_response(b64: str):
-    import PIL.Image
-
-    return PIL.Image.open(io.BytesIO(base64.b64decode(b64)))
+    encoder = bind(FaceEncoder, args.preset, models, key)
+    generators = {m: bind(generator_deployment(m), m, args.preset, models[m], key) for m in args.methods}
+    return Ingress.options(**args.options.get("Ingress", {})).bind(encoder, generators, args.preset, args.max_body,
+                                                                    args.cors, args.keys)

@@ -1,7 +1,7 @@
-"""Signed identity tokens: /v1/encode returns one, /v1/generate accepts it instead of a photo.
+"""Signed identity tokens: /v1/encode returns one (`identity_token`), /v1/generate accepts it instead of photos.
 
 token = base64url(JSON payload) "." base64url(HMAC-SHA256(key, payload)). The payload carries the method, the
-encoder's id (so a token from another model is refused) and the identity tensors (float32, base64). The key comes
+encoder's id (so a token from another model is refused) and the identity's arrays (`Identity.to_arrays`, float32). The key comes
 from FACEGEN_TOKEN_KEY or is generated at start-up and shared by the replicas through the application's arguments,
 so any replica can verify any token and replicas stay stateless.
 """

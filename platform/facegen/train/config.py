@@ -1,4 +1,5 @@
-"""Typed training configuration (the preset's `train:` section), shared by jobs/train_m2.py and train_faceclip.py."""
+"""Typed training configuration (the preset's `train:` section), shared by every method's training job; what only
+one method trains with lives in its own section (methods.<name>.train)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +7,6 @@ from dataclasses import dataclass
 from facegen.errors import ConfigError
 
 STRATEGIES = ("ddp", "deepspeed")
-FACECLIP_STAGES = ("align", "diffusion")
-UNET_MODES = ("frozen", "lora", "full")
 
 
 @dataclass
@@ -31,20 +30,10 @@ class TrainConfig:
     deepspeed_stage: int = 2  # ZeRO stage for --strategy deepspeed (2 or 3)
     use_gpu: bool | None = None  # None = when the cluster has GPUs
     cpus_per_worker: float = 1.0
-    # FaceCLIP only.
-    stage: str = "align"  # align: alignment loss only; diffusion: diffusion loss + align_weight · alignment loss
-    unet: str = "frozen"  # frozen | lora | full (diffusion stage)
-    lora_rank: int = 8
-    align_weight: float = 0.1
-    cond_dropout: float = 0.1  # zero face + empty prompt, for classifier-free guidance
 
     def validate(self, strategy: str) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
-        if self.stage not in FACECLIP_STAGES:
-            raise ConfigError(f"train.stage '{self.stage}': use one of {', '.join(FACECLIP_STAGES)}")
-        if self.unet not in UNET_MODES:
-            raise ConfigError(f"train.unet '{self.unet}': use one of {', '.join(UNET_MODES)}")
         if self.deepspeed_stage not in (2, 3):
             raise ConfigError("train.deepspeed_stage must be 2 or 3")
         if not 0 <= self.ffhq_ratio <= 1:

@@ -2,8 +2,9 @@
 
 Self-aug row (kept only): encoder input = source_face, target = edited_image, prompt = the S* prompt.
 FFHQ row: input = the aligned face of the photo, target = the photo, prompt = its caption.
-The two are mixed at `train.ffhq_ratio` by down-sampling the larger side; decoding (PNG → float arrays) and, for
-FaceCLIP, the 512-d identity embedding of the face run on the Ray Data side, not in the training loop.
+The two are mixed at `train.ffhq_ratio` by down-sampling the larger side; decoding (PNG → float arrays, the face at
+the method's face-ViT size) runs on the Ray Data side, not in the training loop. The face_embedding of each source
+face was stored by the data build, so training never runs the recognizer.
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from facegen.config import Preset
-from facegen.data.schema import check_columns, decode_image, decode_latents
+from facegen.data.schema import check_columns, decode_latents
 from facegen.data.storage import Storage
 from facegen.errors import ConfigError
 
-SELFAUG_NEEDS = ("source_face", "prompt", "edited_image", "kept")
-FFHQ_NEEDS = ("source_face", "prompt", "target_image")
+SELFAUG_NEEDS = ("source_face", "face_embedding", "prompt", "edited_image", "kept")
+FFHQ_NEEDS = ("source_face", "face_embedding", "prompt", "target_image")
 
 
 def _shards(storage: Storage, kind: str, needs) -> tuple[list[str], bool]:
@@ -33,35 +34,28 @@ def _rows(storage: Storage, paths: list[str]) -> int:
 
 
 class DecodeBatch:
-    """PNG bytes → face (3×112×112) and target (3×R×R) float32 in [-1, 1]; cached latents when they fit R."""
+    """PNG bytes → face (3×S×S, S = the face ViT's input) and target (3×R×R) float32 in [-1, 1], the stored
+    face_embedding as float32; cached latents when they fit R."""
 
-    def __init__(self, resolution: int, identity_face: Preset | None = None):
-        self.resolution = resolution
-        self.analyzer = None
-        if identity_face is not None:  # FaceCLIP needs the recognizer's identity vector of each face
-            from facegen.face.analyzer import FaceAnalyzer
-
-            self.analyzer = FaceAnalyzer(identity_face.face)
+    def __init__(self, resolution: int, face_size: int):
+        self.resolution, self.face_size = resolution, face_size
 
     def __call__(self, batch: dict) -> dict:
         import PIL.Image
 
-        r = self.resolution
-        faces = [decode_image(b) for b in batch["source_face"]]
+        from facegen.face.images import decode_image
+
+        r, s = self.resolution, self.face_size
         out = {"prompt": np.asarray(batch["prompt"], dtype=object)}
-        out["face"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(f).resize((112, 112), PIL.Image.BICUBIC)))
-                                for f in faces])
-        targets = []
-        for b in batch["target"]:
-            img = PIL.Image.fromarray(decode_image(b))
-            targets.append(_to_unit(np.asarray(img.resize((r, r), PIL.Image.BICUBIC))))
-        out["target"] = np.stack(targets)
+        out["face"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(decode_image(b)).resize((s, s), PIL.Image.BICUBIC)))
+                                for b in batch["source_face"]])
+        out["face_embedding"] = np.stack([np.asarray(e, np.float32) for e in batch["face_embedding"]])
+        out["target"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(decode_image(b)).resize((r, r), PIL.Image.BICUBIC)))
+                                  for b in batch["target"]])
         if "latents" in batch:
-            lat = [decode_latents(d, s) if len(d) else None for d, s in zip(batch["latents"], batch["latents_shape"])]
+            lat = [decode_latents(d, sh) if len(d) else None for d, sh in zip(batch["latents"], batch["latents_shape"])]
             if all(x is not None and x.shape[-1] == r // 8 for x in lat):
                 out["latents"] = np.stack(lat)
-        if self.analyzer is not None:
-            out["identity"] = self.analyzer.embed_aligned(faces).astype(np.float32)
         return out
 
 
@@ -89,8 +83,9 @@ def check_training_data(uri: str) -> dict:
             "latents": s_lat and (f_lat or not ffhq) if selfaug else f_lat}
 
 
-def training_dataset(uri: str, preset: Preset, with_identity: bool):
-    """The mixed, decoded Ray Dataset of training rows (columns: face, target, prompt[, latents][, identity])."""
+def training_dataset(uri: str, preset: Preset, method: str):
+    """The mixed, decoded Ray Dataset of training rows for `method` (columns: face, face_embedding, target,
+    prompt[, latents])."""
     import ray
 
     info = check_training_data(uri)
@@ -101,12 +96,12 @@ def training_dataset(uri: str, preset: Preset, with_identity: bool):
     parts = []
     if info["kept"]:
         ds = ray.data.read_parquet(info["selfaug"], filesystem=storage.fs,
-                                   columns=["source_face", "prompt", "edited_image", "kept", *extra], num_cpus=0.25)
+                                   columns=["source_face", "face_embedding", "prompt", "edited_image", "kept", *extra], num_cpus=0.25)
         ds = ds.filter(lambda row: bool(row["kept"])).rename_columns({"edited_image": "target"}).drop_columns(["kept"])
         parts.append((ds, info["kept"]))
     if info["ffhq_rows"]:
         ds = ray.data.read_parquet(info["ffhq"], filesystem=storage.fs,
-                                   columns=["source_face", "prompt", "target_image", *extra], num_cpus=0.25)
+                                   columns=["source_face", "face_embedding", "prompt", "target_image", *extra], num_cpus=0.25)
         parts.append((ds.rename_columns({"target_image": "target"}), info["ffhq_rows"]))
     if len(parts) == 2 and 0 < cfg.ffhq_ratio < 1:
         (s, n_s), (f, n_f) = parts
@@ -120,6 +115,7 @@ def training_dataset(uri: str, preset: Preset, with_identity: bool):
         ds = parts[1][0] if cfg.ffhq_ratio == 1 else parts[0][0]
     else:
         ds = parts[0][0]
-    ds = ds.map_batches(DecodeBatch, fn_constructor_args=(cfg.resolution, preset if with_identity else None),
+    face_size = preset.method(method).encoder.vit.img_size
+    ds = ds.map_batches(DecodeBatch, fn_constructor_args=(cfg.resolution, face_size),
                         batch_size=16, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
     return ds.materialize() if cfg.materialize else ds

@@ -1,10 +1,9 @@
-"""The Ray Train worker loop (one per worker) and the strategies: DDP via Ray Train's `prepare_model`, or a
-DeepSpeed engine (ZeRO-2/3 configs shipped in facegen/train/deepspeed/).
+"""The Ray Train worker loop (one per worker): build the method's training task, wrap it with the strategy
+(strategies.py), iterate this worker's data shard, step, log, checkpoint.
 
-Checkpoints hold the trainable weights, optimizer, step, data position (epoch, batch within it) and the metrics
-history, so a restarted or resumed run continues — and its metrics stay one continuous series. DDP: rank 0 writes
-model.pt; DeepSpeed: every rank writes its ZeRO shard (engine.save_checkpoint) and Ray Train merges the ranks'
-files into one checkpoint directory.
+Checkpoints hold the trained weights and optimizer (the strategy's files), the step and data position (epoch, batch
+within it) and the metrics history, so a restarted or resumed run continues — and its metrics stay one continuous
+series. Ray Train merges the ranks' files into one checkpoint directory.
 """
 from __future__ import annotations
 
@@ -13,58 +12,30 @@ import math
 import os
 import tempfile
 import time
-from importlib import resources
 
 import torch
 
-STATE_FILE, HISTORY_FILE, MODEL_FILE, DS_TAG = "state.json", "history.jsonl", "model.pt", "zero"
-
-
-def deepspeed_config(stage: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float, on_gpu: bool) -> dict:
-    cfg = json.loads(resources.files("facegen.train").joinpath("deepspeed", f"zero{stage}.json").read_text())
-    cfg["train_micro_batch_size_per_gpu"] = batch_size
-    cfg["gradient_clipping"] = grad_clip
-    cfg["optimizer"]["params"].update(lr=lr, weight_decay=weight_decay)
-    cfg["bf16"] = {"enabled": on_gpu}  # fp32 on CPU
-    if not on_gpu:
-        cfg["optimizer"]["params"]["torch_adam"] = True  # no fused-Adam CUDA build on a CPU box
-    return cfg
-
-
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+STATE_FILE, HISTORY_FILE = "state.json", "history.jsonl"
 
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from facegen.data.stages import quiet_worker
-    from facegen.train.tasks import TASKS
+    from facegen.methods import get_method
+    from facegen.train.strategies import STRATEGIES
+    from facegen.workers import quiet_worker
 
     quiet_worker()
-    preset, strategy = config["preset"], config["strategy"]
+    preset = config["preset"]
     cfg = preset.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.seed + rank)
-    task = TASKS[config["method"]](preset, device, torch.bfloat16 if on_gpu else torch.float32)
-    params = [p for p in task.trainable.parameters() if p.requires_grad]
-
-    if strategy == "deepspeed":
-        import deepspeed
-
-        ds_cfg = deepspeed_config(cfg.deepspeed_stage, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.grad_clip, on_gpu)
-        # The engine steps (and checkpoints) the scheduler itself; it builds it around its own inner optimizer.
-        model, optimizer, _, scheduler = deepspeed.initialize(
-            model=task.trainable.to(device), model_parameters=params, config=ds_cfg, dist_init_required=False,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps)))
-    else:
-        model = ray.train.torch.prepare_model(task.trainable, parallel_strategy_kwargs={"find_unused_parameters": True})
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
+    task = get_method(config["method"]).task_class()(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    strategy = STRATEGIES[config["strategy"]](cfg, device)
+    model = strategy.wrap(task)
 
     state, history = {"step": 0, "epoch": 0, "batch_in_epoch": 0}, []
     checkpoint = ray.train.get_checkpoint()
@@ -72,13 +43,7 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = json.loads(open(os.path.join(d, STATE_FILE)).read())
             history = [json.loads(line) for line in open(os.path.join(d, HISTORY_FILE))]
-            if strategy == "deepspeed":
-                model.load_checkpoint(d, tag=DS_TAG)
-            else:
-                saved = torch.load(os.path.join(d, MODEL_FILE), map_location=device, weights_only=False)
-                _unwrap(model).load_state_dict(saved["model"])
-                optimizer.load_state_dict(saved["optimizer"])
-                scheduler.load_state_dict(saved["scheduler"])
+            strategy.load(d)
         if rank == 0:
             print(f"[train] resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})",
                   flush=True)
@@ -95,31 +60,23 @@ def train_loop_per_worker(config: dict) -> None:
             if position <= skip:  # the data position of a resumed run: skip what this epoch already used
                 continue
             batch = {k: v if k == "prompt" else torch.from_numpy(v) for k, v in batch.items()}
-            loss, parts = task.loss(model, batch)
-            if strategy == "deepspeed":
-                model.backward(loss)
-                model.step()
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
+            loss, parts = model(batch)
+            strategy.step(loss)
             step += 1
             samples += len(batch["prompt"])
-            if step % cfg.log_every == 0 or step == config["max_steps"]:
+            last = step == config["max_steps"]
+            if step % cfg.log_every == 0 or last:
                 mean_loss = _mean_over_workers(loss.detach().float(), world)
-            if rank == 0 and (step % cfg.log_every == 0 or step == config["max_steps"]):
-                elapsed = time.perf_counter() - tick
-                row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_s": round(samples * world / max(elapsed, 1e-9), 3), **parts}
-                history.append(row)
-                print(f"[train] step {step}/{config['max_steps']} loss {row['loss']:.4f} "
-                      f"lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s", flush=True)
-                tick, samples = time.perf_counter(), 0
-            if step % cfg.checkpoint_every == 0 or step == config["max_steps"]:
-                _save(model, optimizer, scheduler, strategy, rank,
-                      {"step": step, "epoch": epoch, "batch_in_epoch": position}, history)
+                if rank == 0:
+                    elapsed = time.perf_counter() - tick
+                    row = {"step": step, "loss": mean_loss, "lr": strategy.lr(),
+                           "samples_per_s": round(samples * world / max(elapsed, 1e-9), 3), **parts}
+                    history.append(row)
+                    print(f"[train] step {step}/{config['max_steps']} loss {row['loss']:.4f} "
+                          f"lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s", flush=True)
+                    tick, samples = time.perf_counter(), 0
+            if step % cfg.checkpoint_every == 0 or last:
+                _save(strategy, rank, {"step": step, "epoch": epoch, "batch_in_epoch": position}, history)
             if step >= config["max_steps"]:
                 break
         skip = 0
@@ -141,19 +98,11 @@ def _mean_over_workers(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
-
-
-def _save(model, optimizer, scheduler, strategy: str, rank: int, state: dict, history: list) -> None:
+def _save(strategy, rank: int, state: dict, history: list) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
-        if strategy == "deepspeed":
-            model.save_checkpoint(d, tag=DS_TAG)  # every rank writes its own shard
-        elif rank == 0:
-            torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict()}, os.path.join(d, MODEL_FILE))
+        strategy.save(d, rank)
         if rank == 0:
             with open(os.path.join(d, STATE_FILE), "w") as f:
                 json.dump(state, f)

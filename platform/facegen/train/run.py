@@ -16,14 +16,16 @@ import torch
 from facegen.config import Preset
 from facegen.data.storage import Storage
 from facegen.errors import ConfigError
-from facegen.train.loop import DS_TAG, HISTORY_FILE, MODEL_FILE, STATE_FILE, train_loop_per_worker
+from facegen.methods import get_method
+from facegen.train.loop import HISTORY_FILE, STATE_FILE, train_loop_per_worker
+from facegen.train.strategies import STRATEGIES
 
 RUN_NAME = "run"
 
 
 def _torch_extensions_cache() -> None:
     # DeepSpeed JIT-builds a small CPU op on first use; keep the build across runs and test sessions.
-    from facegen.weights import cache_dir
+    from facegen.cache import cache_dir
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
 
@@ -36,17 +38,17 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
 
     from facegen.jobs import ensure_ray
     from facegen.train.data import check_training_data, training_dataset
-    from facegen.train.tasks import TASKS
 
     cfg = preset.train
     if max_steps is not None:
         cfg.max_steps = max_steps
     cfg.validate(strategy)
+    task_class = get_method(method).task_class()
+    preset.method(method)  # the preset configures this method
     if num_workers < 1:
         raise ConfigError("--num-workers must be at least 1")
     info = check_training_data(data_uri)  # before any worker starts
-    if method == "faceclip" and cfg.stage == "align" and info["kept"] + info["ffhq_rows"] < 2:
-        raise ConfigError("the alignment loss contrasts rows within a batch: the dataset needs at least 2 rows")
+    task_class.check_config(preset, info["kept"] + info["ffhq_rows"])
     _torch_extensions_cache()
     ensure_ray()
     # Auto: GPUs when the cluster has one per worker and CUDA sees it there (set train.use_gpu=true where GPU nodes
@@ -57,7 +59,7 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     os.environ.update(env)
-    dataset = training_dataset(data_uri, preset, with_identity=TASKS[method].needs_identity)
+    dataset = training_dataset(data_uri, preset, method)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"preset": preset, "method": method, "strategy": strategy, "max_steps": cfg.max_steps},
@@ -103,35 +105,24 @@ def _cuda_on_gpu_nodes() -> bool:
 
 
 def training_main(job: str, method: str, description: str, argv=None) -> int:
-    """The command line both training jobs share: the common job flags plus --data, --num-workers, --strategy,
+    """The command line every training job shares: the common job flags plus --data, --num-workers, --strategy,
     --max-steps."""
     from facegen.jobs import job_parser, run_job
 
     p = job_parser(description)
     p.add_argument("--data", required=True, help="the --output of jobs/build_data.py (local or s3://)")
     p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"])
+    p.add_argument("--strategy", default="ddp", choices=list(STRATEGIES))
     p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args(argv)
     return run_job(job, args, lambda preset, out, a: run_training(
         method, preset, out, a.data, a.num_workers, a.strategy, a.max_steps))
 
 
-def checkpoint_state_dict(strategy: str, checkpoint_dir: str) -> dict:
-    """The trainable module's full fp32 state dict from a checkpoint (ZeRO shards consolidated)."""
-    if strategy == "deepspeed":
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
-    return torch.load(os.path.join(checkpoint_dir, MODEL_FILE), map_location="cpu", weights_only=False)["model"]
-
-
 def export(method: str, preset: Preset, strategy: str, checkpoint_dir: str, out: Storage) -> None:
     """<output>/model/: the encoder via save_pretrained, loadable by the pipelines and `generate --model`."""
-    from facegen.train.tasks import TASKS
-
-    task = TASKS[method](preset, "cpu", load_base=False)
-    state = checkpoint_state_dict(strategy, checkpoint_dir)
+    task = get_method(method).task_class()(preset, "cpu", load_base=False)
+    state = STRATEGIES[strategy].consolidate(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
         task.export(state, tmp)
         for root, _, files in os.walk(tmp):

@@ -7,13 +7,14 @@ near the scale of real words so the prompt's other words still steer the image (
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
 
 import torch
 from diffusers import ModelMixin
 from torch import nn
 
+from facegen.methods.dreamidentity.config import M2EncoderConfig
 from facegen.models.export import read_export, save_export
 from facegen.models.face_vit import FaceViT, faces_to_tensor, load_arcface_checkpoint
 
@@ -22,36 +23,28 @@ class M2Encoder(ModelMixin):
     # A diffusers ModelMixin so DiffusionPipeline.save_pretrained / from_pretrained treat it as a component; the
     # on-disk format is facegen's own (config.json + model.safetensors), written and read by the overrides below.
 
-    @dataclass
-    class Config:
-        vit: FaceViT.Config = field(default_factory=FaceViT.Config)
-        num_tokens: int = 2  # k
-        token_dim: int = 1024  # the text encoder's token-embedding width (SD2.1: 1024)
-        hidden_dim: int = 1024
-        taps: list[int] | None = None  # 1-based block indices; None = the quarters of the depth
-        reg_weight: float = 1e-4  # λ
-        train_vit: bool = False
-        weights: str | None = None  # a directory exported by save_pretrained (e.g. by jobs/train_m2.py)
-        seed: int = 0  # random initialisation of untrained projectors, so the tiny preset is reproducible
+    Config = M2EncoderConfig
 
-    def __init__(self, config: M2Encoder.Config):
+    def __init__(self, config: M2EncoderConfig):
         super().__init__()
+        if config.token_dim is None:
+            raise ValueError("M2EncoderConfig.token_dim is unset: fill it from the base model (with_token_dim)")
         self.m2_config = config
         self.vit = FaceViT(config.vit)
         self.taps = list(config.taps or self.vit.default_taps())
         bad = [t for t in self.taps if not 1 <= t <= config.vit.depth]
         if bad:
-            raise ValueError(f"m2.taps {bad} outside the face ViT's {config.vit.depth} blocks")
+            raise ValueError(f"encoder.taps {bad} outside the face ViT's {config.vit.depth} blocks")
         in_dim = config.vit.embed_dim * len(self.taps) + config.vit.num_features
         self.norm = nn.LayerNorm(in_dim)
         self.projectors = nn.ModuleList(
             nn.Sequential(nn.Linear(in_dim, config.hidden_dim), nn.GELU(), nn.Linear(config.hidden_dim, config.token_dim))
             for _ in range(config.num_tokens)
         )
-        self.vit.requires_grad_(config.train_vit)
+        self.vit.requires_grad_(False)  # frozen unless training says otherwise (methods.dreamidentity.train)
 
     @classmethod
-    def from_config_random(cls, config: M2Encoder.Config) -> M2Encoder:
+    def from_config_random(cls, config: M2EncoderConfig) -> M2Encoder:
         """Fresh encoder: seeded projectors, and the face ViT from its arcface_torch checkpoint when one is named."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -74,12 +67,16 @@ class M2Encoder(ModelMixin):
 
     @torch.no_grad()
     def encode_aligned(self, faces) -> torch.Tensor:
-        """Aligned 112×112 RGB uint8 faces (one array, a stack or a list) → B×k×token_dim."""
+        """Aligned RGB uint8 faces (one array, a stack or a list; vit.img_size square) → B×k×token_dim."""
         return self(faces_to_tensor(faces))
+
+    @property
+    def face_size(self) -> int:
+        return self.m2_config.vit.img_size
 
     @staticmethod
     def regularization_loss(embeddings: torch.Tensor) -> torch.Tensor:
-        """Σ_i ‖s_i‖₂, averaged over the batch (multiply by config.reg_weight for the paper's λ term)."""
+        """Σ_i ‖s_i‖₂, averaged over the batch (× methods.dreamidentity.train.reg_weight: the paper's λ term)."""
         return embeddings.norm(dim=-1).sum(dim=-1).mean()
 
     # -- persistence ---------------------------------------------------------------------------------------------
@@ -89,9 +86,21 @@ class M2Encoder(ModelMixin):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
-        _, config, state = read_export(directory, M2Encoder.Config, "M² encoder", "m2")
+        _, config, state = read_export(directory, M2EncoderConfig, "M² encoder", "model")
         model = cls(config)
         model.load_state_dict(state)
         if torch_dtype is not None:
             model = model.to(torch_dtype)
         return model.eval()
+
+
+def with_token_dim(config: M2EncoderConfig, token_dim: int) -> M2EncoderConfig:
+    """The config with token_dim read from the base model's text encoder, or an error if a set one disagrees."""
+    from facegen.errors import ConfigError
+
+    if config.token_dim is None:
+        return dataclasses.replace(config, token_dim=token_dim)
+    if config.token_dim != token_dim:
+        raise ConfigError(f"methods.dreamidentity.encoder.token_dim is {config.token_dim} but the base model's "
+                          f"text encoder has {token_dim}-d tokens (leave token_dim unset to read it from the model)")
+    return config

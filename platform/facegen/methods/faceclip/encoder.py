@@ -2,7 +2,7 @@
 
 Per branch (CLIP-L 768 and bigG 1280, initialised from SDXL's own `text_encoder` / `text_encoder_2`):
   1. the prompt is prefixed "photo of a id person." and the token embedding of "id" is replaced by a learned
-     projection of the 512-d identity vector (ArcFace-style, from the face analyzer);
+     projection of the 512-d face_embedding (the face analyzer's recognizer vector);
   2. the text tower runs; SDXL reads its penultimate hidden states;
   3. N fusion layers: text←face cross-attention (face = the face ViT's patch tokens), face←text cross-attention and
      text self-attention, each update scaled by tanh(gate) with the gate starting at zero.
@@ -10,13 +10,12 @@ prompt_embeds = concat(branch states) → B×77×(768+1280); pooled = bigG's poo
 its fused end-of-text state → B×1280. At initialisation (gates zero) this is exactly SDXL's conditioning for the
 prefixed prompt with "id" replaced, so training starts from SDXL and learns to add the face.
 
-`alignment_loss` pulls the joint pooled feature towards the face identity, the plain prompt's text embedding and the
+`alignment_loss` pulls the joint pooled feature towards the face_embedding, the plain prompt's text embedding and the
 CLIP image embedding of the target with sigmoid-contrastive terms (learnable temperature and bias, as SigLIP).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,9 +23,10 @@ import torch.nn.functional as F
 from diffusers import ModelMixin
 from torch import nn
 
+from facegen.methods.faceclip.config import FaceCLIPEncoderConfig
 from facegen.models.export import read_export, save_export
 from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
-from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
+from facegen.models.tokens import PERSON_WORDS, PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
 
 TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 
@@ -57,18 +57,19 @@ class FusionLayer(nn.Module):
 
 
 class Branch(nn.Module):
-    """One text tower with identity injection and fusion."""
+    """One text tower with the face_embedding injected at the "id" slot, and fusion."""
 
-    def __init__(self, text_encoder, identity_dim: int, face_dim: int, layers: int):
+    def __init__(self, text_encoder, face_embedding_dim: int, face_dim: int, layers: int):
         super().__init__()
         self.text_encoder = text_encoder
         width = text_encoder.config.hidden_size
-        self.id_proj = nn.Linear(identity_dim, width)
+        self.id_proj = nn.Linear(face_embedding_dim, width)
         self.face_proj = nn.Linear(face_dim, width)
         self.fusion = nn.ModuleList(FusionLayer(width) for _ in range(layers))
 
-    def forward(self, ids, id_mask, identity, face_tokens):
-        with token_embedding_override(self.text_encoder, id_mask, self.id_proj(identity).repeat_interleave(id_mask.sum(1), 0)):
+    def forward(self, ids, id_mask, face_embedding, face_tokens):
+        slot_values = self.id_proj(face_embedding).repeat_interleave(id_mask.sum(1), 0)
+        with token_embedding_override(self.text_encoder, id_mask, slot_values):
             out = self.text_encoder(ids, output_hidden_states=True)
         text, face = out.hidden_states[-2], self.face_proj(face_tokens)  # SDXL reads the penultimate layer
         for layer in self.fusion:
@@ -84,50 +85,37 @@ def sigmoid_contrastive(a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tenso
 
 
 class FaceCLIPEncoder(ModelMixin):
-    @dataclass
-    class Config:
-        vit: FaceViT.Config = field(default_factory=FaceViT.Config)
-        identity_dim: int = 512
-        fusion_layers: int = 4
-        prefix: str = "photo of a id person."
-        id_word: str = "id"
-        clip_embed_dim: int = 768  # the CLIP image embedding the alignment loss aims at (ViT-L-14: 768)
-        face_weight: float = 1.0  # alignment-loss weights per term
-        text_weight: float = 1.0
-        image_weight: float = 1.0
-        train_text: bool = False  # fine-tune the text towers too (otherwise frozen)
-        train_vit: bool = False
-        weights: str | None = None  # an exported encoder directory
-        seed: int = 0
+    Config = FaceCLIPEncoderConfig
 
-    def __init__(self, config: FaceCLIPEncoder.Config, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
+    def __init__(self, config: FaceCLIPEncoderConfig, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
         super().__init__()
         c = self.fc_config = config
         if c.id_word not in c.prefix.split():
             raise ValueError(f"faceclip.prefix '{c.prefix}' must contain the word '{c.id_word}'")
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
-        self.vit = FaceViT(c.vit)
-        self.branch_1 = Branch(text_encoder, c.identity_dim, c.vit.embed_dim, c.fusion_layers)
-        self.branch_2 = Branch(text_encoder_2, c.identity_dim, c.vit.embed_dim, c.fusion_layers)
+        self.vit = FaceViT(c.vit)  # first, so a fresh encoder's ViT equals `fresh_face_vit(config)`
+        self.branch_1 = Branch(text_encoder, c.face_embedding_dim, c.vit.embed_dim, c.fusion_layers)
+        self.branch_2 = Branch(text_encoder_2, c.face_embedding_dim, c.vit.embed_dim, c.fusion_layers)
         pooled = text_encoder_2.config.projection_dim
         self.pool_proj = nn.Linear(text_encoder_2.config.hidden_size, pooled)
         self.pool_gate = nn.Parameter(torch.zeros(()))
-        self.face_head = nn.Linear(pooled, c.identity_dim)
+        self.face_head = nn.Linear(pooled, c.face_embedding_dim)
         self.text_head = nn.Linear(pooled, pooled)
         self.image_head = nn.Linear(pooled, c.clip_embed_dim)
         self.log_scales = nn.Parameter(torch.full((3,), float(torch.log(torch.tensor(10.0)))))
         self.biases = nn.Parameter(torch.full((3,), -10.0))
         self.set_trainable()
 
-    def set_trainable(self):
+    def set_trainable(self, train_text: bool = False, train_vit: bool = False):
+        """New layers train; the text towers and the face ViT only when asked (methods.faceclip.train)."""
         self.requires_grad_(True)
         for branch in (self.branch_1, self.branch_2):
-            branch.text_encoder.requires_grad_(self.fc_config.train_text)
-        self.vit.requires_grad_(self.fc_config.train_vit)
+            branch.text_encoder.requires_grad_(train_text)
+        self.vit.requires_grad_(train_vit)
         return self
 
     @classmethod
-    def from_sdxl(cls, config: FaceCLIPEncoder.Config, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
+    def from_sdxl(cls, config: FaceCLIPEncoderConfig, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
         """A fresh encoder whose text towers are SDXL's own (seeded new layers; face ViT from its checkpoint)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -146,10 +134,10 @@ class FaceCLIPEncoder(ModelMixin):
         return self.vit(faces.to(self._device, self.pool_gate.dtype)).patch_tokens
 
     def prefixed(self, prompt: str) -> str:
-        """The prompt as the text towers read it, with the identity slot marked."""
+        """The prompt as the text towers read it, with the "id" slot marked."""
         c = self.fc_config
         words = [PLACEHOLDER if w == c.id_word else w for w in c.prefix.split()]
-        return " ".join(words) + " " + prompt.replace(PLACEHOLDER, "the person")
+        return " ".join(words) + " " + prompt.replace(PLACEHOLDER, PERSON_WORDS)
 
     def _tokenize(self, tokenizer, prompts):
         rows, mask_rows = [], []
@@ -159,13 +147,14 @@ class FaceCLIPEncoder(ModelMixin):
             mask_rows.append([i in slots for i in range(len(ids))])
         return torch.tensor(rows, device=self._device), torch.tensor(mask_rows, device=self._device)
 
-    def forward(self, prompts: list[str], identity: torch.Tensor, face_tokens: torch.Tensor):
-        """prompts (B), identity B×512, face_tokens B×N×D → (prompt_embeds B×77×(D1+D2), pooled B×P)."""
-        identity = identity.to(self._device, self.pool_gate.dtype)
+    def forward(self, prompts: list[str], face_embedding: torch.Tensor, face_tokens: torch.Tensor):
+        """prompts (B), face_embedding B×512, face_tokens B×N×D → (prompt_embeds B×77×(D1+D2), pooled B×P)."""
+        face_embedding = face_embedding.to(self._device, self.pool_gate.dtype)
+        face_tokens = face_tokens.to(self._device, self.pool_gate.dtype)
         ids_1, mask_1 = self._tokenize(self.tokenizer, prompts)
         ids_2, mask_2 = self._tokenize(self.tokenizer_2, prompts)
-        text_1, _ = self.branch_1(ids_1, mask_1, identity, face_tokens)
-        text_2, out_2 = self.branch_2(ids_2, mask_2, identity, face_tokens)
+        text_1, _ = self.branch_1(ids_1, mask_1, face_embedding, face_tokens)
+        text_2, out_2 = self.branch_2(ids_2, mask_2, face_embedding, face_tokens)
         eos = (ids_2 == self.tokenizer_2.eos_token_id).int().argmax(-1)
         fused_eos = text_2[torch.arange(len(prompts), device=text_2.device), eos]
         pooled = out_2.text_embeds + torch.tanh(self.pool_gate) * self.pool_proj(fused_eos)
@@ -178,13 +167,14 @@ class FaceCLIPEncoder(ModelMixin):
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         return te(ids.input_ids.to(self._device)).text_embeds
 
-    def alignment_loss(self, pooled, identity, text_embeds, image_embeds) -> tuple[torch.Tensor, dict]:
-        """Weighted sigmoid-contrastive terms between the joint pooled feature and face / text / image targets."""
-        c = self.fc_config
+    def alignment_loss(self, pooled, face_embedding, text_embeds, image_embeds,
+                       weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[torch.Tensor, dict]:
+        """Sigmoid-contrastive terms between the joint pooled feature and face / text / image targets, weighted by
+        `weights` (face, text, image; methods.faceclip.train.*_weight)."""
         terms = {
-            "face": (c.face_weight, self.face_head(pooled), identity),
-            "text": (c.text_weight, self.text_head(pooled), text_embeds),
-            "image": (c.image_weight, self.image_head(pooled), image_embeds),
+            "face": (weights[0], self.face_head(pooled), face_embedding),
+            "text": (weights[1], self.text_head(pooled), text_embeds),
+            "image": (weights[2], self.image_head(pooled), image_embeds),
         }
         losses = {name: sigmoid_contrastive(pred, target.to(pred), self.log_scales[i], self.biases[i])
                   for i, (name, (w, pred, target)) in enumerate(terms.items()) if w > 0}
@@ -205,10 +195,33 @@ class FaceCLIPEncoder(ModelMixin):
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        d, config, state = read_export(directory, FaceCLIPEncoder.Config, "FaceCLIP encoder", "faceclip")
+        d, config, state = read_export(directory, FaceCLIPEncoderConfig, "FaceCLIP encoder", "model")
         towers = [CLIPTextModel(CLIPTextConfig.from_pretrained(d / "text_encoder")),
                   CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d / "text_encoder_2"))]
         tokenizers = [CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2")]
         model = cls(config, towers[0], towers[1], tokenizers[0], tokenizers[1])
         model.load_state_dict(state)
         return (model.to(torch_dtype) if torch_dtype else model).eval()
+
+
+def fresh_face_vit(config: FaceCLIPEncoderConfig) -> FaceViT:
+    """The face ViT exactly as a fresh `FaceCLIPEncoder.from_sdxl(config, ...)` holds it (same seed, built first),
+    without SDXL's text towers: what a replica that only encodes faces needs."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        vit = FaceViT(config.vit)
+    if config.vit.weights:
+        load_arcface_checkpoint(vit, config.vit.weights)
+    return vit.eval()
+
+
+def exported_face_vit(directory: str | os.PathLike) -> FaceViT:
+    """The face ViT of an exported FaceCLIP encoder, read alone (the text towers' weights are not loaded)."""
+    from safetensors import safe_open
+
+    d, config, _ = read_export(directory, FaceCLIPEncoderConfig, "FaceCLIP encoder", "model", weights=False)
+    vit = FaceViT(config.vit)
+    with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+        state = {k[len("vit."):]: f.get_tensor(k) for k in f.keys() if k.startswith("vit.")}
+    vit.load_state_dict(state)
+    return vit.eval()

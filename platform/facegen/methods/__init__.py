@@ -1,0 +1,29 @@
+"""The method registry: one entry per method, and everything that offers a choice of method iterates it — the CLI's
+--method, the HTTP schema's `method`, the training jobs, evaluation and the service's deployments.
+
+Adding a method: a folder facegen/methods/<name>/ (see base.py) and one line in REGISTRY below.
+"""
+from __future__ import annotations
+
+from facegen.errors import ConfigError
+from facegen.methods.base import Method
+from facegen.methods.dreamidentity import METHOD as DREAMIDENTITY
+from facegen.methods.faceclip import METHOD as FACECLIP
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (DREAMIDENTITY, FACECLIP)}
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method '{name}' (known: {', '.join(NAMES)})")
+    return REGISTRY[name]
+
+
+def load_pipeline(name: str, preset, model=None, torch_dtype=None, device=None):
+    """The pipeline of method `name` as preset (name, file or Preset) configures it; `model` = an encoder exported
+    by a training job, replacing the preset's; dtype/device as `facegen.devices.resolve` decides unless given."""
+    return get_method(name).pipeline_class().from_preset(preset, model=model, torch_dtype=torch_dtype, device=device)
+
+
+__all__ = ["NAMES", "REGISTRY", "Method", "get_method", "load_pipeline"]

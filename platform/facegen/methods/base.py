@@ -1,0 +1,57 @@
+"""What every method shares: its registry entry (`Method`), its sampling defaults (`SamplingConfig`) and the
+contract its parts keep. Plain data and strings: importing it loads no torch, so the registry stays light.
+
+A method is one folder, facegen/methods/<name>/:
+  config.py    its preset section (a dataclass): base model, encoder, sampling, training settings
+  encoder.py   its trainable encoder (an nn.Module with save_pretrained / from_pretrained)
+  pipeline.py  its diffusers pipeline; `from_preset`, `load_face_encoder` (face → identity without the diffusion
+               model), `check_inputs`, `encode_identity`, `__call__`; and its identity type
+  training.py  its training task: an nn.Module whose forward(batch) returns (loss, metrics)
+  __init__.py  its `METHOD = Method(...)` entry, added to facegen/methods/__init__.py's registry in one line
+An identity type has `to_arrays()` / `from_arrays()` (what HTTP identity tokens carry), `mean(list)` (several
+photos of one person) and `stack(list)` (one per image of a batch).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling defaults of one method (the CLI, the Python API, evaluation and the HTTP service fall back to these)."""
+
+    steps: int = 30
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    negative_prompt: str = ""
+    scheduler: str = "ddim"  # ddim | euler | the base model's own ("default")
+
+
+def _load(ref: str):
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registry entry: the method's name and where its parts live (imported on first use)."""
+
+    name: str  # the CLI's --method, the HTTP `method`, the preset's methods.<name> section
+    title: str  # as people write it: deployment names (<title>Generator), reports
+    config: type  # the preset section's dataclass
+    pipeline: str  # "module:Class" of its pipeline
+    identity: str  # "module:Class" of its identity type
+    task: str  # "module:Class" of its training task
+    needs_placeholder: bool  # prompts must say where the person goes ("S*")
+    summary: str = ""
+
+    def pipeline_class(self):
+        return _load(self.pipeline)
+
+    def identity_class(self):
+        return _load(self.identity)
+
+    def task_class(self):
+        return _load(self.task)

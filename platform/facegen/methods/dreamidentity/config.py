@@ -1,0 +1,35 @@
+"""DreamIdentity's preset section (`methods.dreamidentity`): plain data, importing it loads no torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from facegen.methods.base import SamplingConfig
+from facegen.models.config import FaceViTConfig
+
+
+@dataclass
+class M2EncoderConfig:
+    vit: FaceViTConfig = field(default_factory=FaceViTConfig)
+    num_tokens: int = 2  # k
+    token_dim: int | None = None  # the text encoder's token-embedding width; None = read from the base model
+    hidden_dim: int = 1024
+    taps: list[int] | None = None  # 1-based block indices; None = the quarters of the depth
+    seed: int = 0  # random initialisation of untrained projectors, so a fresh encoder is reproducible
+
+
+@dataclass
+class DreamIdentityTrainConfig:
+    reg_weight: float = 1e-4  # λ of the paper's λ·Σ‖s_i‖ term
+    train_vit: bool = False  # fine-tune the face ViT too (otherwise frozen)
+
+
+@dataclass
+class DreamIdentityConfig:
+    # An SD2.1-layout model: a hub id, a local diffusers directory, "tiny:sd21" or "random:sd21-base".
+    base_model: str = "tiny:sd21"
+    sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
+    model: str | None = None  # an exported M² encoder (a training job's <output>/model) instead of a fresh one
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU)
+    encoder: M2EncoderConfig = field(default_factory=M2EncoderConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: DreamIdentityTrainConfig = field(default_factory=DreamIdentityTrainConfig)

@@ -1,0 +1,216 @@
+"""DreamIdentityPipeline: Stable Diffusion 2.1 whose prompt word "S*" is a face.
+
+The M² encoder turns an aligned face into k embeddings (the id_tokens) in the text encoder's token-embedding space.
+A prompt such as "S* as a chef" is tokenised with k placeholder slots where "S*" stood; a forward hook on the text
+encoder's token embedding writes the id_tokens into those slots, so position embeddings, attention and the final
+norm run exactly as for real words. Denoising is diffusers' own `StableDiffusionPipeline`, given the prompt embeddings.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from facegen.errors import BadPrompt, ConfigError
+from facegen.face.align import align_face
+from facegen.face.analyzer import FaceAnalyzer
+from facegen.face.images import ImageInput
+from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
+from facegen.methods.pipeline_utils import (
+    FaceAnalyzerComponent,
+    FaceIdentityEncoder,
+    as_prompts,
+    check_common_inputs,
+    make_scheduler,
+)
+from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
+
+METHOD_NAME = "dreamidentity"
+
+
+@dataclass
+class IdTokens:
+    """DreamIdentity's identity: the k "S*" embeddings of one face (k×D), or one per image of a batch (B×k×D)."""
+
+    tokens: torch.Tensor
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"id_tokens": self.tokens.detach().float().cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> IdTokens:
+        return cls(torch.from_numpy(np.asarray(arrays["id_tokens"], np.float32)))
+
+    @classmethod
+    def mean(cls, items: Sequence[IdTokens]) -> IdTokens:
+        return cls(torch.stack([i.tokens for i in items]).mean(dim=0))
+
+    @classmethod
+    def stack(cls, items: Sequence[IdTokens]) -> IdTokens:
+        return cls(torch.stack([i.tokens for i in items]))
+
+
+@dataclass
+class DreamIdentityPipelineOutput(BaseOutput):
+    images: list[PIL.Image.Image] | np.ndarray
+
+
+class M2FaceEncoder(FaceIdentityEncoder):
+    """Photos → IdTokens with only the face stack and the M² encoder loaded (no diffusion model)."""
+
+    def __init__(self, face_analyzer: FaceAnalyzer, m2_encoder: M2Encoder):
+        super().__init__(face_analyzer)
+        self.m2_encoder = m2_encoder
+
+    @torch.no_grad()
+    def from_detections(self, detections) -> IdTokens:
+        size = self.m2_encoder.face_size
+        faces = np.stack([align_face(rgb, face.kps, size) for rgb, face in detections])
+        return IdTokens(self.m2_encoder.encode_aligned(faces).mean(dim=0))
+
+    def to(self, device):
+        self.m2_encoder.to(device)
+        return self
+
+
+def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
+    """The trained encoder (`model`, else the section's `model`) or a fresh seeded one for this base model."""
+    weights = model or section.model
+    if weights:
+        encoder = M2Encoder.from_pretrained(weights)
+        with_token_dim(encoder.m2_config, token_dim)  # an encoder trained for another base model is refused here
+        return encoder
+    return M2Encoder.from_config_random(with_token_dim(section.encoder, token_dim))
+
+
+class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["face_analyzer"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, m2_encoder: M2Encoder,
+                 face_analyzer: FaceAnalyzer | None = None, num_inference_steps: int = 30,
+                 guidance_scale: float = 7.5, height: int = 512, width: int = 512, negative_prompt: str = ""):
+        super().__init__()
+        token_dim = text_encoder.get_input_embeddings().embedding_dim
+        if m2_encoder.m2_config.token_dim != token_dim:
+            raise ConfigError(f"the M² encoder writes {m2_encoder.m2_config.token_dim}-d tokens but the text "
+                              f"encoder's are {token_dim}-d: it was trained for another base model")
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              m2_encoder=m2_encoder, face_analyzer=face_analyzer)
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                height=height, width=width, negative_prompt=negative_prompt)
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
+                    torch_dtype: torch.dtype | None = None, device=None) -> DreamIdentityPipeline:
+        """Base model, face stack and M² encoder as the preset's `methods.dreamidentity` names them, placed on
+        `device` in the section's dtype (`facegen.devices.resolve`); `model` = an exported M² directory."""
+        from facegen import devices
+        from facegen.config import as_preset
+        from facegen.weights import load_sd21_components
+
+        p = as_preset(preset, overrides)
+        section = p.method(METHOD_NAME)
+        place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
+        components = load_sd21_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
+        m2 = load_m2_encoder(section, model, components["text_encoder"].get_input_embeddings().embedding_dim)
+        s = section.sampling
+        components["scheduler"] = make_scheduler(s.scheduler, components["scheduler"])
+        pipe = cls(**components, m2_encoder=m2 if m2.dtype == place.encoder_dtype else m2.to(place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
+                   num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
+                   negative_prompt=s.negative_prompt)
+        return pipe.to(place.device)
+
+    @classmethod
+    def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> M2FaceEncoder:
+        """The face stack and M² encoder alone (photos → IdTokens), for a replica that only encodes faces."""
+        from facegen import devices
+        from facegen.config import as_preset
+        from facegen.weights import text_token_dim
+
+        p = as_preset(preset)
+        section = p.method(METHOD_NAME)
+        m2 = load_m2_encoder(section, model, text_token_dim(section.base_model, section.sha256))
+        return M2FaceEncoder(FaceAnalyzer(p.face), m2).to(devices.resolve(section.dtype, device).device)
+
+    @property
+    def face_encoder(self) -> M2FaceEncoder:
+        return M2FaceEncoder(self.face_analyzer, self.m2_encoder)
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
+        """Every prompt has "S*"; sizes are positive multiples of 8; one negative prompt per prompt (returned)."""
+        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=True)
+
+    def encode_prompt_with_identity(self, prompt: str | list[str], identity: IdTokens | torch.Tensor,
+                                    require_placeholder: bool = True) -> torch.Tensor:
+        """B prompts + id_tokens (k×D, or B×k×D) → the text encoder's B×77×D hidden states, S* filled in.
+        Differentiable in the id_tokens, so training can backpropagate into the M² encoder."""
+        prompts = as_prompts(prompt)
+        tokens = identity.tokens if isinstance(identity, IdTokens) else identity
+        k = self.m2_encoder.m2_config.num_tokens
+        if tokens.dim() == 2:
+            tokens = tokens.unsqueeze(0).expand(len(prompts), -1, -1)
+        if tokens.shape[0] != len(prompts) or tokens.shape[1] != k:
+            raise ValueError(f"id_tokens of shape {tuple(tokens.shape)} do not fit {len(prompts)} prompts × {k} tokens")
+        rows, slot_rows, values = [], [], []
+        for b, text in enumerate(prompts):
+            if require_placeholder and PLACEHOLDER not in text:
+                raise BadPrompt(f'prompt "{text}" has no "{PLACEHOLDER}": write where the person goes, e.g. "{PLACEHOLDER} as a chef"')
+            ids, slots = tokenize_with_placeholders(self.tokenizer, text, k)
+            rows.append(ids)
+            slot_rows.append(slots)
+            values += [tokens[b, j % k] for j in range(len(slots))]
+        input_ids = torch.tensor(rows, device=self.text_encoder.device)
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for b, slots in enumerate(slot_rows):
+            mask[b, slots] = True
+        if not values:
+            return self.text_encoder(input_ids)[0]
+        with token_embedding_override(self.text_encoder, mask, torch.stack(values)):
+            return self.text_encoder(input_ids)[0]
+
+    # -- generation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], identity: IdTokens | Sequence[IdTokens] | None = None,
+                 face_image: ImageInput | Sequence[ImageInput] | None = None, negative_prompt: str | list[str] | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "pil", **kwargs) -> DreamIdentityPipelineOutput:
+        cfg = self.config
+        # 1. Check inputs.
+        prompts = as_prompts(prompt)
+        height, width = height or cfg.height, width or cfg.width
+        negatives = self.check_inputs(prompts, cfg.negative_prompt if negative_prompt is None else negative_prompt,
+                                      height, width)
+        # 2. The identity: given, or encoded from the photos (several photos of one person are averaged).
+        if identity is None:
+            if face_image is None:
+                raise BadPrompt("give face_image= (a photo) or identity= (from encode_identity)")
+            identity = self.encode_identity(face_image)
+        if isinstance(identity, (list, tuple)):  # one identity per prompt (batched service requests)
+            identity = IdTokens.stack(identity)
+        tokens = identity.tokens.to(device=self._execution_device, dtype=self.text_encoder.dtype)
+        # 3. Prompt embeddings with S* filled in; the negative prompt gets the same id_tokens where it says S*.
+        prompt_embeds = self.encode_prompt_with_identity(prompts, tokens)
+        negative_embeds = self.encode_prompt_with_identity(negatives, tokens, require_placeholder=False)
+        # 4. Denoise with diffusers' own Stable Diffusion pipeline.
+        sd = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                     unet=self.unet, scheduler=self.scheduler, safety_checker=None,
+                                     feature_extractor=None, requires_safety_checker=False)
+        sd.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        out = sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                 num_inference_steps=num_inference_steps or cfg.num_inference_steps,
+                 guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                 height=height, width=width, num_images_per_prompt=num_images_per_prompt, generator=generator,
+                 latents=latents, output_type=output_type, **kwargs)
+        return DreamIdentityPipelineOutput(images=out.images)

@@ -1,0 +1,222 @@
+"""FaceCLIPSDXLPipeline: SDXL conditioned only by the FaceCLIP encoder (face + prompt → prompt_embeds, pooled).
+
+SDXL's text encoders are gone: `faceclip_encoder` produces both conditionings; the negative conditioning is the same
+encoder on an all-zero face with the negative prompt. Denoising is diffusers' own `StableDiffusionXLPipeline`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import BaseOutput
+
+from facegen.errors import BadPrompt
+from facegen.face.align import align_face
+from facegen.face.analyzer import FaceAnalyzer
+from facegen.face.images import ImageInput
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder, exported_face_vit, fresh_face_vit
+from facegen.methods.pipeline_utils import (
+    FaceAnalyzerComponent,
+    FaceIdentityEncoder,
+    as_prompts,
+    check_common_inputs,
+    make_scheduler,
+)
+from facegen.models.face_vit import FaceViT, faces_to_tensor
+
+METHOD_NAME = "faceclip"
+LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
+
+
+def load_trained_unet(model_dir: str | os.PathLike, unet):
+    """A UNet trained with the encoder (train.unet=full → <model>/unet/, lora → <model>/unet_lora/), else `unet`."""
+    from diffusers import UNet2DConditionModel
+
+    d = Path(model_dir)
+    if (d / "unet" / "config.json").is_file():
+        return UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=unet.dtype)
+    if (d / LORA_DIR / LORA_FILE).is_file():
+        unet.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="faceclip")
+    return unet
+
+
+@dataclass
+class FaceCLIPCondition:
+    """FaceCLIP's identity — the face condition it fuses with the prompt: the face_embedding (the recognizer's unit
+    vector) and the face ViT's patch tokens of the aligned face. Batched: B×512 and B×N×D."""
+
+    face_embedding: torch.Tensor
+    face_tokens: torch.Tensor
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"face_embedding": self.face_embedding.detach().float().cpu().numpy(),
+                "face_tokens": self.face_tokens.detach().float().cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FaceCLIPCondition:
+        return cls(torch.from_numpy(np.asarray(arrays["face_embedding"], np.float32)),
+                   torch.from_numpy(np.asarray(arrays["face_tokens"], np.float32)))
+
+    @classmethod
+    def mean(cls, items: Sequence[FaceCLIPCondition]) -> FaceCLIPCondition:
+        """Several photos of one person: the normalised mean embedding and the mean face tokens."""
+        mean = torch.stack([i.face_embedding for i in items]).mean(dim=0)
+        return cls(mean / mean.norm().clamp(min=1e-12), torch.stack([i.face_tokens for i in items]).mean(dim=0))
+
+    @classmethod
+    def stack(cls, items: Sequence[FaceCLIPCondition]) -> FaceCLIPCondition:
+        return cls(torch.stack([i.face_embedding for i in items]), torch.stack([i.face_tokens for i in items]))
+
+
+@dataclass
+class FaceCLIPPipelineOutput(BaseOutput):
+    images: list[PIL.Image.Image] | np.ndarray
+
+
+class FaceCLIPFaceEncoder(FaceIdentityEncoder):
+    """Photos → FaceCLIPCondition with only the face stack and the face ViT loaded (no SDXL text towers)."""
+
+    def __init__(self, face_analyzer: FaceAnalyzer, vit: FaceViT):
+        super().__init__(face_analyzer)
+        self.vit = vit
+
+    @torch.no_grad()
+    def from_detections(self, detections) -> FaceCLIPCondition:
+        size = self.vit.config.img_size
+        faces = faces_to_tensor(np.stack([align_face(rgb, face.kps, size) for rgb, face in detections]))
+        p = next(self.vit.parameters())
+        tokens = self.vit(faces.to(p.device, p.dtype)).patch_tokens
+        return FaceCLIPCondition.mean([FaceCLIPCondition(torch.from_numpy(face.embedding), t.cpu())
+                                       for (_, face), t in zip(detections, tokens)])
+
+    def to(self, device):
+        self.vit.to(device)
+        return self
+
+
+class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
+    model_cpu_offload_seq = "faceclip_encoder->unet->vae"
+    _optional_components = ["face_analyzer"]
+
+    def __init__(self, unet, vae, scheduler, faceclip_encoder: FaceCLIPEncoder, face_analyzer: FaceAnalyzer | None = None,
+                 num_inference_steps: int = 30, guidance_scale: float = 5.0, height: int = 1152, width: int = 864,
+                 negative_prompt: str = ""):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, faceclip_encoder=faceclip_encoder,
+                              face_analyzer=face_analyzer)
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                height=height, width=width, negative_prompt=negative_prompt)
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
+                    torch_dtype: torch.dtype | None = None, device=None) -> FaceCLIPSDXLPipeline:
+        """SDXL UNet/VAE/scheduler as the preset's `methods.faceclip` names them; the encoder from `model` (an
+        exported one, with its trained UNet when there is one) or fresh from SDXL's own text encoders."""
+        from facegen import devices
+        from facegen.config import as_preset
+        from facegen.weights import load_sdxl_components
+
+        p = as_preset(preset, overrides)
+        section = p.method(METHOD_NAME)
+        place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
+        c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
+        weights = model or section.model
+        if weights:
+            encoder = FaceCLIPEncoder.from_pretrained(weights)
+        else:
+            encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
+                                                c["tokenizer"], c["tokenizer_2"])
+        s = section.sampling
+        unet = load_trained_unet(weights, c["unet"]) if weights else c["unet"]
+        pipe = cls(unet=unet, vae=c["vae"], scheduler=make_scheduler(s.scheduler, c["scheduler"]),
+                   faceclip_encoder=encoder if encoder.dtype == place.encoder_dtype else encoder.to(place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
+                   num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
+                   negative_prompt=s.negative_prompt)
+        return pipe.to(place.device)
+
+    @classmethod
+    def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> FaceCLIPFaceEncoder:
+        """The face stack and the encoder's face ViT alone (photos → FaceCLIPCondition): no SDXL text towers."""
+        from facegen import devices
+        from facegen.config import as_preset
+
+        p = as_preset(preset)
+        section = p.method(METHOD_NAME)
+        weights = model or section.model
+        vit = exported_face_vit(weights) if weights else fresh_face_vit(section.encoder)
+        return FaceCLIPFaceEncoder(FaceAnalyzer(p.face), vit).to(devices.resolve(section.dtype, device).device)
+
+    @property
+    def face_encoder(self) -> FaceCLIPFaceEncoder:
+        return FaceCLIPFaceEncoder(self.face_analyzer, self.faceclip_encoder.vit)
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
+        """Sizes are positive multiples of 8; one negative prompt per prompt (returned). S* is optional."""
+        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=False)
+
+    @torch.no_grad()
+    def zero_condition(self) -> FaceCLIPCondition:
+        """The all-zero face: the negative (and unconditional) face condition."""
+        enc = self.faceclip_encoder
+        size = enc.fc_config.vit.img_size
+        tokens = enc.encode_faces(torch.zeros(1, 3, size, size))[0]
+        return FaceCLIPCondition(torch.zeros(enc.fc_config.face_embedding_dim), tokens)
+
+    def encode_prompt_with_identity(self, prompt: str | list[str],
+                                    identity: FaceCLIPCondition | Sequence[FaceCLIPCondition]):
+        """→ (prompt_embeds B×77×(D1+D2), pooled_prompt_embeds B×P), as SDXL's encode_prompt returns them."""
+        prompts = as_prompts(prompt)
+        b = len(prompts)
+        if isinstance(identity, (list, tuple)):  # one condition per prompt (batched service requests)
+            if len(identity) != b:
+                raise BadPrompt(f"{len(identity)} identities for {b} prompts")
+            identity = FaceCLIPCondition.stack(identity)
+        embedding, tokens = identity.face_embedding, identity.face_tokens
+        if embedding.dim() == 1:
+            embedding, tokens = embedding.expand(b, -1), tokens.expand(b, -1, -1)
+        return self.faceclip_encoder(prompts, embedding, tokens)
+
+    # -- generation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], identity: FaceCLIPCondition | Sequence[FaceCLIPCondition] | None = None,
+                 face_image: ImageInput | Sequence[ImageInput] | None = None, negative_prompt: str | list[str] | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
+                 generator=None, latents: torch.Tensor | None = None, output_type: str = "pil",
+                 **kwargs) -> FaceCLIPPipelineOutput:
+        cfg = self.config
+        # 1. Check inputs.
+        prompts = as_prompts(prompt)
+        height, width = height or cfg.height, width or cfg.width
+        negatives = self.check_inputs(prompts, cfg.negative_prompt if negative_prompt is None else negative_prompt,
+                                      height, width)
+        # 2. The face condition: given, or encoded from the photos (several photos of one person are averaged).
+        if identity is None:
+            if face_image is None:
+                raise BadPrompt("give face_image= (a photo) or identity= (from encode_identity)")
+            identity = self.encode_identity(face_image)
+        # 3. SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt.
+        embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
+        neg_embeds, neg_pooled = self.encode_prompt_with_identity(negatives, self.zero_condition())
+        # 4. Denoise with diffusers' own SDXL pipeline (no text encoders: the conditioning is given).
+        sdxl = StableDiffusionXLPipeline(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=self.unet, scheduler=self.scheduler,
+                                         add_watermarker=False)
+        sdxl.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        dtype = self.unet.dtype
+        out = sdxl(prompt_embeds=embeds.to(dtype), pooled_prompt_embeds=pooled.to(dtype),
+                   negative_prompt_embeds=neg_embeds.to(dtype), negative_pooled_prompt_embeds=neg_pooled.to(dtype),
+                   num_inference_steps=num_inference_steps or cfg.num_inference_steps,
+                   guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                   height=height, width=width, num_images_per_prompt=num_images_per_prompt, generator=generator,
+                   latents=latents, output_type=output_type, **kwargs)
+        return FaceCLIPPipelineOutput(images=out.images)

@@ -1,0 +1,133 @@
+"""FaceCLIP's training task. Stage `align`: the multi-modal alignment loss (face, text, image). Stage `diffusion`:
+SDXL's diffusion loss with the encoder's conditioning + align_weight · alignment loss, the UNet frozen, LoRA or
+fully trained. Conditioning dropout drops face and prompt together (the unconditional branch of CFG).
+`task(batch)` returns (loss, metrics)."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from facegen.errors import ConfigError
+from facegen.methods.faceclip.config import FaceCLIPTrainConfig
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder
+from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE, METHOD_NAME
+from facegen.methods.training_utils import (
+    diffusion_loss,
+    frozen,
+    load_trained_weights,
+    row_seeds,
+    target_latents,
+    train_scheduler,
+)
+
+
+class FaceCLIPTrainable(nn.Module):
+    """What trains: the FaceCLIP encoder, plus the SDXL UNet when it is trained (LoRA adapters or fully)."""
+
+    def __init__(self, encoder: FaceCLIPEncoder, unet: nn.Module | None):
+        super().__init__()
+        self.encoder = encoder
+        self.unet = unet
+
+
+def check_train_config(t: FaceCLIPTrainConfig) -> None:
+    if t.stage not in t.STAGES:
+        raise ConfigError(f"methods.faceclip.train.stage '{t.stage}': use one of {', '.join(t.STAGES)}")
+    if t.unet not in t.UNET_MODES:
+        raise ConfigError(f"methods.faceclip.train.unet '{t.unet}': use one of {', '.join(t.UNET_MODES)}")
+
+
+class FaceCLIPTask(nn.Module):
+    def __init__(self, preset, device: torch.device | str = "cpu", frozen_dtype: torch.dtype = torch.float32,
+                 load_base: bool = True):
+        from facegen.weights import load_sdxl_components
+
+        super().__init__()
+        self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
+        s, t = self.section, self.section.train
+        check_train_config(t)
+        c = load_sdxl_components(s.base_model, s.sha256)
+        encoder = (FaceCLIPEncoder.from_pretrained(s.model) if s.model else
+                   FaceCLIPEncoder.from_sdxl(s.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
+                                             c["tokenizer_2"]))
+        encoder.set_trainable(t.train_text, t.train_vit).train()
+        self.diffusion = t.stage == "diffusion"
+        unet = None
+        if self.diffusion and t.unet == "full":
+            unet = c["unet"].train().requires_grad_(True)
+        elif self.diffusion and t.unet == "lora":
+            from peft import LoraConfig
+
+            unet = c["unet"].requires_grad_(False)
+            unet.add_adapter(LoraConfig(r=t.lora_rank, lora_alpha=t.lora_rank, init_lora_weights="gaussian",
+                                        target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        self.trainable = FaceCLIPTrainable(encoder, unet).to(self.device)
+        if load_base:
+            from facegen.models.clip_scorer import ClipScorer
+
+            self.clip = ClipScorer(preset.clip).to(self.device)
+            self.vae = frozen(c["vae"], self.device, frozen_dtype)
+            if unet is None:
+                self.frozen_unet = frozen(c["unet"], self.device, frozen_dtype)
+            self.scheduler = train_scheduler(c["scheduler"])
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+
+    @property
+    def unet(self):
+        return self.trainable.unet if self.trainable.unet is not None else self.frozen_unet
+
+    @staticmethod
+    def check_config(preset, rows: int) -> None:
+        """Before any worker starts: a valid train section; the alignment loss needs 2 rows to contrast."""
+        t = preset.method(METHOD_NAME).train
+        check_train_config(t)
+        if t.stage == "align" and rows < 2:
+            raise ConfigError("the alignment loss contrasts rows within a batch: the dataset needs at least 2 rows")
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        import PIL.Image
+
+        t = self.section.train
+        encoder = self.trainable.encoder
+        prompts = [str(p) for p in batch["prompt"]]
+        faces = batch["face"].to(self.device)
+        face_embedding = batch["face_embedding"].to(self.device)
+        if t.cond_dropout > 0:  # drop (face, prompt) together: the unconditional branch of CFG
+            drop = torch.rand(len(prompts), generator=self.generator) < t.cond_dropout
+            prompts = ["" if d else p for p, d in zip(prompts, drop)]
+            keep = (~drop).to(self.device).float()
+            faces, face_embedding = faces * keep[:, None, None, None], face_embedding * keep[:, None]
+        with torch.no_grad():  # the alignment targets: the target image and the plain prompt
+            targets = ((batch["target"].clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+            image_embeds = self.clip.embed_images([PIL.Image.fromarray(x) for x in targets]).to(self.device)
+            text_embeds = encoder.plain_text_embeds([self.clip.reading(str(p)) for p in batch["prompt"]])
+        embeds, pooled = encoder(prompts, face_embedding, encoder.encode_faces(faces))
+        align, parts = encoder.alignment_loss(pooled, batch["face_embedding"].to(self.device), text_embeds,
+                                              image_embeds, (t.face_weight, t.text_weight, t.image_weight))
+        if not self.diffusion:
+            return align, {"align": float(align), **parts}
+        unet = self.unet
+        latents = target_latents(self.vae, batch, self.device, self.vae.dtype, self.cfg.fixed_noise)
+        r = latents.shape[-1] * 8
+        time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=pooled.dtype).expand(len(prompts), -1)
+        mse = diffusion_loss(unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
+                             encoder_hidden_states=embeds.to(unet.dtype),
+                             added_cond_kwargs={"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids})
+        return mse + t.align_weight * align, {"mse": float(mse), "align": float(align), **parts}
+
+    def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
+        """The encoder as `FaceCLIPEncoder.save_pretrained`; a trained UNet (LoRA or full) beside it."""
+        load_trained_weights(self.trainable, state_dict)
+        self.trainable.encoder.save_pretrained(directory)
+        unet = self.trainable.unet
+        if unet is not None and self.section.train.unet == "lora":
+            from peft.utils import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            os.makedirs(os.path.join(directory, LORA_DIR), exist_ok=True)
+            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()},
+                      os.path.join(directory, LORA_DIR, LORA_FILE))
+        elif unet is not None:
+            unet.save_pretrained(os.path.join(directory, "unet"))
