@@ -27,7 +27,7 @@ def photos() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def analyzer():
-    from facegen.face import FaceAnalyzer
+    from facegen.face.analyzer import FaceAnalyzer
 
     return FaceAnalyzer()
 

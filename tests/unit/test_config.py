@@ -1,39 +1,71 @@
 import pytest
-from facegen.config import PRESETS, load_preset
+from facegen.config import load_preset, shipped_presets
 from facegen.errors import ConfigError
+from facegen.methods import NAMES, REGISTRY
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", shipped_presets())
 def test_shipped_presets_load_typed(name):
     p = load_preset(name)
-    assert p.name == name
-    assert isinstance(p.m2.num_tokens, int) and isinstance(p.dreamidentity.guidance_scale, float)
+    assert p.name == name and p.method_names
+    for method in p.method_names:
+        section = p.method(method)
+        assert isinstance(section, REGISTRY[method].config)
+        assert isinstance(section.sampling.guidance_scale, float) and isinstance(section.sampling.steps, int)
 
 
-def test_paper_settings():
+def test_paper_settings_and_each_method_on_its_own_base_model():
     p = load_preset("dreamidentity-sd21")
-    assert (p.dreamidentity.steps, p.dreamidentity.guidance_scale, p.dreamidentity.scheduler) == (30, 7.5, "ddim")
-    assert (p.m2.num_tokens, p.m2.reg_weight, p.m2.token_dim) == (2, 1e-4, 1024)
-    x = load_preset("faceclip-sdxl")
-    assert (x.faceclip.width, x.faceclip.height, x.faceclip.guidance_scale) == (864, 1152, 5.0)
-    assert x.face.model == "antelopev2"
+    di = p.method("dreamidentity")
+    assert (di.sampling.steps, di.sampling.guidance_scale, di.sampling.scheduler) == (30, 7.5, "ddim")
+    assert (di.encoder.num_tokens, di.train.reg_weight) == (2, 1e-4)
+    assert di.base_model == "stabilityai/stable-diffusion-2-1-base"
+    x = load_preset("faceclip-sdxl").method("faceclip")
+    assert (x.sampling.width, x.sampling.height, x.sampling.guidance_scale) == (864, 1152, 5.0)
+    prod = load_preset("production")  # what serve/config.yaml deploys
+    assert prod.method("dreamidentity").base_model == "stabilityai/stable-diffusion-2-1-base"
+    assert prod.method("faceclip").base_model == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert prod.face.model == "antelopev2"
+
+
+def test_a_method_the_preset_does_not_configure_is_not_offered():
+    p = load_preset("dreamidentity-sd21")
+    assert p.method_names == ["dreamidentity"]
+    with pytest.raises(ConfigError, match="does not configure method 'faceclip'.*offers: dreamidentity"):
+        p.method("faceclip")
+    with pytest.raises(ConfigError, match="unknown method 'methods.flux'"):
+        load_preset("tiny", ["methods.flux.base_model=x"])
+
+
+def test_a_real_preset_never_falls_back_to_a_tiny_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"methods\.faceclip\.base_model is 'tiny:sdxl'"):
+        load_preset("faceclip-sdxl", ["methods.faceclip.base_model=tiny:sdxl"])
+    f = tmp_path / "mine.yaml"
+    f.write_text("methods:\n  dreamidentity: {}\n")  # the section's default base model is the tiny one
+    with pytest.raises(ConfigError, match=r"methods\.dreamidentity\.base_model"):
+        load_preset(f)
+    f.write_text("allow_tiny: true\nmethods:\n  dreamidentity: {}\n")  # said explicitly: allowed
+    assert load_preset(f).method("dreamidentity").base_model == "tiny:sd21"
 
 
 def test_overrides_are_typed():
-    p = load_preset("tiny", ["m2.num_tokens=3", "dreamidentity.guidance_scale=4", "m2.taps=[1,2]", "sd21=/x/y"])
-    assert p.m2.num_tokens == 3 and p.dreamidentity.guidance_scale == 4.0 and isinstance(p.dreamidentity.guidance_scale, float)
-    assert p.m2.taps == [1, 2] and p.sd21 == "/x/y"
+    p = load_preset("tiny", ["methods.dreamidentity.encoder.num_tokens=3",
+                             "methods.dreamidentity.sampling.guidance_scale=4", "methods.dreamidentity.encoder.taps=[1,2]",
+                             "methods.faceclip.base_model=/x/y"])
+    di = p.method("dreamidentity")
+    assert di.encoder.num_tokens == 3 and di.sampling.guidance_scale == 4.0 and isinstance(di.sampling.guidance_scale, float)
+    assert di.encoder.taps == [1, 2] and p.method("faceclip").base_model == "/x/y"
 
 
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("m2.nope=1", "m2.nope"),
+        ("methods.dreamidentity.encoder.nope=1", "methods.dreamidentity.encoder.nope"),
         ("nope=1", "nope"),
-        ("m2.num_tokens=two", "m2.num_tokens"),
-        ("m2.vit.depth=1.5", "m2.vit.depth"),
-        ("m2.train_vit=maybe", "m2.train_vit"),
-        ("m2=3", "m2"),
+        ("methods.dreamidentity.encoder.num_tokens=two", "methods.dreamidentity.encoder.num_tokens"),
+        ("methods.faceclip.encoder.vit.depth=1.5", "methods.faceclip.encoder.vit.depth"),
+        ("methods.dreamidentity.train.train_vit=maybe", "methods.dreamidentity.train.train_vit"),
+        ("methods.dreamidentity=3", "methods.dreamidentity"),
         ("no-equals-sign", "key.sub=value"),
     ],
 )
@@ -42,12 +74,25 @@ def test_bad_override_names_the_key(override, needle):
         load_preset("tiny", [override])
 
 
-def test_unknown_preset_and_yaml_file(tmp_path):
+def test_unknown_preset_yaml_file_and_extends(tmp_path):
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("huge")
     f = tmp_path / "mine.yaml"
-    f.write_text("m2:\n  num_tokens: 4\n")
-    assert load_preset(f).m2.num_tokens == 4
-    f.write_text("m2: [1, 2\n")
+    f.write_text("extends: tiny\nmethods:\n  dreamidentity:\n    encoder: {num_tokens: 4}\n")
+    p = load_preset(f)
+    assert p.method("dreamidentity").encoder.num_tokens == 4
+    assert p.method("dreamidentity").encoder.vit.embed_dim == 64  # the rest of the section comes from tiny
+    assert p.method_names == list(NAMES)
+    f.write_text("methods: [1, 2\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_preset(f)
+
+
+def test_importing_the_config_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, facegen, facegen.config; facegen.config.load_preset('production'); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'ray', 'pandas', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -13,7 +13,7 @@ from PIL import Image
 
 def test_face_similarity_on_real_photos(analyzer, photos):
     """The input's own photo scores ~1, other people score lower, a picture with no face scores 0 and is flagged."""
-    reference = analyzer.identity(photos["astronaut"])
+    reference = analyzer.face_embedding(photos["astronaut"])
     images = [Image.open(photos["astronaut"]), Image.new("RGB", (256, 256), "gray"), Image.open(photos["tom_hanks"])]
     sims, missing = face_similarities(analyzer, reference, images)
     assert missing == [False, True, False]

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 from facegen.errors import InvalidImage, NoFaceFound
-from facegen.face import ARCFACE_TEMPLATE, align_face, cosine, load_image
+from facegen.face.align import ARCFACE_TEMPLATE, align_face
+from facegen.face.analyzer import cosine
+from facegen.face.images import load_image
 from PIL import Image
 
 
@@ -26,7 +28,7 @@ def test_pre_aligned_crop_is_found(analyzer, photos):
 def test_same_person_beats_different_people(analyzer, photos):
     rgb = load_image(photos["astronaut"])
     flipped = Image.fromarray(rgb[:, ::-1]).resize((rgb.shape[1] * 3 // 4, rgb.shape[0] * 3 // 4))
-    a, b = analyzer.identity(rgb), analyzer.identity(flipped)
+    a, b = analyzer.face_embedding(rgb), analyzer.face_embedding(flipped)
     group = [f.embedding for f in analyzer.detect(photos["group"])]
     same = cosine(a, b)
     different = max(cosine(a, g) for g in group)
@@ -36,8 +38,8 @@ def test_same_person_beats_different_people(analyzer, photos):
 
 def test_several_photos_give_the_normalised_mean(analyzer, photos):
     rgb = load_image(photos["astronaut"])
-    a, b = analyzer.identity(rgb), analyzer.identity(rgb[:, ::-1])
-    mean = analyzer.identity([rgb, rgb[:, ::-1]])
+    a, b = analyzer.face_embedding(rgb), analyzer.face_embedding(rgb[:, ::-1])
+    mean = analyzer.face_embedding([rgb, rgb[:, ::-1]])
     expected = (a + b) / np.linalg.norm(a + b)
     assert np.allclose(mean, expected, atol=1e-5) and abs(np.linalg.norm(mean) - 1) < 1e-5
 
@@ -59,7 +61,7 @@ def test_alignment_puts_landmarks_on_the_template(analyzer, photos):
 
 def test_no_face_is_a_clear_error(analyzer, photos):
     with pytest.raises(NoFaceFound, match="no face found"):
-        analyzer.identity(photos["no_face"])
+        analyzer.face_embedding(photos["no_face"])
 
 
 def test_bad_images(tmp_path):

@@ -3,9 +3,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from facegen.config import load_preset
-from facegen.models.faceclip import FaceCLIPEncoder
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder
+from facegen.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
 from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders
-from facegen.pipelines.faceclip_sdxl import FaceCLIPSDXLPipeline
 from facegen.weights import load_sdxl_components
 
 
@@ -30,7 +30,7 @@ def sdxl_reference(fc_pipe, prompt: str, identity):
         ids, slots = tokenize_with_placeholders(tok, prefixed, 1)
         mask = torch.zeros(1, len(ids), dtype=torch.bool)
         mask[0, slots] = True
-        hooks.append(token_embedding_override(te, mask, branch.id_proj(identity.embedding[None]).detach()))
+        hooks.append(token_embedding_override(te, mask, branch.id_proj(identity.face_embedding[None]).detach()))
     text = prefixed.replace("S*", "id")
     with hooks[0], hooks[1]:
         embeds, _, pooled, _ = sdxl.encode_prompt(text, do_classifier_free_guidance=False)
@@ -45,7 +45,7 @@ def test_at_init_the_conditioning_is_sdxls_own(fc_pipe, photos):
     torch.testing.assert_close(ours, embeds, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours_pooled, pooled, rtol=0, atol=1e-5)
     # and the image equals SDXL's own pipeline given those embeddings
-    neg, neg_pooled = fc_pipe.encode_prompt_with_identity("", fc_pipe.zero_identity())
+    neg, neg_pooled = fc_pipe.encode_prompt_with_identity("", fc_pipe.zero_condition())
     kw = dict(num_inference_steps=4, guidance_scale=5.0, width=64, height=48, output_type="np")
     theirs = sdxl(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=neg,
                   negative_pooled_prompt_embeds=neg_pooled, generator=torch.Generator().manual_seed(2), **kw).images
@@ -60,7 +60,16 @@ def test_conditioning_depends_on_the_face(fc_pipe, photos):
     eb, pb = fc_pipe.encode_prompt_with_identity("a chef", b)
     assert (ea - eb).abs().max() > 1e-3 and (pa - pb).abs().max() > 1e-3
     both = fc_pipe.encode_identity([photos["astronaut"], photos["tom_hanks"]])
-    assert abs(float(both.embedding.norm()) - 1) < 1e-5
+    assert abs(float(both.face_embedding.norm()) - 1) < 1e-5
+    torch.testing.assert_close(both.face_tokens, (a.face_tokens + b.face_tokens) / 2)
+    # The encoder-only load (the service's face-encoder replica: face ViT alone, no text towers) agrees.
+    alone = FaceCLIPSDXLPipeline.load_face_encoder("tiny")
+    assert not hasattr(alone, "faceclip_encoder")
+    same = alone.encode_identity([photos["astronaut"], photos["tom_hanks"]])
+    torch.testing.assert_close(same.face_tokens, both.face_tokens)
+    torch.testing.assert_close(same.face_embedding, both.face_embedding)
+    back = FaceCLIPCondition.from_arrays(both.to_arrays())
+    assert back.face_tokens.equal(both.face_tokens) and back.face_embedding.equal(both.face_embedding)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (72, 40), (40, 112)])
@@ -73,22 +82,23 @@ def test_any_multiple_of_eight(fc_pipe, photos, size):
 def _batch(fc_pipe, photos):
     ids = [fc_pipe.encode_identity(photos[k]) for k in ("astronaut", "tom_hanks", "group")]
     prompts = ["a chef", "an astronaut on the moon", "a painting of a king"]
-    identity = torch.stack([i.embedding for i in ids])
+    identity = torch.stack([i.face_embedding for i in ids])
     tokens = torch.stack([i.face_tokens for i in ids])
     return prompts, identity, tokens
 
 
 def test_alignment_loss_goes_down_and_gradients_reach_the_trainable_parts(photos):
     p = load_preset("tiny")
-    c = load_sdxl_components(p.sdxl)
+    section = p.method("faceclip")
+    c = load_sdxl_components(section.base_model)
     torch.manual_seed(0)
-    enc = FaceCLIPEncoder.from_sdxl(p.faceclip_encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
+    enc = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                     c["tokenizer_2"]).train()
     pipe = FaceCLIPSDXLPipeline(unet=c["unet"], vae=c["vae"], scheduler=c["scheduler"], faceclip_encoder=enc,
                                 face_analyzer=FaceCLIPSDXLPipeline.from_preset("tiny").face_analyzer)
     prompts, identity, tokens = _batch(pipe, photos)
     text_targets = enc.plain_text_embeds(prompts)
-    image_targets = torch.nn.functional.normalize(torch.randn(3, p.faceclip_encoder.clip_embed_dim), dim=-1)
+    image_targets = torch.nn.functional.normalize(torch.randn(3, section.encoder.clip_embed_dim), dim=-1)
     opt = torch.optim.Adam([q for q in enc.parameters() if q.requires_grad], lr=1e-2)
     losses = []
     for step in range(12):
@@ -118,10 +128,10 @@ def test_alignment_loss_goes_down_and_gradients_reach_the_trainable_parts(photos
 
 
 def test_text_towers_train_when_configured():
-    p = load_preset("tiny", ["faceclip_encoder.train_text=true"])
-    c = load_sdxl_components(p.sdxl)
-    enc = FaceCLIPEncoder.from_sdxl(p.faceclip_encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
-                                    c["tokenizer_2"]).train()
+    section = load_preset("tiny").method("faceclip")
+    c = load_sdxl_components(section.base_model)
+    enc = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
+                                    c["tokenizer_2"]).set_trainable(train_text=True).train()
     tokens = enc.encode_faces(torch.zeros(1, 3, 112, 112))
     _, pooled = enc(["a chef"], torch.randn(1, 512), tokens)
     pooled.sum().backward()
@@ -136,7 +146,7 @@ def test_round_trip(fc_pipe, photos, tmp_path):
     before = fc_pipe.encode_prompt_with_identity("a chef", identity)
     fc_pipe.faceclip_encoder.save_pretrained(tmp_path / "enc")
     loaded = FaceCLIPEncoder.from_pretrained(tmp_path / "enc")
-    after = loaded(["a chef"], identity.embedding[None], identity.face_tokens[None])
+    after = loaded(["a chef"], identity.face_embedding[None], identity.face_tokens[None])
     for x, y in zip(before, after):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
@@ -144,18 +154,18 @@ def test_round_trip(fc_pipe, photos, tmp_path):
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_trained_unet_is_exported_and_loaded_by_the_pipeline(mode, tmp_path):
     """train.stage=diffusion with a trained UNet: the export holds it, and the pipeline draws with it (not the base)."""
-    from facegen.config import load_preset
-    from facegen.pipelines import load_pipeline
-    from facegen.train.tasks import FaceCLIPTask
+    from facegen.methods import load_pipeline
+    from facegen.methods.faceclip.training import FaceCLIPTask
+    from facegen.methods.training_utils import trained_weights
 
-    preset = load_preset("tiny", ["train.stage=diffusion", f"train.unet={mode}"])
+    preset = load_preset("tiny", ["methods.faceclip.train.stage=diffusion", f"methods.faceclip.train.unet={mode}"])
     task = FaceCLIPTask(preset, load_base=False)
     torch.manual_seed(1)
     with torch.no_grad():  # stand-in for training: move every trainable UNet weight
         for p in task.trainable.unet.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    task.export(task.trainable.state_dict(), tmp_path)
+    task.export(trained_weights(task.trainable), tmp_path)  # what a checkpoint holds
     pipe = load_pipeline("faceclip", preset, tmp_path)
     base = load_pipeline("faceclip", preset)
     c = pipe.unet.config

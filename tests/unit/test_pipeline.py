@@ -3,14 +3,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from facegen.errors import BadPrompt
+from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline, IdTokens
 from facegen.models.tokens import tokenize_with_placeholders
-from facegen.pipelines.dreamidentity import DreamIdentityPipeline
 
 
-def word_embeddings(pipe, words: str) -> torch.Tensor:
+def word_embeddings(pipe, words: str) -> IdTokens:
     ids = pipe.tokenizer(words, add_special_tokens=False).input_ids
     assert len(ids) == 2, "the equivalence test needs two single-token words for k = 2"
-    return pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone()
+    return IdTokens(pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone())
 
 
 def reference_sd(pipe) -> StableDiffusionPipeline:
@@ -61,9 +61,17 @@ def test_batched_prompts_and_negative_prompt(tiny_pipe):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
-def test_defaults_come_from_the_preset(tiny_pipe):
-    assert type(tiny_pipe.scheduler).__name__ == "DDIMScheduler"
-    assert (tiny_pipe.config.num_inference_steps, tiny_pipe.config.guidance_scale) == (30, 7.5)
+def test_defaults_come_from_the_preset():
+    """Values that differ from every default (the dataclass's and the pipeline's), so an ignored preset fails."""
+    pipe = DreamIdentityPipeline.from_preset("tiny", [
+        "methods.dreamidentity.sampling.steps=7", "methods.dreamidentity.sampling.guidance_scale=3.25",
+        "methods.dreamidentity.sampling.width=72", "methods.dreamidentity.sampling.height=88",
+        "methods.dreamidentity.sampling.scheduler=euler", "methods.dreamidentity.sampling.negative_prompt=grainy"])
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    c = pipe.config
+    assert (c.num_inference_steps, c.guidance_scale, c.width, c.height, c.negative_prompt) == (7, 3.25, 72, 88, "grainy")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("S* as a chef", identity=word_embeddings(pipe, "tom hanks"), output_type="np").images.shape == (1, 88, 72, 3)
 
 
 def test_prompt_without_placeholder_is_refused(tiny_pipe, photos):
@@ -75,10 +83,14 @@ def test_prompt_without_placeholder_is_refused(tiny_pipe, photos):
 
 def test_face_photo_to_image_and_several_photos(tiny_pipe, photos):
     one = tiny_pipe.encode_identity(photos["astronaut"])
-    assert one.shape == (2, 32)
+    assert one.tokens.shape == (2, 32)
     both = tiny_pipe.encode_identity([photos["astronaut"], photos["tom_hanks"]])
     hanks = tiny_pipe.encode_identity(photos["tom_hanks"])
-    torch.testing.assert_close(both, (one + hanks) / 2)
+    torch.testing.assert_close(both.tokens, (one.tokens + hanks.tokens) / 2)
+    # The encoder-only load (what the service's face-encoder replica runs) gives the same id_tokens.
+    alone = DreamIdentityPipeline.load_face_encoder("tiny").encode_identity([photos["astronaut"], photos["tom_hanks"]])
+    torch.testing.assert_close(alone.tokens, both.tokens)
+    assert IdTokens.from_arrays(both.to_arrays()).tokens.equal(both.tokens)
     out = tiny_pipe(prompt="S* as a chef", face_image=photos["astronaut"], num_inference_steps=3,
                     generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (128, 128)
@@ -90,7 +102,7 @@ def test_save_and_load_round_trip(tiny_pipe, photos, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert (tmp_path / "pipe" / "m2_encoder" / "model.safetensors").is_file()
     a = tiny_pipe.encode_identity(photos["astronaut"])
-    torch.testing.assert_close(loaded.encode_identity(photos["astronaut"]), a, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.encode_identity(photos["astronaut"]).tokens, a.tokens, rtol=0, atol=0)
     kw = dict(prompt="S* as a chef", identity=a, num_inference_steps=3, output_type="np")
     np.testing.assert_allclose(loaded(**kw, generator=torch.Generator().manual_seed(1)).images,
                                tiny_pipe(**kw, generator=torch.Generator().manual_seed(1)).images, atol=1e-6)

@@ -31,7 +31,7 @@ def test_unreachable_hub_id_says_how_to_use_a_local_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelNotFound) as err:
         resolve_model("stabilityai/stable-diffusion-2-1-base")  # real weights: offline, so it must fail clearly
-    assert "stabilityai/stable-diffusion-2-1-base" in str(err.value) and "--set sd21=DIR" in str(err.value)
+    assert "stabilityai/stable-diffusion-2-1-base" in str(err.value) and "--set methods.<method>.base_model=DIR" in str(err.value)
 
 
 def test_missing_local_dir_and_unknown_tiny():
