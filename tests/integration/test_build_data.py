@@ -15,8 +15,9 @@ import pytest
 import torch
 from facegen.data.build import run_build
 from facegen.data.config import shipped_list
-from facegen.data.schema import SELFAUG_COLUMNS, decode_image
+from facegen.data.schema import SELFAUG_SCHEMA
 from facegen.data.storage import Storage
+from facegen.face.images import decode_image
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--set", "data.steps=2", "--set", "data.max_prompts=3", "--set", "data.write.batch_size=3"]
@@ -39,9 +40,14 @@ def test_selfaug_rows_schema_prompts_and_top_fraction(tiny_build):
     df = selfaug_rows(tiny_build)
     names = shipped_list("celebrities.txt")[:6]
     prompts = shipped_list("edit_prompts.txt")[:3]
-    assert set(SELFAUG_COLUMNS) <= set(df.columns)
-    assert len(df) == 6 * 3 and not df.duplicated(["identity", "prompt_index"]).any()
-    assert set(df["identity"]) == set(names) and set(df["prompt"]) == set(prompts)
+    assert set(SELFAUG_SCHEMA.names) <= set(df.columns)
+    # The stored face_embedding is the recognizer's unit vector of the source face (training reads it, never recomputes).
+    import numpy as np
+
+    norms = np.linalg.norm(np.stack(df["face_embedding"].to_list()), axis=1)
+    assert np.allclose(norms, 1, atol=1e-4)
+    assert len(df) == 6 * 3 and not df.duplicated(["subject", "prompt_index"]).any()
+    assert set(df["subject"]) == set(names) and set(df["prompt"]) == set(prompts)
     for prompt in df["prompt"]:
         assert "S*" in prompt and not any(n.lower() in prompt.lower() for n in names)  # no name leaks
     face = decode_image(df["source_face"].iloc[0])
@@ -75,7 +81,7 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
     c = json.loads((out / "manifest.json").read_text())["counts"]
     assert (c["ffhq_in"], c["ffhq_no_face"], c["ffhq_unreadable"], c["ffhq_kept"]) == (5, 1, 1, 3)
     rows = pq.read_table(out / "ffhq").to_pandas()
-    assert sorted(rows["identity"]) == ["astronaut", "hanks", "sub/group"]
+    assert sorted(rows["subject"]) == ["astronaut.png", "hanks.png", "sub/group.jpg"]
     assert all("S*" in p for p in rows["prompt"])
     assert {decode_image(b).shape for b in rows["target_image"]} == {(128, 128, 3)}
     # the cached latents are the VAE's latents of the stored target image
@@ -112,8 +118,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, 
     assert r.returncode == 0, r.stderr[-2000:]
     assert "already done" in r.stdout
     resumed, full = selfaug_rows(out), selfaug_rows(tiny_build)
-    assert not resumed.duplicated(["identity", "prompt_index"]).any()
-    key = ["identity", "prompt_index"]
+    assert not resumed.duplicated(["subject", "prompt_index"]).any()
+    key = ["subject", "prompt_index"]
     a, b = resumed.sort_values(key).reset_index(drop=True), full.sort_values(key).reset_index(drop=True)
     assert a[key].equals(b[key])
     assert (a["id_score"] - b["id_score"]).abs().max() < 1e-3
@@ -173,14 +179,14 @@ def test_too_small_and_no_face_sources_are_counted(photos):
     """AlignStage on real photos: a face whose box is under min_face_size is rejected, a faceless photo too."""
     import pandas as pd
     from facegen.config import load_preset
-    from facegen.data.schema import png_bytes
     from facegen.data.stages import AlignStage
+    from facegen.face.images import png_bytes
     from PIL import Image
 
     preset = load_preset("tiny", ["data.assume_aligned=false", "data.min_face_size=128"])
     big = Image.open(photos["astronaut"]).convert("RGB").resize((1024, 1024))
     small = Image.open(photos["astronaut"]).convert("RGB").resize((256, 256))
-    df = pd.DataFrame({"identity": ["big", "small", "none"],
+    df = pd.DataFrame({"subject": ["big", "small", "none"],
                        "source_image": [png_bytes(big), png_bytes(small), png_bytes(Image.open(photos["no_face"]))]})
     out = AlignStage(preset)(df)
     assert out["status"].tolist() == ["ok", "too_small", "no_face"]

@@ -49,7 +49,7 @@ def test_bad_input_is_one_line_no_traceback_no_file(case, photos, tmp_path):
     elif case == "no_placeholder":
         prompt = "a chef"
     elif case == "unknown_key":
-        extra = ["--set", "m2.depthh=3"]
+        extra = ["--set", "methods.dreamidentity.encoder.depthh=3"]
     elif case == "bad_size":
         extra = ["--width", "100"]
     elif case == "unknown_preset":

