@@ -20,14 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record  # noqa: E402
 from facegen.demo import shipped_photos  # noqa: E402
-from facegen.pipelines import load_pipeline  # noqa: E402
+from facegen.methods import NAMES, load_pipeline  # noqa: E402
 
 PROMPTS = {"dreamidentity": "S* as a chef", "faceclip": "a chef in a kitchen"}
 
 
 def direct_seconds(method: str, preset: str, photo: Path, args) -> float:
     """Median seconds of encode + generate with the pipeline in this process (what one HTTP request does)."""
-    pipe = load_pipeline(method, preset).to("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(method, preset)
     pipe.set_progress_bar_config(disable=True)
     times = []
     for i in range(args.requests + 1):
@@ -52,16 +52,21 @@ def http_call(url: str, body: dict) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", default="dreamidentity", choices=["dreamidentity", "faceclip"])
+    p.add_argument("--method", default=NAMES[0], choices=NAMES)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--requests", type=int, default=6, help="requests per measurement")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--size", type=int, default=256, help="width = height (the service draws at least 256)")
     p.add_argument("--clients", type=int, default=8)
     args = p.parse_args()
+    import importlib.util
+
     import ray
-    from facegen.serving.deployments import build_app
     from ray import serve
+
+    spec = importlib.util.spec_from_file_location("serve_app", Path(__file__).resolve().parents[1] / "serve" / "app.py")
+    serve_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_app)
 
     photo = shipped_photos()["astronaut"]
     body = {"method": args.method, "face_image": base64.b64encode(photo.read_bytes()).decode(),
@@ -73,7 +78,8 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(args.preset), name="facegen", route_prefix="/", blocking=False)
+    serve.run(serve_app.deploy({"preset": args.preset, "methods": args.method}), name="facegen", route_prefix="/",
+              blocking=False)
     url = f"http://127.0.0.1:{port}"
     try:
         http_call(url, body)  # warm-up: first request loads nothing new, but fills caches

@@ -2,7 +2,7 @@
 in one plain process (ratio measured in one run, tiny preset by default), and on a GPU machine samples/s/GPU.
 
     python bench/train.py [--method dreamidentity|faceclip] [--steps 30] [--workers 1] [--data DIR]
-    python bench/train.py --preset dreamidentity-sd21 --sd21-shapes    # on a GPU: M² (paper-sized) against a random
+    python bench/train.py --preset dreamidentity-sd21 --sd21-shapes    # on a GPU: M² (paper-sized) against random:sd21-base,
                                                                        # SD2.1-sized UNet/VAE/text encoder at 512²
 
 Without --data a small dataset is built first with jobs/build_data.py's library code (tiny preset).
@@ -40,25 +40,25 @@ def build_dataset(out: str, identities: int) -> None:
 def plain_loop(method: str, preset, data: str, steps: int) -> float:
     """The task's loss and an AdamW step over the kept self-aug rows, in this process (no Ray, no DDP).
     Returns samples/s after the first step (model loading and the first step's warm-up excluded)."""
+    from facegen.methods import get_method
     from facegen.train.data import DecodeBatch
-    from facegen.train.tasks import TASKS
 
     cfg = preset.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    task = TASKS[method](preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    task.trainable.to(device)
+    task = get_method(method).task_class()(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     table = pd.concat([pq.read_table(p).to_pandas() for p in Storage.open(data).list("selfaug", suffixes=(".parquet",))])
     table = table[table["kept"]].rename(columns={"edited_image": "target"})
-    decode = DecodeBatch(cfg.resolution, preset if TASKS[method].needs_identity else None)
-    rows = {k: np.asarray(v) for k, v in decode({c: table[c].tolist() for c in ("source_face", "prompt", "target")}).items()}
+    decode = DecodeBatch(cfg.resolution, preset.method(method).encoder.vit.img_size)
+    columns = ("source_face", "face_embedding", "prompt", "target")
+    rows = {k: np.asarray(v) for k, v in decode({c: table[c].tolist() for c in columns}).items()}
     n = len(rows["prompt"])
     start, samples = None, 0
     for step in range(steps + 1):
         idx = [(step * cfg.batch_size + i) % n for i in range(cfg.batch_size)]
         batch = {k: v[idx] if k == "prompt" else torch.from_numpy(v[idx]) for k, v in rows.items()}
-        loss, _ = task.loss(task.trainable, batch)
+        loss, _ = task(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -86,7 +86,7 @@ def ray_train(method: str, preset, data: str, steps: int, workers: int) -> float
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", default="dreamidentity", choices=["dreamidentity", "faceclip"])
+    p.add_argument("--method", default="dreamidentity", choices=["dreamidentity", "faceclip"])  # the registry's
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--workers", type=int, default=1)
@@ -98,9 +98,8 @@ def main() -> int:
     args = p.parse_args()
     overrides = ["train.log_every=1", "train.checkpoint_every=1000000", *args.set]
     if args.sd21_shapes:
-        from sd21_sized import build_sd21_sized
-
-        overrides += [f"sd21={build_sd21_sized()}", "train.resolution=512", "train.batch_size=8"]
+        overrides += ["methods.dreamidentity.base_model=random:sd21-base", "face.model=buffalo_s",
+                      "train.resolution=512", "train.batch_size=8"]
     preset = load_preset(args.preset, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data

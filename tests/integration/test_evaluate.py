@@ -6,7 +6,7 @@ import shutil
 import pytest
 from facegen.config import load_preset
 from facegen.eval.report import LABEL_HEIGHT
-from facegen.models.m2 import M2Encoder
+from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 from PIL import Image
 
 
@@ -22,7 +22,7 @@ def faces(photos, tmp_path_factory):
 def test_evaluate_dreamidentity_exported_model(ray_cluster, load_job, faces, tmp_path):
     preset = load_preset("tiny")
     model = tmp_path / "model"
-    M2Encoder.from_config_random(preset.m2).save_pretrained(model)  # the format the training jobs export
+    M2Encoder.from_config_random(with_token_dim(preset.method("dreamidentity").encoder, 32)).save_pretrained(model)  # as exported
     out = tmp_path / "eval"
     assert load_job("evaluate").main(["--model", str(model), "--faces", str(faces), "--output", str(out),
                                       "--method", "dreamidentity"]) == 0

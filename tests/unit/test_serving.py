@@ -64,3 +64,64 @@ def test_watermark_survives_png_round_trip_and_is_absent_from_plain_images(tmp_p
     assert cli(plain).returncode == 1
     missing = cli(tmp_path / "nope.png")
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_failing_batch_is_retried_one_request_at_a_time():
+    """An out-of-memory (or any model error) on a batch: the request that fails alone gets a 503-style error, the
+    others in its batch are drawn."""
+    from facegen.errors import GenerationFailed
+    from facegen.serving.batching import draw_groups
+
+    jobs = [GenerationJob(prompt=p, identity={}, seed=i, num_images=2 if p == "big" else 1)
+            for i, p in enumerate(["a", "big", "b"])]
+    calls = []
+
+    def draw(group):
+        calls.append([j.prompt for j in group])
+        if any(j.prompt == "big" for j in group):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return [f"{j.prompt}{n}" for j in group for n in range(j.num_images)]
+
+    results = draw_groups(jobs, max_images=8, draw=draw)
+    assert calls == [["a", "big", "b"], ["a"], ["big"], ["b"]]
+    assert results[0] == (["a0"], 1) and results[2] == (["b0"], 1)
+    assert isinstance(results[1], GenerationFailed) and results[1].code == "generation_failed"
+    # A user error is the same answer for the whole group, not retried.
+    from facegen.errors import BadPrompt
+
+    def bad(group):
+        raise BadPrompt("no S*")
+
+    assert all(isinstance(r, BadPrompt) for r in draw_groups(jobs, 8, bad))
+
+
+def test_dtype_and_device_decisions_without_a_gpu():
+    import torch
+    from facegen import devices
+    from facegen.errors import ConfigError
+
+    assert devices.resolve("auto", "cuda").dtype == torch.float16  # asked what it would pick on a GPU
+    assert devices.resolve("auto", "cpu").dtype == torch.float32
+    assert devices.resolve("bf16", "cuda").dtype == torch.bfloat16
+    assert devices.resolve("auto", "cuda").encoder_dtype == torch.float32  # encoders stay fp32
+    with pytest.raises(ConfigError, match="methods.faceclip.dtype 'fp8'"):
+        devices.resolve("fp8", "cpu", key="methods.faceclip.dtype")
+
+
+def test_fp16_sdxl_vae_is_decoded_in_fp32():
+    """SDXL's VAE overflows in fp16: an fp16 VAE whose config says force_upcast decodes through diffusers' upcast
+    to finite pixels (run on the CPU, where torch has fp16 convolutions)."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from facegen.weights import load_sdxl_components
+
+    c = load_sdxl_components("tiny:sdxl", torch_dtype=torch.float16)
+    assert c["vae"].dtype == torch.float16 and c["vae"].config.force_upcast
+    pipe = StableDiffusionXLPipeline(**c, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, 8, 8, dtype=torch.float16) * 300  # big enough to overflow fp16 activations
+    out = pipe(prompt_embeds=torch.zeros(1, 77, 96, dtype=torch.float16),
+               pooled_prompt_embeds=torch.zeros(1, 32, dtype=torch.float16), latents=latents, num_inference_steps=1,
+               guidance_scale=1.0, height=64, width=64, output_type="np").images
+    assert np.isfinite(out).all()

@@ -28,6 +28,11 @@ def make_scheduler(name: str, current):
     return table[name].from_config(current.config)
 
 
+def in_dtype(module, dtype):
+    """The module in `dtype` (moved only when it differs: diffusers warns on every .to(dtype) of a ModelMixin)."""
+    return module if module.dtype == dtype else module.to(dtype)
+
+
 def as_prompts(prompt) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
     if not prompts:

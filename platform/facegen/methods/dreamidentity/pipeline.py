@@ -29,6 +29,9 @@ from facegen.methods.pipeline_utils import (
     check_common_inputs,
     make_scheduler,
 )
+from facegen.methods.pipeline_utils import (
+    in_dtype as _in_dtype,
+)
 from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
 
 METHOD_NAME = "dreamidentity"
@@ -123,7 +126,7 @@ class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         m2 = load_m2_encoder(section, model, components["text_encoder"].get_input_embeddings().embedding_dim)
         s = section.sampling
         components["scheduler"] = make_scheduler(s.scheduler, components["scheduler"])
-        pipe = cls(**components, m2_encoder=m2 if m2.dtype == place.encoder_dtype else m2.to(place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
+        pipe = cls(**components, m2_encoder=_in_dtype(m2, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                    negative_prompt=s.negative_prompt)
         return pipe.to(place.device)

@@ -28,6 +28,9 @@ from facegen.methods.pipeline_utils import (
     check_common_inputs,
     make_scheduler,
 )
+from facegen.methods.pipeline_utils import (
+    in_dtype as _in_dtype,
+)
 from facegen.models.face_vit import FaceViT, faces_to_tensor
 
 METHOD_NAME = "faceclip"
@@ -136,7 +139,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         s = section.sampling
         unet = load_trained_unet(weights, c["unet"]) if weights else c["unet"]
         pipe = cls(unet=unet, vae=c["vae"], scheduler=make_scheduler(s.scheduler, c["scheduler"]),
-                   faceclip_encoder=encoder if encoder.dtype == place.encoder_dtype else encoder.to(place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
+                   faceclip_encoder=_in_dtype(encoder, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                    negative_prompt=s.negative_prompt)
         return pipe.to(place.device)

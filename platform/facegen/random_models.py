@@ -1,0 +1,123 @@
+"""Random weights in the exact shapes of the public base models, for the real-shape test tier and the GPU benchmark.
+
+"random:sd21-base" has the configs of stabilityai/stable-diffusion-2-1-base (UNet, VAE, OpenCLIP-H text encoder,
+tokenizer, PNDM scheduler) and "random:sdxl-base" those of stabilityai/stable-diffusion-xl-base-1.0 (UNet, VAE,
+CLIP-L and OpenCLIP-bigG text encoders, tokenizers, Euler scheduler). Built offline and seeded, saved once in the
+diffusers layout in the cache (fp16 on disk: half the space, and what GPU serving loads), then resolved and loaded
+exactly like downloaded weights. Nothing here is a trained model: the pictures are noise, the shapes, memory and
+compute are real.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from facegen.errors import ModelNotFound
+
+RANDOM_VERSION = "v1"
+KINDS = ("sd21-base", "sdxl-base")
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                steps_offset=1)
+
+
+def build_random(kind: str) -> Path:
+    if kind not in KINDS:
+        raise ModelNotFound(f"unknown random model 'random:{kind}' (known: {', '.join('random:' + k for k in KINDS)})")
+    from facegen.cache import cache_dir
+
+    target = cache_dir() / "random" / f"{kind}-{RANDOM_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            (_sd21_base if kind == "sd21-base" else _sdxl_base)(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: theirs is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _vae(seed: int, sample_size: int, scaling_factor: float, force_upcast: bool):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", sample_size=sample_size,
+                         scaling_factor=scaling_factor, force_upcast=force_upcast).eval()
+
+
+def _text_encoder(seed: int, hidden: int, layers: int, heads: int, intermediate: int, projection: int, act: str,
+                  with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=intermediate,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                            projection_dim=projection, hidden_act=act, layer_norm_eps=1e-5)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def _save(pipe, out: Path) -> None:
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+
+
+def _sd21_base(out: Path) -> None:
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from facegen.tiny import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, norm_num_groups=32).eval()
+    write_clip_tokenizer(out / "_tok", pad_token="!")
+    pipe = StableDiffusionPipeline(
+        vae=_vae(1, 768, 0.18215, False),
+        text_encoder=_text_encoder(2, 1024, 23, 16, 4096, 512, "gelu", False),
+        tokenizer=CLIPTokenizer.from_pretrained(out / "_tok"), unet=unet,
+        scheduler=PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, prediction_type="epsilon", **SCHEDULE),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    _save(pipe, out)
+    shutil.rmtree(out / "_tok")
+
+
+def _sdxl_base(out: Path) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from facegen.tiny import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816, norm_num_groups=32).eval()
+    write_clip_tokenizer(out / "_tok1", pad_token="<|endoftext|>")
+    write_clip_tokenizer(out / "_tok2", pad_token="!")
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(1, 1024, 0.13025, True),
+        text_encoder=_text_encoder(2, 768, 12, 12, 3072, 768, "quick_gelu", False),
+        text_encoder_2=_text_encoder(3, 1280, 32, 20, 5120, 1280, "gelu", True),
+        tokenizer=CLIPTokenizer.from_pretrained(out / "_tok1"), tokenizer_2=CLIPTokenizer.from_pretrained(out / "_tok2"),
+        unet=unet, scheduler=EulerDiscreteScheduler(interpolation_type="linear", prediction_type="epsilon",
+                                                    timestep_spacing="leading", **SCHEDULE),
+        add_watermarker=False)
+    _save(pipe, out)
+    shutil.rmtree(out / "_tok1")
+    shutil.rmtree(out / "_tok2")

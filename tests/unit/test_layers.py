@@ -1,0 +1,81 @@
+"""The package's layers, read from the source: no cycles among module-level imports, and the core (face, models,
+methods, config parsing) imports nothing of the platform layer (data, train, eval, serving, jobs) nor Ray, pandas
+or pyarrow — so the library can be used, and reasoned about, without the platform."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "platform"
+# The platform layer: Ray, storage and the jobs. Each package's config.py is plain data that presets parse: core.
+PLATFORM = ("facegen.data", "facegen.train", "facegen.eval", "facegen.serving", "facegen.jobs", "facegen.demo",
+            "facegen.workers", "facegen.plots")
+CORE_CONFIG = ("facegen.data.config", "facegen.train.config", "facegen.eval.config")
+PLATFORM_LIBS = ("ray", "pandas", "pyarrow")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Modules imported by statements that run at import time (not inside functions or classes' methods)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in (ROOT / "facegen").rglob("*.py")}
+    edges = {}
+    for name, path in files.items():
+        targets = set()
+        for imported in module_level_imports(path):
+            if imported in files and imported != name:
+                targets.add(imported)
+            elif not imported.startswith("facegen"):
+                targets.add(imported.split(".")[0])
+        edges[name] = targets
+    return edges
+
+
+def is_platform(name: str) -> bool:
+    return name not in CORE_CONFIG and any(name == p or name.startswith(p + ".") for p in PLATFORM)
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in edges.get(node, ()):
+            if nxt not in edges:
+                continue
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                raise AssertionError("import cycle: " + " → ".join(cycle))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for start in edges:
+        if start not in state:
+            visit(start, [start])
+
+
+def test_core_imports_no_platform_module():
+    bad = [(name, t) for name, targets in graph().items() if name.startswith("facegen") and not is_platform(name)
+           for t in targets if is_platform(t) or t in PLATFORM_LIBS]
+    assert not bad, bad
+
+
+def test_the_rule_is_checked_against_real_modules():
+    edges = graph()
+    assert "facegen.methods.dreamidentity.pipeline" in edges and "facegen.serving.deployments" in edges
+    assert is_platform("facegen.serving.deployments") and not is_platform("facegen.data.config")
+    assert "ray" in edges["facegen.serving.deployments"]  # the platform layer does import Ray
