@@ -24,8 +24,10 @@ browser:
 	  || echo "note: could not install chromium — the browser test will be skipped"; \
 	else echo "note: no /usr/bin/chromium — the browser test will be skipped (apt-get install chromium chromium-driver)"; fi
 
+# The fast tier (tiny models), then the real-shape tier (random weights in SD2.1-base / SDXL-base shapes).
 test: install browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not realshape" tests
+	$(PY) -m pytest -q -m realshape tests
 
 bench: install
 	$(PY) bench/build_data.py --identities 16

@@ -18,7 +18,7 @@ import torch
 
 from facegen.errors import ModelNotFound
 
-RANDOM_VERSION = "v1"
+RANDOM_VERSION = "v2"  # bump when a config below changes, so caches rebuild
 KINDS = ("sd21-base", "sdxl-base")
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 steps_offset=1)
@@ -35,8 +35,14 @@ def build_random(kind: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
     try:
-        with torch.random.fork_rng(devices=[]):
-            (_sd21_base if kind == "sd21-base" else _sdxl_base)(tmp)
+        # Built directly in fp16 (what is saved): SDXL-sized weights in fp32 would need ~14 GB of memory to build.
+        default = torch.get_default_dtype()
+        try:
+            torch.set_default_dtype(torch.float16)
+            with torch.random.fork_rng(devices=[]):
+                (_sd21_base if kind == "sd21-base" else _sdxl_base)(tmp)
+        finally:
+            torch.set_default_dtype(default)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first: theirs is identical

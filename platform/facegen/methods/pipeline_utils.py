@@ -29,8 +29,9 @@ def make_scheduler(name: str, current):
 
 
 def in_dtype(module, dtype):
-    """The module in `dtype` (moved only when it differs: diffusers warns on every .to(dtype) of a ModelMixin)."""
-    return module if module.dtype == dtype else module.to(dtype)
+    """The whole module in `dtype` — FaceCLIP's encoder holds SDXL's text towers, loaded in the UNet's dtype — moved only
+    when some weight differs (diffusers warns on every .to(dtype) of a ModelMixin)."""
+    return module if all(p.dtype == dtype for p in module.parameters()) else module.to(dtype)
 
 
 def as_prompts(prompt) -> list[str]:
