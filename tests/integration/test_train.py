@@ -75,7 +75,7 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
     assert rc == 0
     curve = losses(out)
     assert len(curve) == 8 and curve[-1] < curve[0]
-    from facegen.models.faceclip import FaceCLIPEncoder
+    from facegen.methods.faceclip.encoder import FaceCLIPEncoder
 
     encoder = FaceCLIPEncoder.from_pretrained(out / "model")
     state = torch.load(latest_checkpoint(out) / "model.pt", weights_only=False)["model"]
