@@ -77,10 +77,14 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
     assert len(curve) == 8 and curve[-1] < curve[0]
     from facegen.methods.faceclip.encoder import FaceCLIPEncoder
 
+    from safetensors.torch import load_file
+
     encoder = FaceCLIPEncoder.from_pretrained(out / "model")
-    state = torch.load(latest_checkpoint(out) / "model.pt", weights_only=False)["model"]
-    for key, value in encoder.state_dict().items():
-        assert torch.equal(value, state["encoder." + key]), key
+    state = load_file(latest_checkpoint(out) / "model.safetensors")  # the trained weights, no pickle
+    exported = encoder.state_dict()
+    assert state and all(k.startswith("encoder.") for k in state)
+    for key, value in state.items():
+        assert torch.equal(exported[key.removeprefix("encoder.")], value), key
 
 
 def test_faceclip_diffusion_stage_trains_lora_with_two_ddp_workers(train_data, load_job, tmp_path):
