@@ -1,0 +1,166 @@
+"""The one-shot GPU benchmark: one command, one JSON record with the device named (also `make bench-gpu`).
+
+    python bench/gpu.py             # on a CUDA GPU, real shapes (random:sd21-base, random:sdxl-base), ≈ 8 minutes
+    python bench/gpu.py --dry-run   # the same code at tiny sizes on the CPU: the script works before it meets a GPU
+
+It measures, on the same random real-shape weights:
+  - DreamIdentity 512² and FaceCLIP-SDXL 1024², 30 steps: seconds per image, ours vs diffusers' stock
+    StableDiffusionPipeline / StableDiffusionXLPipeline (ratio), eager and with torch.compile on the UNet;
+  - M² and FaceCLIP face encoding: ms per face at batch 1 and 16;
+  - M² training: samples/s/GPU at 512², batch 8, bf16, cached latents (the paper reports ≈ 5.6 on its GPUs).
+It needs neither Ray nor insightface (neither travels to the lent GPU machine): faces are random aligned tensors and
+identities come from the encoders directly. The HTTP round trip ÷ direct call is bench/serve.py's (it needs Ray).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record  # noqa: E402
+
+REAL = {"dreamidentity": ("dreamidentity-sd21", "random:sd21-base", 512), "faceclip": ("faceclip-sdxl", "random:sdxl-base", 1024)}
+TINY = {"dreamidentity": ("tiny", "tiny:sd21", 64), "faceclip": ("tiny", "tiny:sdxl", 64)}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeat: int) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def preset_for(method: str, dry: bool):
+    from facegen.config import load_preset
+
+    name, base, _ = (TINY if dry else REAL)[method]
+    return load_preset(name, [f"methods.{method}.base_model={base}", "face.model=buffalo_s", "clip.pretrained=null"])
+
+
+def random_faces(n: int, size: int, device) -> torch.Tensor:
+    return (torch.rand(n, 3, size, size, device=device) * 2 - 1)
+
+
+def identity_of(pipe, method: str, device):
+    """A method's identity from a random aligned face, straight through its encoder (no face detection)."""
+    from facegen.methods.dreamidentity.pipeline import IdTokens
+    from facegen.methods.faceclip.pipeline import FaceCLIPCondition
+
+    with torch.no_grad():
+        if method == "dreamidentity":
+            return IdTokens(pipe.m2_encoder(random_faces(1, pipe.m2_encoder.face_size, device))[0])
+        vit = pipe.faceclip_encoder.vit
+        tokens = vit(random_faces(1, vit.config.img_size, device)).patch_tokens[0]
+        embedding = torch.nn.functional.normalize(torch.randn(pipe.faceclip_encoder.fc_config.face_embedding_dim), dim=0)
+        return FaceCLIPCondition(embedding.to(device), tokens)
+
+
+def stock_call(pipe, method: str, identity):
+    """diffusers' own pipeline on the same weights and the same conditioning (no face encoder in the loop)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if method == "dreamidentity":
+        stock = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                        unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
+                                        feature_extractor=None, requires_safety_checker=False)
+        kwargs = {"prompt": "a person as a chef"}
+    else:
+        embeds, pooled = pipe.encode_prompt_with_identity("a chef", identity)
+        neg, neg_pooled = pipe.encode_prompt_with_identity("", pipe.zero_condition())
+        stock = StableDiffusionXLPipeline(vae=pipe.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                          tokenizer_2=None, unet=pipe.unet, scheduler=pipe.scheduler,
+                                          add_watermarker=False)
+        dtype = pipe.unet.dtype
+        kwargs = {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
+                  "negative_prompt_embeds": neg.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
+    stock.set_progress_bar_config(disable=True)
+    return stock, kwargs
+
+
+def bench_generation(method: str, dry: bool, steps: int, compile_unet: bool, device) -> dict:
+    from facegen.methods import load_pipeline
+
+    _, _, size = (TINY if dry else REAL)[method]
+    pipe = load_pipeline(method, preset_for(method, dry), device=device)
+    pipe.set_progress_bar_config(disable=True)
+    identity = identity_of(pipe, method, device)
+    prompt = "S* as a chef" if method == "dreamidentity" else "a chef"
+    stock, stock_kwargs = stock_call(pipe, method, identity)
+    common = dict(num_inference_steps=steps, width=size, height=size, output_type="latent")
+    result = {"size": size, "steps": steps, "dtype": str(pipe.unet.dtype).removeprefix("torch.")}
+    for mode in ("eager", "compiled") if compile_unet else ("eager",):
+        if mode == "compiled":
+            pipe.unet = stock.unet = torch.compile(pipe.unet)
+        ours = timed(lambda: pipe(prompt, identity=identity, **common), device, 2)
+        theirs = timed(lambda: stock(**stock_kwargs, **common), device, 2)
+        result[mode] = {"ours_s_per_image": round(ours, 4), "diffusers_s_per_image": round(theirs, 4),
+                        "ratio": round(ours / theirs, 3)}
+    # Face encoding, ms per face (the encoder alone: what the service's FaceEncoder replica runs after detection).
+    encoder = pipe.m2_encoder if method == "dreamidentity" else pipe.faceclip_encoder.vit
+    face = encoder.face_size if method == "dreamidentity" else encoder.config.img_size
+    for batch in (1, 16):
+        faces = random_faces(batch, face, device)
+        with torch.no_grad():
+            seconds = timed(lambda: encoder(faces), device, 5)
+        result[f"encode_ms_per_face_batch{batch}"] = round(1000 * seconds / batch, 3)
+    return result
+
+
+def bench_m2_training(dry: bool, device) -> dict:
+    """M² training steps with cached latents: samples/s on this device (bf16 frozen parts on CUDA)."""
+    from facegen.methods.dreamidentity.training import DreamIdentityTask
+
+    preset = preset_for("dreamidentity", dry)
+    resolution, batch = (64, 2) if dry else (512, 8)
+    task = DreamIdentityTask(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    optimizer = torch.optim.AdamW([p for p in task.trainable.parameters() if p.requires_grad], lr=1e-5)
+    rows = {"face": random_faces(batch, task.trainable.face_size, "cpu"), "prompt": ["a photo of S*"] * batch,
+            "latents": torch.randn(batch, 4, resolution // 8, resolution // 8), "target": torch.zeros(batch, 3, 8, 8)}
+
+    def step():
+        loss, _ = task(rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = timed(step, device, 3)
+    return {"resolution": resolution, "batch_size": batch, "samples_per_s": round(batch / seconds, 3)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: check the script, not the GPU")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 30; 2 in a dry run)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile timings")
+    args = p.parse_args(argv)
+    device = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
+    if device.type == "cpu" and not args.dry_run:
+        print("error: no CUDA GPU here: run with --dry-run to check the script on the CPU", file=sys.stderr)
+        return 2
+    steps = args.steps or (2 if args.dry_run else 30)
+    start = time.perf_counter()
+    result = {"dry_run": args.dry_run, "device": str(device)}
+    for method in ("dreamidentity", "faceclip"):
+        result[method] = bench_generation(method, args.dry_run, steps, not args.no_compile, device)
+    result["m2_training"] = bench_m2_training(args.dry_run, device)
+    result["http_over_direct"] = "bench/serve.py (needs Ray, which does not travel to the lent GPU machine)"
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    record("gpu" if not args.dry_run else "gpu_dry_run", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
