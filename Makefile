@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test bench lint clean
+.PHONY: install browser demo test bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: install
 	$(PY) bench/build_data.py --identities 16
 	$(PY) bench/train.py --steps 30
 	$(PY) bench/serve.py
+
+# One JSON record on a CUDA GPU (≈ 8 min); `$(PY) bench/gpu.py --dry-run` checks the same code on the CPU.
+bench-gpu: install
+	$(PY) bench/gpu.py
 
 lint: install
 	$(PY) -m ruff check platform tests jobs serve bench
