@@ -76,7 +76,6 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
     curve = losses(out)
     assert len(curve) == 8 and curve[-1] < curve[0]
     from facegen.methods.faceclip.encoder import FaceCLIPEncoder
-
     from safetensors.torch import load_file
 
     encoder = FaceCLIPEncoder.from_pretrained(out / "model")
