@@ -114,7 +114,7 @@ def bench_generation(method: str, dry: bool, steps: int, compile_unet: bool, dev
     for batch in (1, 16):
         faces = random_faces(batch, face, device)
         with torch.no_grad():
-            seconds = timed(lambda: encoder(faces), device, 5)
+            seconds = timed(lambda faces=faces: encoder(faces), device, 5)
         result[f"encode_ms_per_face_batch{batch}"] = round(1000 * seconds / batch, 3)
     return result
 
