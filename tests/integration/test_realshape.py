@@ -68,3 +68,42 @@ def test_sd21_data_training_and_evaluation_at_real_shapes(sd21_chain):
     assert config["token_dim"] == 1024 and config["vit"]["depth"] == 24  # the paper-sized M², read from SD2.1's shapes
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["overall"]["images"] == 1 and metrics["model"].endswith("model")
+
+
+def test_service_draws_both_methods_at_real_shapes(ray_cluster, free_port, photos, tmp_path):
+    """`serve.app:deploy` on the production preset's code path (both methods, each on its own base model) with the
+    real-shape random models, bf16 to fit the box: one HTTP request per method."""
+    import base64
+    import importlib.util
+    import io
+    import json
+    from pathlib import Path
+
+    import requests
+    from ray import serve
+
+    preset = tmp_path / "realshape.yaml"
+    preset.write_text(
+        "extends: production\nname: production-realshape\nface: {model: buffalo_s}\nmethods:\n"
+        "  dreamidentity: {base_model: 'random:sd21-base', dtype: bf16}\n"
+        "  faceclip: {base_model: 'random:sdxl-base', dtype: bf16}\n")
+    spec = importlib.util.spec_from_file_location("serve_app", Path(__file__).resolve().parents[2] / "serve" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app.deploy({"preset": str(preset), "keys": []}), name="realshape", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        models = requests.get(url + "/v1/models", timeout=900).json()["models"]
+        assert models["dreamidentity"]["base_model"] == "random:sd21-base" and models["faceclip"]["dtype"] == "bfloat16"
+        face = base64.b64encode(photos["astronaut"].read_bytes()).decode()
+        for method, prompt in (("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")):
+            body = {"method": method, "face_image": face, "prompt": prompt, "steps": 1, "width": 256, "height": 256, "seed": 1}
+            r = requests.post(url + "/v1/generate", data=json.dumps(body), headers={"Content-Type": "application/json"},
+                              timeout=900)
+            assert r.status_code == 200, r.text
+            (image,) = r.json()["images"]
+            assert Image.open(io.BytesIO(base64.b64decode(image))).size == (256, 256)
+    finally:
+        serve.shutdown()

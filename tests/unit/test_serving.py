@@ -125,3 +125,16 @@ def test_fp16_sdxl_vae_is_decoded_in_fp32():
                pooled_prompt_embeds=torch.zeros(1, 32, dtype=torch.float16), latents=latents, num_inference_steps=1,
                guidance_scale=1.0, height=64, width=64, output_type="np").images
     assert np.isfinite(out).all()
+
+
+def test_vae_slices_batches_and_tiles_large_canvases():
+    from facegen.methods.pipeline_utils import fit_vae_to
+    from facegen.weights import load_sd21_components
+
+    vae = load_sd21_components("tiny:sd21")["vae"]
+    fit_vae_to(vae, images=1, height=512, width=512)
+    assert (vae.use_slicing, vae.use_tiling) == (False, False)
+    fit_vae_to(vae, images=4, height=512, width=512)
+    assert (vae.use_slicing, vae.use_tiling) == (True, False)
+    fit_vae_to(vae, images=1, height=2048, width=2048)
+    assert (vae.use_slicing, vae.use_tiling) == (False, True)

@@ -28,6 +28,18 @@ def make_scheduler(name: str, current):
     return table[name].from_config(current.config)
 
 
+# Above these, decoding the latents all at once is what runs out of GPU memory first: decode image by image (slicing)
+# for batches, tile by tile (tiling) for large canvases.
+VAE_SLICING_IMAGES = 2
+VAE_TILING_PIXELS = 1536 * 1536
+
+
+def fit_vae_to(vae, images: int, height: int, width: int) -> None:
+    """Slice the VAE's decode for batches and tile it for large canvases; plain decoding otherwise (it is exact)."""
+    (vae.enable_slicing if images >= VAE_SLICING_IMAGES else vae.disable_slicing)()
+    (vae.enable_tiling if height * width > VAE_TILING_PIXELS else vae.disable_tiling)()
+
+
 def in_dtype(module, dtype):
     """The whole module in `dtype` — FaceCLIP's encoder holds SDXL's text towers, loaded in the UNet's dtype — moved only
     when some weight differs (diffusers warns on every .to(dtype) of a ModelMixin)."""

@@ -27,6 +27,7 @@ from facegen.methods.pipeline_utils import (
     FaceIdentityEncoder,
     as_prompts,
     check_common_inputs,
+    fit_vae_to,
     make_scheduler,
 )
 from facegen.methods.pipeline_utils import (
@@ -207,6 +208,7 @@ class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         prompt_embeds = self.encode_prompt_with_identity(prompts, tokens)
         negative_embeds = self.encode_prompt_with_identity(negatives, tokens, require_placeholder=False)
         # 4. Denoise with diffusers' own Stable Diffusion pipeline.
+        fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
         sd = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                      unet=self.unet, scheduler=self.scheduler, safety_checker=None,
                                      feature_extractor=None, requires_safety_checker=False)

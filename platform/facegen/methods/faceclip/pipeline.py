@@ -26,6 +26,7 @@ from facegen.methods.pipeline_utils import (
     FaceIdentityEncoder,
     as_prompts,
     check_common_inputs,
+    fit_vae_to,
     make_scheduler,
 )
 from facegen.methods.pipeline_utils import (
@@ -211,6 +212,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
         neg_embeds, neg_pooled = self.encode_prompt_with_identity(negatives, self.zero_condition())
         # 4. Denoise with diffusers' own SDXL pipeline (no text encoders: the conditioning is given).
+        fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
         sdxl = StableDiffusionXLPipeline(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
                                          tokenizer_2=None, unet=self.unet, scheduler=self.scheduler,
                                          add_watermarker=False)
