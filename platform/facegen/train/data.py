@@ -92,7 +92,9 @@ def training_dataset(uri: str, preset: Preset, method: str):
     # Ray Train prints the training progress; per-batch data progress bars from every epoch would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage, cfg = info["storage"], preset.train
-    extra = ["latents", "latents_shape"] if info["latents"] else []
+    # Cached latents come from the VAE of the method that drew the set (data.method): another method's VAE (SDXL's
+    # vs SD2.1's) encodes differently, so it re-encodes the target images itself.
+    extra = ["latents", "latents_shape"] if info["latents"] and preset.data.method == method else []
     parts = []
     if info["kept"]:
         ds = ray.data.read_parquet(info["selfaug"], filesystem=storage.fs,
