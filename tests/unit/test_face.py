@@ -71,3 +71,37 @@ def test_bad_images(tmp_path):
         with pytest.raises(InvalidImage):
             load_image(bad)
     assert load_image(np.zeros((20, 30), np.uint8)).shape == (20, 30, 3)
+
+
+def test_hostile_images_are_refused_clearly_and_cheaply(analyzer):
+    """Attacks on the decoder and the detector: rare Pillow formats, more than 40 MP, strips whose padded retry once
+    asked for ~10 GB, and landmarks on top of each other — each a FacegenError (a 4xx), never a 5xx or a blow-up."""
+    import io
+    import resource
+
+    from facegen.errors import ImageTooLarge, NoFaceFound
+    from facegen.face.align import align_face
+    from PIL import Image
+
+    def encoded(img, fmt):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        return buf.getvalue()
+
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    for fmt in ("GIF", "TIFF", "ICO"):  # decoders facegen does not expose to user bytes
+        with pytest.raises(InvalidImage, match="JPEG, PNG, WebP or BMP"):
+            load_image(encoded(grey, fmt))
+    huge = encoded(Image.new("L", (8000, 5001)), "PNG")  # 40 MP of grey: a few kB on the wire
+    with pytest.raises(ImageTooLarge) as err:
+        load_image(huge)
+    assert err.value.code == "too_large"
+    with pytest.raises(InvalidImage, match="elongated"):
+        load_image(encoded(Image.new("L", (100_000, 8)), "PNG"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for width in (8_000, 16_000):  # 8:1 is retried padded (shrunk first), 16:1 is not retried at all
+        assert analyzer.detect(np.full((1000, width, 3), 128, np.uint8)) == []
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 600, f"detection on 8-16 MP strips grew the process by {grown_mb:.0f} MB"  # unbounded: ~10 GB
+    with pytest.raises(NoFaceFound, match="degenerate"):
+        align_face(np.zeros((100, 100, 3), np.uint8), np.full((5, 2), 50.0), 112)

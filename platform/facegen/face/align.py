@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 from skimage.transform import SimilarityTransform
 
+from facegen.errors import NoFaceFound
+
 # Eye centres, nose tip, mouth corners of a 112×112 ArcFace crop (insightface's `arcface_dst`).
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -22,9 +24,11 @@ def alignment_matrix(kps: np.ndarray, size: int = 112, margin: float = 0.0) -> n
         raise ValueError("alignment needs 5 landmarks (eyes, nose, mouth corners) as a 5×2 array")
     dst = (ARCFACE_TEMPLATE - 56.0) / (1.0 + 2.0 * margin) * (size / 112.0) + size / 2.0
     # Least-squares similarity (Umeyama), the estimate insightface's own norm_crop uses.
-    tform = SimilarityTransform.from_estimate(np.asarray(kps, np.float64), dst.astype(np.float64))
-    if not tform:
-        raise ValueError("degenerate landmarks: cannot estimate an alignment")
+    points = np.asarray(kps, np.float64)
+    tform = SimilarityTransform.from_estimate(points, dst.astype(np.float64)) if np.isfinite(points).all() else None
+    if not tform or not np.isfinite(tform.params).all():
+        # A detector can return landmarks on top of each other for a tiny or smeared face: no usable face.
+        raise NoFaceFound("the face's landmarks are degenerate (a face too small or blurred to align): use a clearer photo")
     return tform.params[:2].astype(np.float32)
 
 

@@ -16,6 +16,8 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 # Decoded-pixel cap: a 10 MB PNG can decode to gigabytes (a decompression bomb). 40 MP is larger than any phone photo.
 MAX_PIXELS = 40_000_000
+# Long side ÷ short side: a 5,000,000×8 strip is no photo of a face, and detectors' resizing misbehaves on it.
+MAX_ASPECT = 20
 # Only these decoders run on user bytes: Pillow's rarer formats are a larger attack surface for no use here.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
@@ -57,6 +59,9 @@ def _from_pil(img: Image.Image, max_pixels: int) -> np.ndarray:
         raise ImageTooLarge(f"image of {img.width}×{img.height} is larger than {max_pixels:,} pixels")
     if img.width < 8 or img.height < 8:
         raise InvalidImage(f"image of {img.width}×{img.height} is too small to hold a face")
+    if max(img.width, img.height) > MAX_ASPECT * min(img.width, img.height):
+        raise InvalidImage(f"image of {img.width}×{img.height} is too elongated to be a photo of a face "
+                           f"(at most {MAX_ASPECT}:1)")
     img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with an EXIF rotation
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
