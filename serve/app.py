@@ -25,6 +25,7 @@ class _AppArgs(BaseModel):
     max_body: int = Field(DEFAULT_MAX_BODY, gt=0, description="largest request body, bytes")
     cors: list[str] | None = Field(None, description="origins allowed to call the API from a browser")
     keys: list[str] | None = Field(None, description="API keys (default: FACEGEN_API_KEYS)")
+    token_ttl_s: float = Field(24 * 3600, gt=0, description="how long an identity token stays valid, seconds")
     options: dict[str, dict] = Field(default_factory=dict, description="deployment name → .options(...)")
 
     @field_validator("methods", "cors", mode="before")

@@ -9,23 +9,40 @@ from facegen.serving import tokens, watermark
 from facegen.serving.batching import GenerationJob, group_compatible
 
 
-def test_token_round_trip_and_tampering():
-    key = b"k" * 32
-    arrays = {"tokens": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    token = tokens.sign(key, "dreamidentity", "tiny:dreamidentity:preset", arrays)
-    back = tokens.verify(key, token, "dreamidentity", "tiny:dreamidentity:preset")
-    assert np.array_equal(back["tokens"], arrays["tokens"])
-    body, mac = token.split(".")
-    flipped = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1]
-    for bad, message in [(f"{flipped}.{mac}", "signature"), ("garbage", "not a facegen"), (token + "x", "signature")]:
+def test_token_round_trip_tampering_expiry_and_rotation():
+    from facegen.errors import ConfigError
+
+    keys = tokens.token_keys("k" * 32)
+    arrays = {"id_tokens": np.arange(6, dtype=np.float32).reshape(2, 3) + 0.123}
+    eid = "tiny:dreamidentity:fresh"
+    token = tokens.seal(keys, "dreamidentity", eid, arrays)
+    back = tokens.open_token(keys, token, "dreamidentity", eid)
+    assert np.array_equal(back["id_tokens"], arrays["id_tokens"])
+    # Opaque: neither the arrays nor the method can be read from the token without the key.
+    raw = tokens._unb64(token.split(".")[1])
+    assert arrays["id_tokens"].tobytes() not in raw and b"dreamidentity" not in raw and b"id_tokens" not in raw
+    version, body = token.split(".")
+    flipped = body[:-3] + ("A" if body[-3] != "A" else "B") + body[-2:]
+    for bad, message in [(f"{version}.{flipped}", "altered"), ("garbage", "not a facegen"),
+                         ("v1.abc.def", "not a facegen"), (token[:-8], "altered")]:
         with pytest.raises(tokens.BadToken, match=message):
-            tokens.verify(key, bad, "dreamidentity", "tiny:dreamidentity:preset")
-    with pytest.raises(tokens.BadToken, match="signature"):
-        tokens.verify(b"other" * 8, token, "dreamidentity", "tiny:dreamidentity:preset")
+            tokens.open_token(keys, bad, "dreamidentity", eid)
+    with pytest.raises(tokens.BadToken, match="altered or issued by another service"):
+        tokens.open_token(tokens.token_keys("o" * 32), token, "dreamidentity", eid)
     with pytest.raises(tokens.BadToken, match="method"):
-        tokens.verify(key, token, "faceclip", "tiny:dreamidentity:preset")
+        tokens.open_token(keys, token, "faceclip", eid)
     with pytest.raises(tokens.BadToken, match="another encoder"):
-        tokens.verify(key, token, "dreamidentity", "tiny:dreamidentity:/trained/model")
+        tokens.open_token(keys, token, "dreamidentity", "tiny:dreamidentity:trained/model")
+    with pytest.raises(tokens.BadToken, match="expired"):
+        tokens.open_token(keys, tokens.seal(keys, "dreamidentity", eid, arrays, ttl_s=-1), "dreamidentity", eid)
+    # Rotation: new key first; tokens sealed with the old one still open until it is dropped.
+    rotated = tokens.token_keys("n" * 32 + "," + "k" * 32)
+    assert np.array_equal(tokens.open_token(rotated, token, "dreamidentity", eid)["id_tokens"], arrays["id_tokens"])
+    fresh = tokens.seal(rotated, "dreamidentity", eid, arrays)
+    with pytest.raises(tokens.BadToken):
+        tokens.open_token(keys, fresh, "dreamidentity", eid)  # made with the new key: the old set cannot open it
+    with pytest.raises(ConfigError, match="shorter than 32 bytes"):
+        tokens.token_keys("x")
 
 
 def test_group_compatible_keeps_order_and_caps_images():

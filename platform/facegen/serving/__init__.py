@@ -1,2 +1,2 @@
-"""The HTTP service's library side: request schema and errors (api.py), signed identity tokens (tokens.py),
+"""The HTTP service's library side: request schema and errors (api.py), encrypted identity tokens (tokens.py),
 request batching (batching.py), provenance (watermark.py) and the Ray Serve deployments (deployments.py)."""

@@ -1,6 +1,6 @@
 """Ray Serve deployments, composed from the method registry: one ingress (FastAPI), one face encoder for every
 served method, one generator per served method, wired with DeploymentHandles. Replicas are stateless: identities
-travel as signed tokens (tokens.py).
+travel as encrypted, authenticated identity tokens (tokens.py).
 
     HTTP → Ingress ──encode──▶ FaceEncoder (detect + align + the method's face encoder → identity token)
                    └─generate─▶ <Method>Generator, one per served method (@serve.batch)
@@ -62,9 +62,9 @@ class FaceEncoder:
     encoder alone (the face stack + M² / the FaceCLIP face ViT) — never a diffusion model or text tower — on the
     replica's GPU when it has one."""
 
-    def __init__(self, preset: str, models: dict, key: bytes):
+    def __init__(self, preset: str, models: dict, keys: list[bytes], token_ttl_s: float):
         _quiet()
-        self.preset, self.models, self.key = preset, models, key
+        self.preset, self.models, self.keys, self.token_ttl_s = preset, models, keys, token_ttl_s
         self.encoders = {}
         for name, model in models.items():
             enc = get_method(name).pipeline_class().load_face_encoder(preset, model)
@@ -78,7 +78,8 @@ class FaceEncoder:
         names = ["face_image"] if len(images) == 1 else [f"face_images[{i}]" for i in range(len(images))]
         detections = [enc.face_analyzer.largest(img, name) for img, name in zip(images, names)]
         identity = enc.from_detections(detections)
-        token = tokens.sign(self.key, method, encoder_id(self.preset, method, self.models[method]), identity.to_arrays())
+        token = tokens.seal(self.keys, method, encoder_id(self.preset, method, self.models[method]), identity.to_arrays(),
+                            self.token_ttl_s)
         return {"identity_token": token, "faces": [face.to_json() for _, face in detections],
                 "ms": round((time.perf_counter() - start) * 1000, 1)}
 
@@ -88,12 +89,12 @@ class Generator:
 
     max_images = 8
 
-    def __init__(self, method: str, preset: str, model: str | None, key: bytes):
+    def __init__(self, method: str, preset: str, model: str | None, keys: list[bytes]):
         _quiet()
         from facegen.config import load_preset
         from facegen.methods import load_pipeline
 
-        self.method, self.preset, self.model, self.key = get_method(method), preset, model, key
+        self.method, self.preset, self.model, self.keys = get_method(method), preset, model, keys
         self.section = load_preset(preset).method(method)
         self.identity_cls = self.method.identity_class()
         self.pipe = load_pipeline(method, preset, model)
@@ -113,7 +114,7 @@ class Generator:
 
     def job(self, req: dict) -> GenerationJob:
         eid = encoder_id(self.preset, self.method.name, self.model)
-        arrays = tokens.verify(self.key, req["identity_token"], self.method.name, eid)
+        arrays = tokens.open_token(self.keys, req["identity_token"], self.method.name, eid)
         cfg = self.pipe.config
         return GenerationJob(prompt=req["prompt"], identity=arrays, seed=req["seed"], num_images=req["num_images"],
                              steps=req.get("steps") or cfg.num_inference_steps,
@@ -277,13 +278,13 @@ def build_app(args) -> object:
     """The application graph for checked builder arguments (serve/app.py's AppArgs): a generator for each served
     method, one face encoder for them all, the ingress. `args.options` maps a deployment name to `.options(...)`
     (replicas, autoscaling, GPUs)."""
-    key = tokens.token_key()
+    keys = tokens.token_keys()
     models = {m: getattr(args, m) for m in args.methods}
 
     def bind(deployment, *bind_args):
         return deployment.options(**args.options.get(deployment.name, {})).bind(*bind_args)
 
-    encoder = bind(FaceEncoder, args.preset, models, key)
-    generators = {m: bind(generator_deployment(m), m, args.preset, models[m], key) for m in args.methods}
+    encoder = bind(FaceEncoder, args.preset, models, keys, args.token_ttl_s)
+    generators = {m: bind(generator_deployment(m), m, args.preset, models[m], keys) for m in args.methods}
     return Ingress.options(**args.options.get("Ingress", {})).bind(encoder, generators, args.preset, args.max_body,
                                                                     args.cors, args.keys)
