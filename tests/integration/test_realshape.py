@@ -96,7 +96,7 @@ def test_service_draws_both_methods_at_real_shapes(ray_cluster, free_port, photo
     url = f"http://127.0.0.1:{port}"
     try:
         models = requests.get(url + "/v1/models", timeout=900).json()["models"]
-        assert models["dreamidentity"]["base_model"] == "random:sd21-base" and models["faceclip"]["dtype"] == "bfloat16"
+        assert models["dreamidentity"]["base_model"] == "random:sd21-base" and models["faceclip"]["dtype"] == "bf16"
         face = base64.b64encode(photos["astronaut"].read_bytes()).decode()
         for method, prompt in (("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")):
             body = {"method": method, "face_image": face, "prompt": prompt, "steps": 1, "width": 256, "height": 256, "seed": 1}

@@ -169,7 +169,7 @@ def test_concurrent_requests_are_batched_and_overload_gives_503(service, photos)
         results = list(pool.map(lambda s: post(service, "/v1/generate", {**body, "seed": s}), range(6)))
     assert all(r.status_code == 200 for r in results), [r.text for r in results]
     assert max(r.json()["batch_size"] for r in results) > 1
-    stats = requests.get(service + "/v1/stats", timeout=30).json()
+    stats = requests.get(service + "/v1/stats", timeout=30, headers=AUTH).json()
     assert stats["dreamidentity"]["max_batch_size"] > 1
     token = post(service, "/v1/encode", {"method": "faceclip", "face_image": face}).json()["identity_token"]
     fc = {"method": "faceclip", "identity_token": token, "prompt": "a knight", "steps": 20}
@@ -180,19 +180,26 @@ def test_concurrent_requests_are_batched_and_overload_gives_503(service, photos)
 
 def test_health_models_and_page(service):
     assert requests.get(service + "/healthz", timeout=10).json() == {"status": "ok"}
-    models = requests.get(service + "/v1/models", timeout=30).json()
+    # With keys set, every route but the health check and the page needs one: the schema and docs included.
+    for path in ("/v1/models", "/v1/stats", "/openapi.json", "/docs", "/redoc"):
+        r = requests.get(service + path, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
+        assert requests.get(service + path, timeout=30, headers=AUTH).status_code == 200, path
+    models = requests.get(service + "/v1/models", timeout=30, headers=AUTH).json()
     assert models["methods"] == ["dreamidentity", "faceclip"] and models["preset"] == "tiny"
     di, fc = models["models"]["dreamidentity"], models["models"]["faceclip"]
     assert di["default_size"] == [256, 256] and (di["base_model"], di["encoder"]) == ("tiny:sd21", "fresh")
-    assert fc["base_model"] == "tiny:sdxl" and fc["dtype"] == "float32"
+    assert fc["base_model"] == "tiny:sdxl" and fc["dtype"] == "auto"
     page = requests.get(service + "/", timeout=10)
     assert page.status_code == 200 and "/v1/generate" in page.text and 'type="file"' in page.text
-    schema = requests.get(service + "/openapi.json", timeout=10).json()
+    schema = requests.get(service + "/openapi.json", timeout=10, headers=AUTH).json()
     assert "prompt" in json.dumps(schema["paths"]["/v1/generate"])
 
 
-def test_openapi_fuzzing_finds_no_server_error(service):
-    r = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", service + "/openapi.json",
+def test_openapi_fuzzing_finds_no_server_error(service, tmp_path):
+    schema = tmp_path / "openapi.json"  # the schema itself needs the key: fetch it, then fuzz the live service
+    schema.write_text(requests.get(service + "/openapi.json", timeout=30, headers=AUTH).text)
+    r = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", str(schema), "--url", service,
                         "--checks", "not_a_server_error", "--max-examples", "25", "-H", f"Authorization: Bearer {KEY}",
                         ], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
@@ -248,7 +255,7 @@ def test_a_service_with_only_faceclip(service, photos):
               route_prefix="/fc", blocking=False)
     try:
         url = service + "/fc"
-        models = requests.get(url + "/v1/models", timeout=60).json()
+        models = requests.get(url + "/v1/models", timeout=60, headers=AUTH).json()
         assert models["methods"] == ["faceclip"] and list(models["models"]) == ["faceclip"]
         r = post(url, "/v1/generate", {"method": "dreamidentity", "face_image": b64(photos["astronaut"]), "prompt": "S*"})
         assert r.status_code == 422 and "not served here (served: faceclip)" in r.json()["error"]["message"]

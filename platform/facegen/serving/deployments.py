@@ -28,6 +28,7 @@ from facegen.serving.api import (
     api_keys,
     check_auth,
     decode_base64_image,
+    error_body,
     install_error_handlers,
     read_body,
 )
@@ -95,7 +96,8 @@ class Generator:
         from facegen.methods import load_pipeline
 
         self.method, self.preset, self.model, self.keys = get_method(method), preset, model, keys
-        self.section = load_preset(preset).method(method)
+        loaded = load_preset(preset)
+        self.preset_name, self.section = loaded.name, loaded.method(method)
         self.identity_cls = self.method.identity_class()
         self.pipe = load_pipeline(method, preset, model)
         self.pipe.set_progress_bar_config(disable=True)
@@ -106,7 +108,7 @@ class Generator:
 
     def model_ids(self) -> dict:
         """What this replica loaded, by name (no server paths)."""
-        return {"method": self.method.name, "preset": self.preset,
+        return {"method": self.method.name, "preset": self.preset_name,
                 "base_model": public_name(self.section.base_model), "encoder": public_name(self.model),
                 "device": str(self.pipe.device), "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
                 "default_size": list(self.default_size), "steps": self.pipe.config.num_inference_steps,
@@ -179,6 +181,30 @@ def _body_schema(model) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
+class KeyMiddleware:
+    """With API keys set, refuse every request but `/healthz` and the page `/` that lacks one (401, the error body)."""
+
+    OPEN = ("/healthz", "/")
+
+    def __init__(self, asgi_app, keys: list[str]):
+        self.app, self.keys = asgi_app, keys
+
+    async def __call__(self, scope, receive, send):
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # an app served under a route prefix sees it in the path
+            path = path[len(root):] or "/"
+        if scope["type"] == "http" and path not in self.OPEN:
+            from fastapi.responses import JSONResponse
+            from starlette.requests import Request as StarletteRequest
+
+            try:
+                check_auth(StarletteRequest(scope), self.keys)
+            except ApiError as e:
+                await JSONResponse(error_body(e.code, e.message), status_code=e.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _unwrap(exc: Exception) -> Exception:
     return getattr(exc, "cause", None) or exc  # Ray wraps a replica's exception; keep the user's message
 
@@ -186,13 +212,15 @@ def _unwrap(exc: Exception) -> Exception:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, encoder, generators: dict, preset: str, max_body: int, cors: list | None = None,
-                 keys: list[str] | None = None):
+    def __init__(self, encoder, generators: dict, preset: str, max_body: int, model_info: dict,
+                 cors: list | None = None, keys: list[str] | None = None):
         self.encoder, self.generators, self.preset, self.max_body = encoder, generators, preset, max_body
-        self.methods = list(generators)
+        self.methods, self.model_info = list(generators), model_info
         self.keys = list(keys) if keys is not None else api_keys()
         if not self.keys:
             log.warning("facegen: no FACEGEN_API_KEYS set — the API is open to anyone who can reach it")
+        else:  # every route but the health check and the page needs a key (the schema and docs included)
+            app.add_middleware(KeyMiddleware, keys=self.keys)
         if cors:
             from fastapi.middleware.cors import CORSMiddleware
 
@@ -256,8 +284,8 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self):
-        info = {m: await self._call(self.generators[m].model_ids) for m in self.methods}
-        return {"methods": self.methods, "preset": self.preset, "models": info, "max_body_bytes": self.max_body,
+        # From the ingress's own state (what the builder gave every replica): no call reaches a GPU replica.
+        return {"methods": self.methods, "preset": self.preset, "models": self.model_info, "max_body_bytes": self.max_body,
                 "num_images": [1, 4]}
 
     @app.get("/v1/stats")
@@ -286,5 +314,23 @@ def build_app(args) -> object:
 
     encoder = bind(FaceEncoder, args.preset, models, keys, args.token_ttl_s)
     generators = {m: bind(generator_deployment(m), m, args.preset, models[m], keys) for m in args.methods}
-    return Ingress.options(**args.options.get("Ingress", {})).bind(encoder, generators, args.preset, args.max_body,
-                                                                    args.cors, args.keys)
+    info = model_info(args.preset, models)
+    preset_name = next(iter(info.values()))["preset"]  # the preset's name, never a server path to its file
+    return Ingress.options(**args.options.get("Ingress", {})).bind(encoder, generators, preset_name, args.max_body,
+                                                                    info, args.cors, args.keys)
+
+
+def model_info(preset: str, models: dict) -> dict:
+    """Per served method, what its replicas load, by name (no server paths): `GET /v1/models`."""
+    from facegen.config import load_preset
+
+    p = load_preset(preset)
+    info = {}
+    for method, model in models.items():
+        section = p.method(method)
+        s = section.sampling
+        info[method] = {"method": method, "preset": p.name, "base_model": public_name(section.base_model),
+                        "encoder": public_name(model), "dtype": section.dtype,
+                        "default_size": [max(s.width, watermark.MIN_SIDE), max(s.height, watermark.MIN_SIDE)],
+                        "steps": s.steps, "guidance_scale": s.guidance_scale}
+    return info
