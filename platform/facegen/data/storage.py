@@ -10,6 +10,7 @@ writing the final key directly has the same property (S3 has no rename; a copy w
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -135,20 +136,55 @@ class Storage:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
-    def local_dir(self) -> str:
-        """A local directory holding this location's files: the directory itself, or a temporary copy of an
-        s3:// prefix (for loaders that want a path, such as from_pretrained)."""
+    @contextlib.contextmanager
+    def local_copy(self):
+        """A local directory holding this location's files, for loaders that want a path (from_pretrained): the
+        directory itself, or a temporary copy of an s3:// prefix, removed on exit. An object key that would land
+        outside the copy (`model/sub/../../x`) is refused."""
         if not self.is_s3:
-            return self.root
+            yield self.root
+            return
+        import shutil
         import tempfile
 
         target = tempfile.mkdtemp(prefix="facegen-")
-        for path in self.list(recursive=True):
-            dest = os.path.join(target, posixpath.relpath(path, self.root))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, "wb") as f:
-                f.write(self.read_bytes(path))
-        return target
+        try:
+            for path in self.list(recursive=True):
+                dest = safe_destination(target, posixpath.relpath(path, self.root))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with open(dest, "wb") as f:
+                    f.write(self.read_bytes(path))
+            yield target
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+
+    def write_tree(self, relpath: str, local_dir: str) -> None:
+        """Publish a local directory as <relpath>/, whole or not at all: locally it is copied beside the target under
+        a hidden name and swapped in with renames (an earlier version is replaced entirely, never mixed); on S3,
+        where objects appear one by one, config.json is written last, so a reader that waits for it sees a
+        complete export."""
+        import shutil
+
+        files = sorted((os.path.relpath(os.path.join(root, n), local_dir) for root, _, names in os.walk(local_dir)
+                        for n in names), key=lambda rel: (rel == "config.json", rel))
+        if self.is_s3:
+            for rel in files:
+                with open(os.path.join(local_dir, rel), "rb") as f:
+                    self.write_atomic(posixpath.join(relpath, rel.replace(os.sep, "/")), f.read())
+            return
+        final = self.path(relpath)
+        parent, name = posixpath.split(final)
+        os.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+        try:
+            shutil.copytree(local_dir, tmp, copy_function=shutil.copy2)
+            if os.path.exists(final):
+                os.replace(final, old)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
     def read_json(self, relpath: str):
         return json.loads(self.read_bytes(self.path(relpath)))
@@ -168,3 +204,11 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     if region:
         kwargs["region"] = region
     return pafs.S3FileSystem(**kwargs)
+
+
+def safe_destination(target: str, relpath: str) -> str:
+    """`target/relpath`, or a ConfigError when the path would leave `target` (absolute, or `..` past its root)."""
+    dest = os.path.normpath(os.path.join(target, relpath))
+    if os.path.isabs(relpath) or os.path.commonpath([os.path.abspath(target), os.path.abspath(dest)]) != os.path.abspath(target):
+        raise ConfigError(f"object key '{relpath}' points outside its prefix: refusing to copy it")
+    return dest

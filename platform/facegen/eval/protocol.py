@@ -35,8 +35,11 @@ class FaceEvaluator:
         quiet_worker()
         self.cfg, self.method = preset.eval, method
         self.device, _ = actor_device()
-        model = Storage.open(model_uri).local_dir() if model_uri else None
-        self.pipe = load_pipeline(method, preset, model, device=self.device)
+        if model_uri:
+            with Storage.open(model_uri).local_copy() as model:  # loaded into memory; the copy is removed
+                self.pipe = load_pipeline(method, preset, model, device=self.device)
+        else:
+            self.pipe = load_pipeline(method, preset, device=self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.recognizer = FaceAnalyzer(self.cfg.recognizer or preset.face)
         self.clip = ClipScorer(preset.clip).to(self.device)

@@ -125,11 +125,7 @@ def export(method: str, preset: Preset, strategy: str, checkpoint_dir: str, out:
     state = STRATEGIES[strategy].consolidate(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
         task.export(state, tmp)
-        for root, _, files in os.walk(tmp):
-            for name in files:
-                path = os.path.join(root, name)
-                with open(path, "rb") as f:
-                    out.write_atomic(os.path.join("model", os.path.relpath(path, tmp)), f.read())
+        out.write_tree("model", tmp)  # whole or not at all: never a new config.json beside old weights
 
 
 def loss_curve_png(history: list[dict], title: str) -> bytes:

@@ -1,0 +1,46 @@
+"""Storage without Ray or S3: object keys cannot escape a local copy, and an export is published whole or not at all."""
+import os
+import shutil
+
+import pytest
+from facegen.data.storage import Storage, safe_destination
+from facegen.errors import ConfigError
+
+
+def test_object_keys_that_leave_the_prefix_are_refused(tmp_path):
+    target = str(tmp_path / "copy")
+    assert safe_destination(target, "unet/config.json") == os.path.join(target, "unet", "config.json")
+    assert safe_destination(target, "a/../b.json") == os.path.join(target, "b.json")  # stays inside: fine
+    for key in ("../x", "sub/../../x", "/etc/passwd", "../../.bashrc"):
+        with pytest.raises(ConfigError, match="outside its prefix"):
+            safe_destination(target, key)
+
+
+def test_export_is_published_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = Storage.open(str(tmp_path / "run"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, files in ((first, {"config.json": "v1", "model.safetensors": "w1", "old_only.txt": "stale"}),
+                     (second, {"config.json": "v2", "model.safetensors": "w2", "unet_lora/x.safetensors": "l2"})):
+        for rel, text in files.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_text(text)
+    out.write_tree("model", str(first))
+    out.write_tree("model", str(second))  # a resumed run's export replaces the old one entirely
+    model = tmp_path / "run" / "model"
+    assert sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_file()) == [
+        "config.json", "model.safetensors", "unet_lora/x.safetensors"]
+    assert (model / "config.json").read_text() == "v2"
+
+    copied = []
+
+    def crash_after_one(src, dst, *args, **kwargs):  # the job dies halfway through writing the export
+        if copied:
+            raise OSError("killed")
+        copied.append(src)
+        return shutil.copy2(src, dst)
+
+    monkeypatch.setattr(shutil, "copy2", crash_after_one)
+    with pytest.raises(OSError):
+        out.write_tree("model", str(first))
+    assert (model / "config.json").read_text() == "v2" and not (model / "old_only.txt").exists()  # untouched
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["model"]  # no half-written copy left behind
