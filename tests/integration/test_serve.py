@@ -126,6 +126,9 @@ def test_no_face_bad_prompt_auth_and_size(service, photos):
     big = b'{"method": "faceclip", "prompt": "x", "face_image": "' + b"A" * (3 * 1024 * 1024) + b'"}'
     r = post(service, "/v1/generate", big)
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    r = post(service, "/v1/generate", {"method": "faceclip", "face_image": "AAAA", "prompt": "x", "width": 2048,
+                                       "height": 2048, "steps": 100, "num_images": 4})  # 1678 megapixel-steps
+    assert r.status_code == 422 and "allows at most 220" in r.json()["error"]["message"]  # before any replica works
     r = post(service, "/v1/generate", b"{not json")
     assert r.status_code == 422
     r = requests.post(service + "/v1/generate", data=b'{"method": "faceclip"}', headers={**AUTH, "Content-Type": "text/plain"},

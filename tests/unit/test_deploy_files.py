@@ -28,6 +28,9 @@ def test_cluster_yaml_is_consistent():
     (base,) = re.findall(r"^FROM (\S+)", (REPO / "Dockerfile").read_text(), re.M)
     assert base == image
     assert any("pip install -e" in c for c in cfg["setup_commands"])
+    # The dashboard / Jobs API (no auth of their own) never listen on every interface: only via an SSH tunnel.
+    (head_start,) = [c for c in cfg["head_start_ray_commands"] if c.startswith("ray start")]
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
 
 
 def _serve_app():

@@ -27,6 +27,9 @@ class SamplingConfig:
     height: int = 512
     negative_prompt: str = ""
     scheduler: str = "ddim"  # ddim | euler | the base model's own ("default")
+    # The work one HTTP request may ask for: width × height × steps × num_images, in millions. It bounds how long
+    # one request holds a GPU; the default fits a 24 GB GPU (e.g. 4 images of 768² at 30 steps).
+    max_megapixel_steps: float = 80.0
 
 
 def _load(ref: str):

@@ -241,6 +241,17 @@ class Ingress:
             raise ApiError(422, "validation", f"method '{method}' is not served here (served: {', '.join(self.methods)})")
         return get_method(method)
 
+    def _check_work(self, req) -> None:
+        """One request may not hold a GPU for minutes: width × height × steps × images within the method's budget."""
+        info = self.model_info[req.method]
+        width, height = req.width or info["default_size"][0], req.height or info["default_size"][1]
+        work = width * height * (req.steps or info["steps"]) * req.num_images / 1e6
+        if work > info["max_megapixel_steps"]:
+            raise ApiError(422, "validation",
+                           f"this request asks for {work:.0f} megapixel-steps (width × height × steps × num_images); "
+                           f"{req.method} allows at most {info['max_megapixel_steps']:g} here: ask for fewer or "
+                           f"smaller images or fewer steps")
+
     async def _encode(self, req) -> dict:
         photos = req.photos()
         names = ["face_image"] if req.face_image is not None else [f"face_images[{i}]" for i in range(len(photos))]
@@ -265,6 +276,7 @@ class Ingress:
         method = self._served(req.method)
         # The pipeline's own input checks (S* rule, sizes), before any replica works on the request.
         method.pipeline_class().check_inputs(req.prompt, req.negative_prompt or "", req.height, req.width)
+        self._check_work(req)
         encoded = await self._encode(req) if req.identity_token is None else None
         token = encoded["identity_token"] if encoded else req.identity_token
         seed = req.seed if req.seed is not None else int.from_bytes(np.random.bytes(4), "little") & 0x7FFFFFFF
@@ -332,5 +344,6 @@ def model_info(preset: str, models: dict) -> dict:
         info[method] = {"method": method, "preset": p.name, "base_model": public_name(section.base_model),
                         "encoder": public_name(model), "dtype": section.dtype,
                         "default_size": [max(s.width, watermark.MIN_SIDE), max(s.height, watermark.MIN_SIDE)],
-                        "steps": s.steps, "guidance_scale": s.guidance_scale}
+                        "steps": s.steps, "guidance_scale": s.guidance_scale,
+                        "max_megapixel_steps": s.max_megapixel_steps}
     return info

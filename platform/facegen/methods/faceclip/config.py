@@ -44,5 +44,5 @@ class FaceCLIPConfig:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA with the VAE decoded in fp32, fp32 on CPU)
     encoder: FaceCLIPEncoderConfig = field(default_factory=FaceCLIPEncoderConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
-        guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
+        guidance_scale=5.0, width=864, height=1152, scheduler="euler", max_megapixel_steps=220.0))  # 4 × 1024², 50 steps
     train: FaceCLIPTrainConfig = field(default_factory=FaceCLIPTrainConfig)
