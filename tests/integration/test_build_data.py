@@ -71,6 +71,9 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
     shutil.copy(photos["astronaut"], src / "astronaut.png")
     shutil.copy(photos["group"], src / "sub" / "group.jpg")
     shutil.copy(photos["tom_hanks"], src / "hanks.png")
+    from PIL import Image
+
+    Image.open(photos["astronaut"]).convert("RGB").save(src / "hanks.jpg")  # same stem, another file: its own subject
     shutil.copy(photos["no_face"], src / "mask.jpg")
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (src / "notes.txt").write_text("not an image, not counted")
@@ -79,9 +82,13 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
                                       "--set", "data.cache_latents=true"])
     assert rc == 0
     c = json.loads((out / "manifest.json").read_text())["counts"]
-    assert (c["ffhq_in"], c["ffhq_no_face"], c["ffhq_unreadable"], c["ffhq_kept"]) == (5, 1, 1, 3)
+    assert (c["ffhq_in"], c["ffhq_no_face"], c["ffhq_unreadable"], c["ffhq_kept"]) == (6, 1, 1, 4)
     rows = pq.read_table(out / "ffhq").to_pandas()
-    assert sorted(rows["subject"]) == ["astronaut.png", "hanks.png", "sub/group.jpg"]
+    assert sorted(rows["subject"]) == ["astronaut.png", "hanks.jpg", "hanks.png", "sub/group.jpg"]
+    # --resume finds every photo done: none was taken for another with the same stem
+    assert load_job("build_data").main(["--output", str(out), "--num-identities", "0", "--ffhq", str(src),
+                                        "--set", "data.cache_latents=true", "--resume"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"]["ffhq_kept"] == 4
     assert all("S*" in p for p in rows["prompt"])
     assert {decode_image(b).shape for b in rows["target_image"]} == {(128, 128, 3)}
     # the cached latents are the VAE's latents of the stored target image
