@@ -143,6 +143,15 @@ def test_no_face_bad_prompt_auth_and_size(service, photos):
 
     r = requests.post(service + "/v1/generate", data=chunks(), headers={**AUTH, "Content-Type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    # Python's stdlib client writing a 24 MB body gets the 413 JSON, not "connection reset by peer".
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(service + "/v1/generate", data=b"A" * (24 * 1024 * 1024), method="POST",
+                                     headers={**AUTH, "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=120)
+    assert err.value.code == 413 and json.loads(err.value.read())["error"]["code"] == "too_large"
 
 
 def test_several_photos_of_one_person_are_averaged(service, photos):

@@ -107,11 +107,13 @@ async def read_body(request: Request, model: type[BaseModel], max_body: int) -> 
         raise ApiError(415, "unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_body:
+        await _drain(request, 0)
         raise ApiError(413, "too_large", f"request body over {max_body} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_body:
+            await _drain(request, len(body))
             raise ApiError(413, "too_large", f"request body over {max_body} bytes")
     try:
         return model.model_validate_json(bytes(body))
@@ -121,6 +123,21 @@ async def read_body(request: Request, model: type[BaseModel], max_body: int) -> 
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         message = f"{where}: {first.get('msg')}" if first else str(e)
         raise ApiError(422, "validation", message) from None
+
+
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+async def _drain(request: Request, seen: int) -> None:
+    """Read (and drop) what is left of an over-size body, up to DRAIN_LIMIT bytes in all, so a client still writing
+    it receives the 413 instead of a connection reset; past the limit the connection is simply closed."""
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT:
+                return
+    except Exception:  # noqa: BLE001 — the stream was consumed or the client went away: nothing left to drain
+        return
 
 
 def install_error_handlers(app: FastAPI) -> None:
