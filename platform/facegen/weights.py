@@ -89,13 +89,16 @@ def load_sd21_components(ref: str, sha256: dict[str, str] | None = None, torch_d
     return {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
 
 
-def load_sdxl_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None) -> dict:
-    """vae, both text encoders and tokenizers, unet, scheduler of an SDXL-layout model."""
+def load_sdxl_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None,
+                         skip: tuple[str, ...] = ()) -> dict:
+    """vae, both text encoders and tokenizers, unet, scheduler of an SDXL-layout model; components in `skip` are
+    not loaded (None) — SDXL's UNet alone is 10 GB in fp32, and FaceCLIP's alignment stage never calls it."""
     from diffusers import StableDiffusionXLPipeline
 
     path = resolve_model(ref, sha256)
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, add_watermarker=False)
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, add_watermarker=False,
+                                                         **{name: None for name in skip})
     except (OSError, ValueError) as e:
         raise ModelNotFound(f"{ref} is not an SDXL model directory: {e}") from None
     names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")

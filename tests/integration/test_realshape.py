@@ -56,6 +56,31 @@ def sd21_chain(ray_cluster, load_job, photos, tmp_path_factory):
     return data, train, evaluation
 
 
+SDXL = ["--preset", "faceclip-sdxl", "--set", "methods.faceclip.base_model=random:sdxl-base",
+        "--set", "face.model=buffalo_s", "--set", "clip.pretrained=null"]
+
+
+def test_faceclip_alignment_training_export_and_cli_at_real_shapes(sd21_chain, load_job, photos, tmp_path):
+    """train_faceclip (alignment stage) on SDXL-base shapes — the UNet is not even loaded for it — then the exported
+    encoder (both SDXL text towers, the paper-sized face ViT) drawn with by the CLI."""
+    import json
+
+    data, _, _ = sd21_chain
+    out = tmp_path / "train_faceclip"
+    assert load_job("train_faceclip").main([*SDXL, "--data", str(data), "--output", str(out), "--max-steps", "1",
+                                            "--set", "train.batch_size=2", "--set", "train.resolution=64",
+                                            "--set", "train.cpus_per_worker=0.25"]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["vit"]["depth"] == 24 and config["clip_embed_dim"] == 768
+    image = tmp_path / "fc.png"
+    r = subprocess.run([sys.executable, "-m", "facegen", "generate", *SDXL, "--set", "methods.faceclip.dtype=bf16",
+                        "--method", "faceclip", "--model", str(out / "model"), "--face", str(photos["astronaut"]),
+                        "--prompt", "a chef", "--width", "64", "--height", "64", "--steps", "1", "--out", str(image)],
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Image.open(image).size == (64, 64)
+
+
 def test_sd21_data_training_and_evaluation_at_real_shapes(sd21_chain):
     import json
 

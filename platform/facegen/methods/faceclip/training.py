@@ -48,12 +48,16 @@ class FaceCLIPTask(nn.Module):
         self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
         s, t = self.section, self.section.train
         check_train_config(t)
-        c = load_sdxl_components(s.base_model, s.sha256)
+        self.diffusion = t.stage == "diffusion"
+        # Only what this stage runs: the alignment stage (and an export of a frozen-UNet run) never needs the UNet
+        # or the VAE — 10 GB of SDXL weights per worker that would sit unused.
+        needs_unet = self.diffusion and (load_base or t.unet != "frozen")
+        skip = () if needs_unet else ("unet", "vae")
+        c = load_sdxl_components(s.base_model, s.sha256, skip=skip)
         encoder = (FaceCLIPEncoder.from_pretrained(s.model) if s.model else
                    FaceCLIPEncoder.from_sdxl(s.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                              c["tokenizer_2"]))
         encoder.set_trainable(t.train_text, t.train_vit).train()
-        self.diffusion = t.stage == "diffusion"
         unet = None
         if self.diffusion and t.unet == "full":
             unet = c["unet"].train().requires_grad_(True)
@@ -68,10 +72,11 @@ class FaceCLIPTask(nn.Module):
             from facegen.models.clip_scorer import ClipScorer
 
             self.clip = ClipScorer(preset.clip).to(self.device)
-            self.vae = frozen(c["vae"], self.device, frozen_dtype)
-            if unet is None:
-                self.frozen_unet = frozen(c["unet"], self.device, frozen_dtype)
-            self.scheduler = train_scheduler(c["scheduler"])
+            if self.diffusion:
+                self.vae = frozen(c["vae"], self.device, frozen_dtype)
+                if unet is None:
+                    self.frozen_unet = frozen(c["unet"], self.device, frozen_dtype)
+                self.scheduler = train_scheduler(c["scheduler"])
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
 
     @property
