@@ -7,11 +7,11 @@ are built once into the cache and then loaded exactly like downloaded weights.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from facegen.errors import ModelNotFound
+from facegen.pins import verify_sha256
 
 TINY_PREFIX, RANDOM_PREFIX = "tiny:", "random:"
 # Only what the pipelines need from a hub repo: no fp16 duplicates, no .bin/.ckpt copies.
@@ -55,24 +55,6 @@ def _from_hub(repo_id: str) -> Path:
             f"elsewhere (`hf download {repo_id} --local-dir DIR`) and point the preset at the directory, e.g. "
             f"--set methods.<method>.base_model=DIR"
         ) from None
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_sha256(root: Path, pins: dict[str, str]) -> None:
-    for rel, expected in pins.items():
-        f = root / rel
-        if not f.is_file():
-            raise ModelNotFound(f"pinned file {rel} is missing from {root}")
-        actual = sha256_of(f)
-        if actual != expected.lower():
-            raise ModelNotFound(f"{f}: sha256 {actual[:16]}… does not match the preset's pin {expected[:16]}…")
 
 
 def load_sd21_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None) -> dict:

@@ -1,6 +1,7 @@
 import pytest
 from facegen.errors import ModelNotFound
-from facegen.weights import resolve_model, sha256_of
+from facegen.pins import sha256_of
+from facegen.weights import resolve_model
 
 
 def test_tiny_build_is_deterministic_and_in_diffusers_layout(tmp_path, monkeypatch):
@@ -53,3 +54,48 @@ def test_real_layout_loads_through_from_pretrained(tmp_path):
     assert type(comps["unet"]).__name__ == "UNet2DConditionModel"
     with pytest.raises(ModelNotFound, match="not a Stable Diffusion model"):
         load_sd21_components(str(tmp_path))
+
+
+def test_pins_per_model_for_every_file_a_loader_reads(tmp_path):
+    """Base models (per method: a pin on one never touches the other), exported encoders, face packs and face-ViT
+    checkpoints can all be pinned; a mismatch is a ModelNotFound naming the file. `--set` takes file names with dots
+    as a YAML mapping."""
+    from facegen.config import load_preset
+    from facegen.face.analyzer import FaceAnalyzer
+    from facegen.face.config import FaceAnalyzerConfig
+    from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline
+    from facegen.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+    from facegen.models.config import FaceViTConfig
+    from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
+    from safetensors.torch import save_file
+
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    root = resolve_model("tiny:sd21")
+    right, wrong = sha256_of(root / unet), "0" * 64
+    preset = load_preset("tiny", [f'methods.dreamidentity.sha256={{"{unet}": "{wrong}"}}'])
+    assert preset.method("dreamidentity").sha256 == {unet: wrong}  # the dotted file name survived --set
+    with pytest.raises(ModelNotFound, match="does not match the pin"):
+        DreamIdentityPipeline.load_face_encoder(preset)
+    FaceCLIPSDXLPipeline.load_face_encoder(preset)  # the other method's base model is not checked against it
+    DreamIdentityPipeline.load_face_encoder(load_preset("tiny", [f'methods.dreamidentity.sha256={{"{unet}": "{right}"}}']))
+
+    exported = tmp_path / "m2"
+    DreamIdentityPipeline.load_face_encoder("tiny").m2_encoder.save_pretrained(exported)
+    good = sha256_of(exported / "model.safetensors")
+    for pin, ok in ((good, True), (wrong, False)):
+        p = load_preset("tiny", [f"methods.dreamidentity.model={exported}",
+                                 f'methods.dreamidentity.model_sha256={{"model.safetensors": "{pin}"}}'])
+        if ok:
+            DreamIdentityPipeline.load_face_encoder(p)
+        else:
+            with pytest.raises(ModelNotFound, match="trained M² encoder"):
+                DreamIdentityPipeline.load_face_encoder(p)
+
+    with pytest.raises(ModelNotFound, match="face models 'buffalo_s'"):
+        FaceAnalyzer(FaceAnalyzerConfig(sha256={"w600k_mbf.onnx": wrong})).app
+
+    vit = FaceViT(FaceViTConfig(embed_dim=32, depth=2, num_heads=4))
+    save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
+    pinned = FaceViT(FaceViTConfig(embed_dim=32, depth=2, num_heads=4, weights_sha256=wrong))
+    with pytest.raises(ModelNotFound, match="face ViT checkpoint"):
+        load_arcface_checkpoint(pinned, tmp_path / "vit.safetensors")

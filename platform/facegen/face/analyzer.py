@@ -105,8 +105,12 @@ class FaceAnalyzer:
             if self._app is None:
                 from insightface.app import FaceAnalysis
 
+                from facegen.pins import verify_sha256
+
+                model_dir = self._model_dir()
+                verify_sha256(model_dir, self.config.sha256, f"face models '{self.config.model}'")
                 app = FaceAnalysis(
-                    name=self._model_dir(),
+                    name=model_dir,
                     allowed_modules=["detection", "recognition"],
                     providers=list(self.config.providers),
                 )

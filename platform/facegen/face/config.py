@@ -11,3 +11,4 @@ class FaceAnalyzerConfig:
     det_size: int = 640
     det_thresh: float = 0.5
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    sha256: dict[str, str] = field(default_factory=dict)  # pins for the pack's ONNX files (file name → hex)

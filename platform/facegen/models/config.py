@@ -19,6 +19,7 @@ class FaceViTConfig:
     qkv_bias: bool = False
     num_features: int = 512  # arcface_torch's num_classes: the identity vector's size
     weights: str | None = None  # an arcface_torch checkpoint (.pt/.pth/.safetensors) to start from
+    weights_sha256: str | None = None  # its pin
 
     @classmethod
     def named(cls, arch: str, **kw) -> FaceViTConfig:

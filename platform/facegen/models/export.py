@@ -23,7 +23,7 @@ def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config)
     if isinstance(data.get("vit"), dict):
-        data["vit"]["weights"] = None  # the ViT's weights are in model.safetensors now
+        data["vit"]["weights"] = data["vit"]["weights_sha256"] = None  # the ViT's weights are in model.safetensors now
     name = type(model).__name__
     tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp_w),

@@ -145,9 +145,12 @@ def faces_to_tensor(faces) -> torch.Tensor:
 
 def load_arcface_checkpoint(model: FaceViT, path: str | Path) -> None:
     """Load an arcface_torch ViT checkpoint (torch.save'd state dict, possibly DDP-prefixed, or safetensors)."""
+    from facegen.pins import verify_file
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelNotFound(f"face ViT checkpoint {path} not found")
+    verify_file(path, model.config.weights_sha256, "the face ViT checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -29,6 +29,7 @@ class DreamIdentityConfig:
     base_model: str = "tiny:sd21"
     sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
     model: str | None = None  # an exported M² encoder (a training job's <output>/model) instead of a fresh one
+    model_sha256: dict[str, str] = field(default_factory=dict)  # pins for `model`'s files (e.g. model.safetensors)
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU)
     encoder: M2EncoderConfig = field(default_factory=M2EncoderConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -87,6 +87,9 @@ def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
     """The trained encoder (`model`, else the section's `model`) or a fresh seeded one for this base model."""
     weights = model or section.model
     if weights:
+        from facegen.pins import verify_sha256
+
+        verify_sha256(weights, section.model_sha256, "the trained M² encoder")
         encoder = M2Encoder.from_pretrained(weights)
         with_token_dim(encoder.m2_config, token_dim)  # an encoder trained for another base model is refused here
         return encoder

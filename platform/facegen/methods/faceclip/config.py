@@ -41,6 +41,7 @@ class FaceCLIPConfig:
     base_model: str = "tiny:sdxl"
     sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
     model: str | None = None  # an exported FaceCLIP encoder (a training job's <output>/model) instead of a fresh one
+    model_sha256: dict[str, str] = field(default_factory=dict)  # pins for `model`'s files (e.g. model.safetensors)
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA with the VAE decoded in fp32, fp32 on CPU)
     encoder: FaceCLIPEncoderConfig = field(default_factory=FaceCLIPEncoderConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(

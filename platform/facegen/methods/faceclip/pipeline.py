@@ -33,6 +33,7 @@ from facegen.methods.pipeline_utils import (
     in_dtype as _in_dtype,
 )
 from facegen.models.face_vit import FaceViT, faces_to_tensor
+from facegen.pins import verify_sha256
 
 METHOD_NAME = "faceclip"
 LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
@@ -133,6 +134,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
         weights = model or section.model
         if weights:
+            verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
             encoder = FaceCLIPEncoder.from_pretrained(weights)
         else:
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
@@ -154,6 +156,8 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         p = as_preset(preset)
         section = p.method(METHOD_NAME)
         weights = model or section.model
+        if weights:
+            verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
         vit = exported_face_vit(weights) if weights else fresh_face_vit(section.encoder)
         return FaceCLIPFaceEncoder(FaceAnalyzer(p.face), vit).to(devices.resolve(section.dtype, device).device)
 

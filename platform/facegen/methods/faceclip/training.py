@@ -54,6 +54,10 @@ class FaceCLIPTask(nn.Module):
         needs_unet = self.diffusion and (load_base or t.unet != "frozen")
         skip = () if needs_unet else ("unet", "vae")
         c = load_sdxl_components(s.base_model, s.sha256, skip=skip)
+        if s.model:
+            from facegen.pins import verify_sha256
+
+            verify_sha256(s.model, s.model_sha256, "the FaceCLIP encoder to fine-tune")
         encoder = (FaceCLIPEncoder.from_pretrained(s.model) if s.model else
                    FaceCLIPEncoder.from_sdxl(s.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                              c["tokenizer_2"]))
