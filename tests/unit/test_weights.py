@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from facegen.errors import ModelNotFound
 from facegen.pins import sha256_of
@@ -92,7 +93,7 @@ def test_pins_per_model_for_every_file_a_loader_reads(tmp_path):
                 DreamIdentityPipeline.load_face_encoder(p)
 
     with pytest.raises(ModelNotFound, match="face models 'buffalo_s'"):
-        FaceAnalyzer(FaceAnalyzerConfig(sha256={"w600k_mbf.onnx": wrong})).app
+        FaceAnalyzer(FaceAnalyzerConfig(sha256={"w600k_mbf.onnx": wrong})).detect(np.zeros((64, 64, 3), np.uint8))
 
     vit = FaceViT(FaceViTConfig(embed_dim=32, depth=2, num_heads=4))
     save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
