@@ -96,3 +96,13 @@ def test_importing_the_config_stays_light():
             "print(sorted(m for m in ('torch', 'diffusers', 'ray', 'pandas', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_work_budget_is_the_methods_own_even_when_a_preset_sets_sampling():
+    from facegen.methods.base import work_budget
+
+    for name in ("tiny", "production"):  # both write a sampling section without a budget
+        p = load_preset(name)
+        assert (work_budget(p.method("dreamidentity")), work_budget(p.method("faceclip"))) == (80.0, 220.0)
+    p = load_preset("tiny", ["methods.faceclip.sampling.max_megapixel_steps=10"])
+    assert work_budget(p.method("faceclip")) == 10.0

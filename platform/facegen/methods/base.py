@@ -28,8 +28,8 @@ class SamplingConfig:
     negative_prompt: str = ""
     scheduler: str = "ddim"  # ddim | euler | the base model's own ("default")
     # The work one HTTP request may ask for: width × height × steps × num_images, in millions. It bounds how long
-    # one request holds a GPU; the default fits a 24 GB GPU (e.g. 4 images of 768² at 30 steps).
-    max_megapixel_steps: float = 80.0
+    # one request holds a GPU; None = the method's default (its section's MAX_MEGAPIXEL_STEPS, sized for a 24 GB GPU).
+    max_megapixel_steps: float | None = None
 
 
 def _load(ref: str):
@@ -58,3 +58,8 @@ class Method:
 
     def task_class(self):
         return _load(self.task)
+
+
+def work_budget(section) -> float:
+    """A method section's budget for one request, in megapixel-steps (its sampling setting, else its default)."""
+    return section.sampling.max_megapixel_steps or section.MAX_MEGAPIXEL_STEPS

@@ -20,6 +20,7 @@ from ray import serve
 
 from facegen.errors import FacegenError
 from facegen.methods import REGISTRY, get_method
+from facegen.methods.base import work_budget
 from facegen.serving import tokens, watermark
 from facegen.serving.api import (
     ApiError,
@@ -345,5 +346,5 @@ def model_info(preset: str, models: dict) -> dict:
                         "encoder": public_name(model), "dtype": section.dtype,
                         "default_size": [max(s.width, watermark.MIN_SIDE), max(s.height, watermark.MIN_SIDE)],
                         "steps": s.steps, "guidance_scale": s.guidance_scale,
-                        "max_megapixel_steps": s.max_megapixel_steps}
+                        "max_megapixel_steps": work_budget(section)}
     return info

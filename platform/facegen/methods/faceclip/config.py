@@ -37,6 +37,7 @@ class FaceCLIPTrainConfig:
 
 @dataclass
 class FaceCLIPConfig:
+    MAX_MEGAPIXEL_STEPS = 220.0  # one request's default work budget: 4 images of 1024² at 50 steps
     # An SDXL-layout model: a hub id, a local diffusers directory, "tiny:sdxl" or "random:sdxl-base".
     base_model: str = "tiny:sdxl"
     sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
@@ -45,5 +46,5 @@ class FaceCLIPConfig:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA with the VAE decoded in fp32, fp32 on CPU)
     encoder: FaceCLIPEncoderConfig = field(default_factory=FaceCLIPEncoderConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
-        guidance_scale=5.0, width=864, height=1152, scheduler="euler", max_megapixel_steps=220.0))  # 4 × 1024², 50 steps
+        guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
     train: FaceCLIPTrainConfig = field(default_factory=FaceCLIPTrainConfig)
