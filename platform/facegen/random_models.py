@@ -9,9 +9,7 @@ compute are real.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,14 +25,9 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 def build_random(kind: str) -> Path:
     if kind not in KINDS:
         raise ModelNotFound(f"unknown random model 'random:{kind}' (known: {', '.join('random:' + k for k in KINDS)})")
-    from facegen.cache import cache_dir
+    from facegen.cache import build_once
 
-    target = cache_dir() / "random" / f"{kind}-{RANDOM_VERSION}"
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-    try:
+    def build(tmp: Path) -> None:
         # Built directly in fp16 (what is saved): SDXL-sized weights in fp32 would need ~14 GB of memory to build.
         default = torch.get_default_dtype()
         try:
@@ -43,13 +36,8 @@ def build_random(kind: str) -> Path:
                 (_sd21_base if kind == "sd21-base" else _sdxl_base)(tmp)
         finally:
             torch.set_default_dtype(default)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first: theirs is identical
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once("random", f"{kind}-{RANDOM_VERSION}", build)
 
 
 def _vae(seed: int, sample_size: int, scaling_factor: float, force_upcast: bool):

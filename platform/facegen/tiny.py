@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,22 +25,9 @@ def build_tiny(kind: str) -> Path:
         from facegen.errors import ModelNotFound
 
         raise ModelNotFound(f"unknown tiny model 'tiny:{kind}' (known: {', '.join('tiny:' + k for k in KINDS)})")
-    from facegen.cache import cache_dir
+    from facegen.cache import build_once
 
-    target = cache_dir() / "tiny" / f"{kind}-{TINY_VERSION}"
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-    try:
-        (_build_sd21 if kind == "sd21" else _build_sdxl)(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first: theirs is identical
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once("tiny", f"{kind}-{TINY_VERSION}", _build_sd21 if kind == "sd21" else _build_sdxl)
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------------------
