@@ -166,21 +166,46 @@ def test_killed_worker_resumes_from_checkpoint(train_data, load_job, tmp_path):
     assert all(s % 4 == 0 and 0 < s < 40 for s in resumed_at)
 
 
-def test_resume_continues_a_stopped_run(train_data, load_job, tmp_path):
-    """A run that stopped at step 4 continues with --resume to step 8: step counter, optimizer and metrics go on."""
-    out = tmp_path / "resume"
-    # One worker on this cluster's declared GPU, which CUDA cannot see: the run must notice and train on CPU (gloo).
-    common = ["--data", str(train_data), "--output", str(out), "--num-workers", "1",
-              "--set", "train.checkpoint_every=2", "--set", "train.ffhq_ratio=0"]
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(train_data, load_job, tmp_path, s3_endpoint):
+    """2 DDP workers with random noise and timesteps, 2 batches per worker per epoch: a run stopped mid-epoch at step
+    3 and continued with --resume (its checkpoints on S3) draws the same batches and noise as an uninterrupted run,
+    so the loss curve and the trained weights are the same."""
+    import boto3
+    from facegen.data.storage import Storage
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="facegen-resume")
+    common = ["--data", str(train_data), "--num-workers", "2", "--set", "train.batch_size=1",
+              "--set", "train.checkpoint_every=3", "--set", "train.ffhq_ratio=0", "--set", "train.lr=1e-2"]
     job = load_job("train_m2")
-    assert job.main([*common, "--max-steps", "4"]) == 0
-    assert job.main([*common, "--max-steps", "8"]) == 2  # an existing run is not overwritten by mistake
-    assert job.main([*common, "--max-steps", "8", "--resume"]) == 0
-    assert steps(out) == list(range(1, 9))
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["resumed"] == 1 and manifest["counts"]["steps"] == 8
-    state = torch.load(latest_checkpoint(out) / "optimizer.pt", weights_only=True)  # loads without pickle
-    assert state["scheduler"]["last_epoch"] == 8  # the LR schedule went on, not restarted
+    whole = tmp_path / "whole"
+    assert job.main([*common, "--output", str(whole), "--max-steps", "6"]) == 0
+    parted = "s3://facegen-resume/run"
+    assert job.main([*common, "--output", parted, "--max-steps", "3"]) == 0
+    assert job.main([*common, "--output", parted, "--max-steps", "6"]) == 2  # an existing run is not overwritten
+    assert job.main([*common, "--output", parted, "--max-steps", "6", "--resume"]) == 0
+
+    storage = Storage.open(parted)
+    rows = [json.loads(line) for line in storage.read_bytes(storage.path("metrics.jsonl")).decode().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == steps(whole) == list(range(1, 7))
+    assert [r["step"] for r in rows if r.get("event") == "resumed"] == [3]
+    assert torch.allclose(torch.tensor([r["loss"] for r in rows if "loss" in r]), torch.tensor(losses(whole)),
+                          rtol=1e-5, atol=1e-6)
+    assert storage.read_json("manifest.json")["resumed"] == 1
+    with Storage.open(f"{parted}/model").local_copy() as model_dir:
+        resumed = M2Encoder.from_pretrained(model_dir).state_dict()
+    uninterrupted = M2Encoder.from_pretrained(whole / "model").state_dict()
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        assert torch.allclose(resumed[key], value, rtol=1e-5, atol=1e-6), key
+    state = torch.load(latest_checkpoint(whole) / "optimizer.pt", weights_only=True)  # loads without pickle
+    assert state["scheduler"]["last_epoch"] == 6
+
+
+def test_a_declared_gpu_that_cuda_cannot_see_trains_on_cpu(ray_cluster):
+    """This cluster declares a GPU that CUDA does not see: training must notice and use the CPU (gloo), not NCCL."""
+    from facegen.train.run import _cuda_on_gpu_nodes
+
+    assert _cuda_on_gpu_nodes() is False
 
 
 def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, capsys):

@@ -1,8 +1,10 @@
-"""Where jobs read and write: a local path or s3://bucket/prefix, through one pyarrow filesystem.
+"""Where jobs read and write: a local path or a remote URI (s3://bucket/prefix, or any fsspec scheme whose package
+is installed: gs:// with gcsfs, az:// with adlfs, ...), through one pyarrow filesystem.
 
 `Storage.open(uri)` resolves the URI once; every job then uses `path(...)`, `write_atomic`, `write_parquet`,
-`list` and `read_*` on it, and hands `fs` to Ray Data's readers. For S3 the endpoint comes from AWS_ENDPOINT_URL
-(MinIO, moto, ...) and credentials from the usual AWS environment variables.
+`list` and `read_*` on it, and hands `fs` to Ray Data's readers and Ray Train's checkpoint storage. Remote schemes go
+through fsspec (s3:// through `s3fs`), wrapped as a pyarrow filesystem so every consumer sees one interface. For S3
+the endpoint comes from AWS_ENDPOINT_URL (MinIO, moto, ...) and credentials from the usual AWS environment variables.
 
 Atomic writes: locally a file is written under a hidden temporary name in the same directory and renamed, so a
 reader (or `--resume`) never sees half a file. On S3 an object becomes visible only when its upload completes, so
@@ -34,20 +36,19 @@ class Storage:
     root: str  # the path inside `fs`: an absolute local path or "bucket/prefix"
 
     @property
-    def is_s3(self) -> bool:
-        return self.uri.startswith("s3://")
+    def is_remote(self) -> bool:
+        return "://" in self.uri
 
     @classmethod
     def open(cls, uri: str) -> Storage:
         uri = str(uri)
-        if uri.startswith("s3://"):
-            root = uri[len("s3://"):].strip("/")
+        scheme, sep, rest = uri.partition("://")
+        if sep and scheme != "file":
+            root = rest.strip("/")
             if not root:
-                raise ConfigError(f"'{uri}' names no bucket: use s3://bucket/prefix")
-            return cls(uri.rstrip("/"), _s3_filesystem(), root)
-        if "://" in uri:
-            raise ConfigError(f"'{uri}': only local paths and s3:// URIs are supported")
-        root = os.path.abspath(os.path.expanduser(uri))
+                raise ConfigError(f"'{uri}' names no bucket: use {scheme}://bucket/prefix")
+            return cls(uri.rstrip("/"), remote_filesystem(scheme, uri), root)
+        root = os.path.abspath(os.path.expanduser(rest if sep else uri))
         return cls(root, pafs.LocalFileSystem(), root)
 
     # -- paths -------------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class Storage:
         kind = self.info().type
         if kind == pafs.FileType.File:
             raise ConfigError(f"--output {self.uri} is a file: give a directory (or s3://bucket/prefix)")
-        if not self.is_s3:
+        if not self.is_remote:
             try:
                 self.fs.create_dir(self.root, recursive=True)
             except OSError as e:
@@ -107,7 +108,7 @@ class Storage:
     def write_atomic(self, relpath: str, data: bytes) -> str:
         final = self.path(relpath)
         parent = posixpath.dirname(final)
-        if self.is_s3:
+        if self.is_remote:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return final
@@ -141,7 +142,7 @@ class Storage:
         """A local directory holding this location's files, for loaders that want a path (from_pretrained): the
         directory itself, or a temporary copy of an s3:// prefix, removed on exit. An object key that would land
         outside the copy (`model/sub/../../x`) is refused."""
-        if not self.is_s3:
+        if not self.is_remote:
             yield self.root
             return
         import shutil
@@ -167,7 +168,7 @@ class Storage:
 
         files = sorted((os.path.relpath(os.path.join(root, n), local_dir) for root, _, names in os.walk(local_dir)
                         for n in names), key=lambda rel: (rel == "config.json", rel))
-        if self.is_s3:
+        if self.is_remote:
             for rel in files:
                 with open(os.path.join(local_dir, rel), "rb") as f:
                     self.write_atomic(posixpath.join(relpath, rel.replace(os.sep, "/")), f.read())
@@ -194,16 +195,28 @@ class Storage:
         return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns or []})
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    kwargs = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
+def remote_filesystem(scheme: str, uri: str) -> pafs.FileSystem:
+    """The fsspec filesystem for `scheme`, as a pyarrow filesystem. Instance and listing caches are off: a job that
+    checks what exists (--resume) must see the store as it is now, not as an earlier listing saw it."""
+    import fsspec
+
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except ValueError:
+        raise ConfigError(f"'{uri}': unknown storage scheme '{scheme}://' (local paths, s3://, or an fsspec scheme)") from None
+    except ImportError as e:
+        raise ConfigError(f"'{uri}': the '{scheme}://' scheme needs a package that is not installed ({e})") from None
+    kwargs = {"skip_instance_cache": True, "use_listings_cache": False}
+    if scheme in ("s3", "s3a"):
+        client = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            client["endpoint_url"] = endpoint
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            client["region_name"] = region
+        kwargs["client_kwargs"] = client
+    return pafs.PyFileSystem(pafs.FSSpecHandler(cls(**kwargs)))
 
 
 def safe_destination(target: str, relpath: str) -> str:

@@ -5,6 +5,9 @@ contract a task keeps with the trainer (facegen/train/):
     loss, metrics = task(batch)                 # DDP / DeepSpeed wrap the whole task
     task.trainable                              # the module whose weights train, checkpoint and export
     task.export(state_dict, directory)          # trained weights (trainable's keys) → the method's export format
+
+Randomness a task draws comes from torch's global generators or from `torch.Generator` attributes it owns; both are
+saved in every rank's checkpoint (`rng_state` / `set_rng_state`), so a resumed run draws what an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -75,3 +78,24 @@ def load_trained_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> N
     if unexpected or grads & set(missing):
         raise ValueError(f"checkpoint does not fit the model: unexpected {unexpected[:3]}, "
                          f"missing trained {sorted(grads & set(missing))[:3]}")
+
+
+def rng_state(task: nn.Module) -> dict[str, torch.Tensor]:
+    """Every random generator a training step draws from: torch's CPU and (when in use) CUDA generators, and each
+    `torch.Generator` the task owns (e.g. FaceCLIP's conditioning dropout), as uint8 tensors (safetensors-storable)."""
+    state = {"torch.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch.cuda"] = torch.cuda.get_rng_state()
+    for name, value in vars(task).items():
+        if isinstance(value, torch.Generator):
+            state[f"task.{name}"] = value.get_state()
+    return state
+
+
+def set_rng_state(task: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch.cpu"])
+    if "torch.cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch.cuda"])
+    for name, value in vars(task).items():
+        if isinstance(value, torch.Generator) and f"task.{name}" in state:
+            value.set_state(state[f"task.{name}"])

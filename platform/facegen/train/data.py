@@ -5,6 +5,12 @@ FFHQ row: input = the aligned face of the photo, target = the photo, prompt = it
 The two are mixed at `train.ffhq_ratio` by down-sampling the larger side; decoding (PNG → float arrays, the face at
 the method's face-ViT size) runs on the Ray Data side, not in the training loop. The face_embedding of each source
 face was stored by the data build, so training never runs the recognizer.
+
+Order. With `train.materialize` (the decoded set fits the object store) the rows are produced in a fixed order and
+`exact_split()` gives every worker the same rows in every run, so each worker's batches are a function of (seed,
+epoch) alone — what makes a resumed run equal an uninterrupted one. Without it, Ray Train's streaming split hands
+blocks to whichever worker asks first: a resumed run continues from the saved batch count with the same number of
+rows per worker, but not necessarily the same rows.
 """
 from __future__ import annotations
 
@@ -120,4 +126,23 @@ def training_dataset(uri: str, preset: Preset, method: str):
     face_size = preset.method(method).encoder.vit.img_size
     ds = ds.map_batches(DecodeBatch, fn_constructor_args=(cfg.resolution, face_size),
                         batch_size=16, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
-    return ds.materialize() if cfg.materialize else ds
+    if not cfg.materialize:
+        return ds
+    ds.context.execution_options.preserve_order = True  # blocks in read order, whatever finishes first
+    return ds.materialize()
+
+
+def exact_split():
+    """A Ray Train DataConfig that splits a materialized dataset into equal, fixed parts by row order (rank r gets
+    the same rows in every run), instead of the streaming split's first-come assignment."""
+    import ray.train
+
+    class ExactSplit(ray.train.DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                for rank, part in enumerate(ds.split(world_size, equal=True)):
+                    out[rank][name] = part.iterator()
+            return out
+
+    return ExactSplit()

@@ -1,9 +1,11 @@
 """The Ray Train worker loop (one per worker): build the method's training task, wrap it with the strategy
 (strategies.py), iterate this worker's data shard, step, log, checkpoint.
 
-Checkpoints hold the trained weights and optimizer (the strategy's files), the step and data position (epoch, batch
-within it) and the metrics history, so a restarted or resumed run continues — and its metrics stay one continuous
-series. Ray Train merges the ranks' files into one checkpoint directory.
+Checkpoints hold the trained weights and optimizer (the strategy's files), the step, the metrics history, and for
+every rank its data position (epoch, batch within it) and random-generator state, so a restarted or resumed run
+continues exactly where it stopped: with the deterministic split of train/data.py it draws the same batches, noise and
+dropout as an uninterrupted run, and its metrics stay one continuous series. Ray Train merges the ranks' files into one
+checkpoint directory.
 """
 from __future__ import annotations
 
@@ -16,13 +18,17 @@ import time
 import torch
 
 STATE_FILE, HISTORY_FILE = "state.json", "history.jsonl"
+RANK_STATE, RANK_RNG = "rank-{}.json", "rng-rank-{}.safetensors"  # one of each per rank
 
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from safetensors.torch import load_file
+
     from facegen.methods import get_method
+    from facegen.methods.training_utils import set_rng_state
     from facegen.train.strategies import STRATEGIES
     from facegen.workers import quiet_worker
 
@@ -44,9 +50,15 @@ def train_loop_per_worker(config: dict) -> None:
             state = json.loads(open(os.path.join(d, STATE_FILE)).read())
             history = [json.loads(line) for line in open(os.path.join(d, HISTORY_FILE))]
             strategy.load(d)
+            own = os.path.join(d, RANK_STATE.format(rank))
+            exact = state.get("world") == world and os.path.exists(own)
+            if exact:  # this rank's own position and generators
+                state = {**state, **json.loads(open(own).read())}
+                set_rng_state(task, load_file(os.path.join(d, RANK_RNG.format(rank))))
         if rank == 0:
-            print(f"[train] resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})",
-                  flush=True)
+            note = "" if exact else " — saved with another number of workers: data order and noise start afresh"
+            print(f"[train] resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch_in_epoch']})"
+                  f"{note}", flush=True)
             history.append({"event": "resumed", "step": state["step"]})
 
     shard = ray.train.get_dataset_shard("train")
@@ -76,7 +88,8 @@ def train_loop_per_worker(config: dict) -> None:
                           f"lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s", flush=True)
                     tick, samples = time.perf_counter(), 0
             if step % cfg.checkpoint_every == 0 or last:
-                _save(strategy, rank, {"step": step, "epoch": epoch, "batch_in_epoch": position}, history)
+                _save(strategy, task, rank, {"step": step, "world": world, "epoch": epoch, "batch_in_epoch": position},
+                      history)
             if step >= config["max_steps"]:
                 break
         skip = 0
@@ -98,16 +111,21 @@ def _mean_over_workers(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
-def _save(strategy, rank: int, state: dict, history: list) -> None:
+def _save(strategy, task, rank: int, state: dict, history: list) -> None:
     import ray.train
+    from safetensors.torch import save_file
+
+    from facegen.methods.training_utils import rng_state
 
     with tempfile.TemporaryDirectory() as d:
         strategy.save(d, rank)
+        with open(os.path.join(d, RANK_STATE.format(rank)), "w") as f:
+            json.dump({"epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"]}, f)
+        save_file(rng_state(task), os.path.join(d, RANK_RNG.format(rank)))
         if rank == 0:
             with open(os.path.join(d, STATE_FILE), "w") as f:
                 json.dump(state, f)
             with open(os.path.join(d, HISTORY_FILE), "w") as f:
                 f.writelines(json.dumps(h) + "\n" for h in history)
-        has_files = bool(os.listdir(d))
         ray.train.report({"step": state["step"], "loss": next((h["loss"] for h in reversed(history) if "loss" in h), math.nan)},
-                         checkpoint=ray.train.Checkpoint.from_directory(d) if has_files else None)
+                         checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -37,7 +37,7 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
     from ray.train.torch import TorchTrainer
 
     from facegen.jobs import ensure_ray
-    from facegen.train.data import check_training_data, training_dataset
+    from facegen.train.data import check_training_data, exact_split, training_dataset
 
     cfg = preset.train
     if max_steps is not None:
@@ -65,11 +65,12 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
         train_loop_config={"preset": preset, "method": method, "strategy": strategy, "max_steps": cfg.max_steps},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=RUN_NAME, storage_path=out.uri_of("checkpoints"),
-                             storage_filesystem=out.fs if out.is_s3 else None,
+        run_config=RunConfig(name=RUN_NAME, storage_path=out.path("checkpoints"),  # a path inside storage_filesystem
+                             storage_filesystem=out.fs if out.is_remote else None,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
         datasets={"train": dataset},
+        dataset_config=exact_split() if cfg.materialize else None,
     )
     start = time.perf_counter()
     result = trainer.fit()
