@@ -24,7 +24,6 @@ RANK_STATE, RANK_RNG = "rank-{}.json", "rng-rank-{}.safetensors"  # one of each 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
-
     from safetensors.torch import load_file
 
     from facegen.methods import get_method
