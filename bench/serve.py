@@ -1,6 +1,8 @@
 """Serving benchmark, measured in one run: the HTTP round trip of POST /v1/generate vs the same generation as a direct
-pipeline call in this process (ratio), and the throughput of 8 concurrent HTTP clients vs 1 (ratio). On a GPU the
-absolute times are printed with the device named.
+pipeline call in this process (ratio), the throughput of 8 concurrent HTTP clients vs 1 (ratio), and the generator
+replica's busy fraction under the 8-client load (seconds drawing ÷ wall seconds; each response reports its batch's
+draw time and size, so Σ draw_ms / batch_size over responses is the replica's drawing time). On a GPU the absolute
+times are printed with the device named.
 
     python bench/serve.py [--method dreamidentity|faceclip] [--preset tiny] [--requests 6] [--steps 10] [--size 256]
 """
@@ -42,11 +44,13 @@ def direct_seconds(method: str, preset: str, photo: Path, args) -> float:
     return statistics.median(times)
 
 
-def http_call(url: str, body: dict) -> float:
+def http_call(url: str, body: dict, seen: list | None = None) -> float:
     start = time.perf_counter()
     r = requests.post(url + "/v1/generate", data=json.dumps(body), headers={"Content-Type": "application/json"},
                       timeout=600)
     r.raise_for_status()
+    if seen is not None:
+        seen.append(r.json())
     return time.perf_counter() - start
 
 
@@ -88,11 +92,14 @@ def main() -> int:
         for i in range(args.requests):
             http_call(url, {**body, "seed": i})
         one_client = args.requests / (time.perf_counter() - start)
-        n = args.requests * args.clients
+        n, seen = args.requests * args.clients, []
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(lambda i: http_call(url, {**body, "seed": i}), range(n)))
-        many_clients = n / (time.perf_counter() - start)
+            list(pool.map(lambda i: http_call(url, {**body, "seed": i}, seen), range(n)))
+        wall = time.perf_counter() - start
+        many_clients = n / wall
+        drawing = sum(r["timings_ms"]["generate"] / r["batch_size"] for r in seen) / 1000
+        image_encode = [r["timings_ms"]["image_encode"] for r in seen if "image_encode" in r["timings_ms"]]
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -100,7 +107,11 @@ def main() -> int:
               "direct_s": round(t_direct, 3), "http_s": round(t_http, 3),
               "ratio_http_over_direct": round(t_http / t_direct, 2),
               "requests_per_s_1_client": round(one_client, 3), f"requests_per_s_{args.clients}_clients": round(many_clients, 3),
-              f"ratio_{args.clients}_clients_over_1": round(many_clients / one_client, 2)}
+              f"ratio_{args.clients}_clients_over_1": round(many_clients / one_client, 2),
+              f"generator_busy_fraction_{args.clients}_clients": round(drawing / wall, 3),
+              "mean_batch_size": round(statistics.mean(r["batch_size"] for r in seen), 2)}
+    if image_encode:
+        result["image_encode_ms_median"] = round(statistics.median(image_encode), 1)
     record(f"serve_{args.method}", result)
     return 0
 

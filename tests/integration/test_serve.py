@@ -64,18 +64,64 @@ def png(b64_png: str) -> PIL.Image.Image:
 
 
 def test_generate_both_methods(service, photos):
-    for method, prompt in [("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")]:
+    """Each method over HTTP, in PNG (the default) and JPEG: the image, its watermark and its provenance metadata."""
+    for method, prompt, fmt in [("dreamidentity", "S* as a chef", "png"), ("faceclip", "a chef in a kitchen", "jpeg")]:
+        extra = {} if fmt == "png" else {"format": fmt}
         r = post(service, "/v1/generate", {"method": method, "face_image": b64(photos["astronaut"]), "prompt": prompt,
-                                           "num_images": 2, "seed": 7, **SMALL})
+                                           "num_images": 2, "seed": 7, **SMALL, **extra})
         assert r.status_code == 200, r.text
         out = r.json()
-        assert out["method"] == method and out["seed"] == 7 and len(out["images"]) == 2
-        assert {"total", "generate", "encode"} <= set(out["timings_ms"])
-        img = png(out["images"][0])
-        assert img.size == (256, 256)
+        assert out["method"] == method and out["seed"] == 7 and len(out["images"]) == 2 and out["format"] == fmt
+        assert {"total", "generate", "encode", "image_encode"} <= set(out["timings_ms"])
+        img = PIL.Image.open(io.BytesIO(base64.b64decode(out["images"][1])))
+        assert img.format == watermark.FORMATS[fmt] and img.size == (256, 256)
         assert watermark.detect(img) >= 0.9
-        meta = json.loads(img.info["facegen"])
-        assert meta["method"] == method and meta["seed"] == 7 and meta["preset"] == "tiny"
+        meta = watermark.metadata(img)
+        assert meta["method"] == method and meta["seed"] == 8 and meta["preset"] == "tiny" and meta["prompt"] == prompt
+
+
+def test_the_next_batch_forms_while_a_draw_runs(service):
+    """The generator draws in a worker thread, so requests arriving during a (slow, injected) draw form the next batch
+    meanwhile: it starts as soon as the draw ends, not batch_wait_timeout_s later. Batch settings come from
+    user_config."""
+    import time
+
+    from facegen.serving.batching import GenerationJob
+    from facegen.serving.deployments import Generator
+    from ray import serve
+
+    class SlowDrawGenerator(Generator):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.draws = []
+
+        def job(self, req):
+            return GenerationJob(prompt="S* at the beach", identity={}, seed=req["seed"], width=256, height=256)
+
+        def _draw(self, jobs):
+            start = time.time()
+            time.sleep(1.0)
+            self.draws.append((start, time.time(), len(jobs)))
+            return [PIL.Image.new("RGB", (256, 256))] * len(jobs)
+
+        def draw_log(self):
+            return self.draws
+
+    app = serve.deployment(SlowDrawGenerator, max_ongoing_requests=8,
+                           user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.5}).bind(
+        "dreamidentity", "tiny", None, [b"k" * 32])
+    handle = serve.run(app, name="slow_draw", route_prefix=None)
+    try:
+        first = handle.generate.remote({"seed": 0})
+        time.sleep(0.8)  # the first batch (1 request) formed after 0.5 s and draws for 1 s
+        rest = [handle.generate.remote({"seed": s}) for s in (1, 2, 3)]
+        outs = [r.result(timeout_s=60) for r in (first, *rest)]
+        draws = handle.draw_log.remote().result(timeout_s=30)
+    finally:
+        serve.delete("slow_draw")
+    assert [n for _, _, n in draws] == [1, 3] and [o["batch_size"] for o in outs] == [1, 3, 3, 3]
+    assert draws[1][0] - draws[0][1] < 0.3  # a replica blocked by the draw would add the 0.5 s wait after it
+    assert outs[2]["arrays"][0].dtype == np.uint8 and outs[2]["arrays"][0].shape == (256, 256, 3)
 
 
 def test_encode_once_generate_with_token(service, photos):

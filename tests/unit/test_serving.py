@@ -1,4 +1,5 @@
 """The service's plain parts without Ray: identity tokens, request grouping, the watermark and its CLI."""
+import json
 import subprocess
 import sys
 
@@ -56,10 +57,29 @@ def test_group_compatible_keeps_order_and_caps_images():
     assert all(sum(jobs[i].num_images for i in g) <= 4 for g in groups)
 
 
+@pytest.mark.parametrize("fmt,quality", [("jpeg", 90), ("jpeg", 100), ("webp", 90)])
+def test_every_output_format_carries_the_watermark_and_metadata(tmp_path, photos, fmt, quality):
+    """JPEG (4:4:4 chroma, quality ≥ 90: the API's floor) and WebP (lossless) keep the chroma-borne mark; the metadata
+    rides in EXIF; the `facegen watermark` command reads both, as for PNG."""
+    img = np.asarray(PIL.Image.open(photos["astronaut"]).convert("RGB"))
+    info = {"method": "faceclip", "seed": 5, "prompt": "un café à Paris"}  # non-ASCII survives the ASCII EXIF field
+    path = tmp_path / f"out.{fmt}"
+    path.write_bytes(watermark.encode_with_provenance(img, info, fmt, quality))
+    with PIL.Image.open(path) as opened:
+        assert opened.format == watermark.FORMATS[fmt]
+    report = json.loads(subprocess.run([sys.executable, "-m", "facegen", "watermark", str(path)], capture_output=True,
+                                       text=True, check=True).stdout)
+    report = report[0] if isinstance(report, list) else report
+    assert report["watermarked"] and report["bit_agreement"] == 1.0 and report["metadata"] == info
+    plain = tmp_path / f"plain.{fmt}"
+    PIL.Image.fromarray(img).save(plain, format=watermark.FORMATS[fmt], quality=quality)
+    assert not watermark.inspect(plain)["watermarked"] and watermark.inspect(plain)["metadata"] is None
+
+
 def test_watermark_survives_png_round_trip_and_is_absent_from_plain_images(tmp_path, photos):
     img = PIL.Image.open(photos["astronaut"]).convert("RGB")
     marked = tmp_path / "marked.png"
-    marked.write_bytes(watermark.png_with_provenance(img, {"method": "dreamidentity", "seed": 3}))
+    marked.write_bytes(watermark.encode_with_provenance(img, {"method": "dreamidentity", "seed": 3}, "png"))
     report = watermark.inspect(marked)
     assert report["watermarked"] and report["metadata"] == {"method": "dreamidentity", "seed": 3}
     resaved = tmp_path / "resaved.png"
@@ -155,3 +175,4 @@ def test_vae_slices_batches_and_tiles_large_canvases():
     assert (vae.use_slicing, vae.use_tiling) == (True, False)
     fit_vae_to(vae, images=1, height=2048, width=2048)
     assert (vae.use_slicing, vae.use_tiling) == (False, True)
+

@@ -63,6 +63,11 @@ class GenerateRequest(_Request):
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
     width: int | None = Field(None, ge=256, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=256, le=2048, multiple_of=8)
+    format: Literal["png", "jpeg", "webp"] = Field("png", description="image format; every format carries the "
+                                                   "watermark and the provenance metadata")
+    # Below JPEG quality 90 the invisible watermark no longer reads back (measured: 85 → 42/48 bits, 80 → chance).
+    quality: int = Field(95, ge=90, le=100, description="JPEG quality (90-100: lower erases the watermark), or "
+                                                        "WebP (lossless) compression effort")
 
 
 class ApiError(Exception):

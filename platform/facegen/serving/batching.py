@@ -18,6 +18,19 @@ log = logging.getLogger("facegen.serve")
 
 
 @dataclass
+class BatchingConfig:
+    """A generator's @serve.batch settings, from its deployment's `user_config` (changeable without a redeploy)."""
+    max_batch_size: int = 4  # requests per batch (each up to 4 images; a pipeline call draws at most max_images)
+    batch_wait_timeout_s: float = 0.1  # how long a batch waits to fill once its first request is in
+
+    def __post_init__(self):
+        if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 64:
+            raise ValueError(f"user_config.max_batch_size must be an integer in 1..64, got {self.max_batch_size!r}")
+        if not isinstance(self.batch_wait_timeout_s, (int, float)) or not 0 <= self.batch_wait_timeout_s <= 10:
+            raise ValueError(f"user_config.batch_wait_timeout_s must be 0..10 seconds, got {self.batch_wait_timeout_s!r}")
+
+
+@dataclass
 class GenerationJob:
     prompt: str
     identity: dict  # the method's identity as arrays (Identity.to_arrays)

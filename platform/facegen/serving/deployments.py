@@ -3,12 +3,17 @@ served method, one generator per served method, wired with DeploymentHandles. Re
 travel as encrypted, authenticated identity tokens (tokens.py).
 
     HTTP → Ingress ──encode──▶ FaceEncoder (detect + align + the method's face encoder → identity token)
-                   └─generate─▶ <Method>Generator, one per served method (@serve.batch)
+                   └─generate─▶ <Method>Generator, one per served method (@serve.batch, draws only)
+                   ◀─ uint8 arrays; the ingress watermarks and encodes them (png | jpeg | webp) in its own threads,
+                      so the GPU replica goes straight on to its next batch.
 """
 
+import asyncio
 import base64
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -33,7 +38,7 @@ from facegen.serving.api import (
     install_error_handlers,
     read_body,
 )
-from facegen.serving.batching import GenerationJob, draw_groups
+from facegen.serving.batching import BatchingConfig, GenerationJob, draw_groups
 
 log = logging.getLogger("facegen.serve")
 
@@ -106,6 +111,7 @@ class Generator:
         # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
         self.default_size = (max(cfg.width, watermark.MIN_SIDE), max(cfg.height, watermark.MIN_SIDE))
         self.batch_sizes: list[int] = []
+        self.busy_s, self.started = 0.0, time.perf_counter()
 
     def model_ids(self) -> dict:
         """What this replica loaded, by name (no server paths)."""
@@ -125,8 +131,15 @@ class Generator:
                              width=req.get("width") or self.default_size[0], height=req.get("height") or self.default_size[1],
                              negative_prompt=cfg.negative_prompt if req.get("negative_prompt") is None else req["negative_prompt"])
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.1)
+    def reconfigure(self, user_config: dict) -> None:
+        """`user_config` (serve/config.yaml, or `serve deploy` again: no redeploy): the batch size and wait."""
+        cfg = BatchingConfig(**(user_config or {}))
+        self.generate.set_max_batch_size(cfg.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=BatchingConfig.max_batch_size, batch_wait_timeout_s=BatchingConfig.batch_wait_timeout_s)
     async def generate(self, requests: list[dict]) -> list:
+        """Draw only: images leave as uint8 arrays; the ingress watermarks and encodes them (off this replica)."""
         results: list = [None] * len(requests)
         jobs = []
         for i, req in enumerate(requests):
@@ -135,18 +148,20 @@ class Generator:
             except FacegenError as e:  # one bad token must not fail the others in its batch
                 results[i] = e
         start = time.perf_counter()
-        drawn = draw_groups([j for _, j in jobs], self.max_images, self._draw)
-        ms = round((time.perf_counter() - start) * 1000, 1)
+        # In a worker thread: the replica's event loop keeps accepting requests and forming the next batch meanwhile.
+        drawn = await asyncio.to_thread(draw_groups, [j for _, j in jobs], self.max_images, self._draw)
+        seconds = time.perf_counter() - start
+        self.busy_s += seconds
+        info = {"method": self.method.name, **self.model_ids()}
         for (i, job), out in zip(jobs, drawn):
             if isinstance(out, Exception):
                 results[i] = out
                 continue
             images, batch_size = out
             self.batch_sizes.append(batch_size)
-            info = {"method": self.method.name, "prompt": job.prompt, **self.model_ids()}
-            pngs = [watermark.png_with_provenance(img, {**info, "seed": job.seed + n}) for n, img in enumerate(images)]
-            results[i] = {"images": [base64.b64encode(p).decode() for p in pngs], "seed": job.seed,
-                          "batch_size": batch_size, "ms": ms}
+            results[i] = {"arrays": [np.asarray(img, dtype=np.uint8) for img in images], "seed": job.seed,
+                          "info": {**info, "prompt": job.prompt}, "batch_size": batch_size,
+                          "ms": round(seconds * 1000, 1)}
         return results
 
     def _draw(self, jobs: list[GenerationJob]) -> list:
@@ -164,13 +179,17 @@ class Generator:
                          generator=gens).images
 
     def stats(self) -> dict:
-        return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0)}
+        """Batch sizes so far, and the busy fraction: seconds drawing ÷ seconds alive (bench/serve.py reads it)."""
+        return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0),
+                "batch_sizes": self.batch_sizes[-64:], "busy_s": round(self.busy_s, 3),
+                "busy_fraction": round(self.busy_s / max(time.perf_counter() - self.started, 1e-9), 4)}
 
 
 def generator_deployment(method: str):
     """The deployment of one method's generator, named <Title>Generator (serve/config.yaml names it so)."""
     return serve.deployment(Generator, name=f"{get_method(method).title}Generator",
-                            ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+                            ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8,
+                            user_config=asdict(BatchingConfig()))
 
 
 app = FastAPI(title="facegen", version="2", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP).")
@@ -217,6 +236,7 @@ class Ingress:
                  cors: list | None = None, keys: list[str] | None = None):
         self.encoder, self.generators, self.preset, self.max_body = encoder, generators, preset, max_body
         self.methods, self.model_info = list(generators), model_info
+        self.image_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-encode")  # numpy/Pillow release the GIL
         self.keys = list(keys) if keys is not None else api_keys()
         if not self.keys:
             log.warning("facegen: no FACEGEN_API_KEYS set — the API is open to anyone who can reach it")
@@ -285,11 +305,22 @@ class Ingress:
         out = await self._call(self.generators[req.method].generate, payload)
         if isinstance(out, Exception):
             raise _unwrap(out)
-        timings = {"total": round((time.perf_counter() - start) * 1000, 1), "generate": out["ms"]}
+        images, encode_ms = await self._encode_images(out, req.format, req.quality)
+        timings = {"total": round((time.perf_counter() - start) * 1000, 1), "generate": out["ms"], "image_encode": encode_ms}
         if encoded:
             timings["encode"] = encoded["ms"]
-        return {"images": out["images"], "seed": out["seed"], "method": req.method, "batch_size": out["batch_size"],
-                "timings_ms": timings}
+        return {"images": images, "format": req.format, "seed": out["seed"], "method": req.method,
+                "batch_size": out["batch_size"], "timings_ms": timings}
+
+    async def _encode_images(self, out: dict, fmt: str, quality: int) -> tuple[list[str], float]:
+        """Watermark + encode on this (CPU) replica's thread pool, one image per thread: off the GPU's critical path."""
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        encoded = await asyncio.gather(*(
+            loop.run_in_executor(self.image_pool, watermark.encode_with_provenance, array,
+                                 {**out["info"], "seed": out["seed"] + n}, fmt, quality)
+            for n, array in enumerate(out["arrays"])))
+        return [base64.b64encode(b).decode() for b in encoded], round((time.perf_counter() - start) * 1000, 1)
 
     @app.get("/healthz")
     async def healthz(self):
