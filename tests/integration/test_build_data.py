@@ -106,7 +106,23 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
     assert abs(cached - direct).max() < 1e-2  # float16 storage
 
 
+def _kill_a_map_worker(job: subprocess.Popen, deadline: float) -> str | None:
+    """SIGKILL one Ray Data actor ("ray::MapWorker(…)" processes) that has been up for a second, while `job` runs."""
+    import psutil
+
+    while time.time() < deadline and job.poll() is None:
+        for proc in psutil.process_iter(["cmdline", "create_time"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if cmdline.startswith("ray::MapWorker") and time.time() - proc.info["create_time"] > 1.0:
+                os.kill(proc.pid, signal.SIGKILL)
+                return cmdline
+        time.sleep(0.1)
+    return None
+
+
 def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, tmp_path):
+    """Two faults: the driver SIGKILLed mid-build (continued with --resume), then a Ray Data actor SIGKILLed during
+    the resumed build (retried by Ray Data); the rows equal an uninterrupted build's."""
     out = tmp_path / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(REPO / "jobs" / "build_data.py"), "--output", str(out), "--num-identities", "6",
@@ -121,9 +137,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, 
     assert not (out / "manifest.json").exists(), "the job finished before it could be killed"
     partial = len(selfaug_rows(out))
     assert 0 < partial < 18
-    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "already done" in r.stdout
+    # The resumed build meets a second fault: one of its Ray Data actors is SIGKILLed while it works. Ray Data restarts
+    # the actor and retries its task; the rows must still equal the uninterrupted build's.
+    resumed_run = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed_actor = _kill_a_map_worker(resumed_run, deadline=time.time() + 240)
+    stdout, stderr = resumed_run.communicate(timeout=300)
+    assert resumed_run.returncode == 0, stderr[-2000:]
+    assert "already done" in stdout
+    assert killed_actor, "no Ray Data actor was seen working before the resumed build ended"
     resumed, full = selfaug_rows(out), selfaug_rows(tiny_build)
     assert not resumed.duplicated(["subject", "prompt_index"]).any()
     key = ["subject", "prompt_index"]

@@ -361,3 +361,61 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
         assert models["models"]["faceclip"]["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
     finally:
         serve.delete("production")
+
+
+def test_a_killed_generator_replica_costs_at_most_one_request(service, photos):
+    """Chaos: SIGKILL the DreamIdentity generator's replica while 8 clients send 40 requests. The ingress sends the
+    lost in-flight requests again (drawing is seeded, so that is safe), Serve replaces the replica, /healthz never
+    fails, and at most one request fails."""
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    def replica_pids() -> list[int]:
+        """The process ids of the app's live DreamIdentity generator replicas (Serve names them in namespace "serve")."""
+        pids = []
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["namespace"] == "serve" and "facegen#DreamIdentityGenerator" in actor["name"]:
+                try:
+                    handle = ray.get_actor(actor["name"], namespace="serve")
+                    pids.append(ray.get(handle.__ray_call__.remote(lambda replica: os.getpid()), timeout=30))
+                except (ray.exceptions.RayActorError, ValueError):
+                    pass  # a replica being torn down
+        return pids
+
+    before = replica_pids()
+    assert len(before) == 1
+    token = post(service, "/v1/encode", {"method": "dreamidentity", "face_image": b64(photos["astronaut"])}).json()
+    body = {"method": "dreamidentity", "identity_token": token["identity_token"], "prompt": "S* in the rain", **SMALL}
+    codes, health, stop = [], [], threading.Event()
+
+    def client(k: int) -> None:
+        for i in range(5):
+            codes.append(post(service, "/v1/generate", {**body, "seed": 5 * k + i}).status_code)
+
+    def watch() -> None:
+        while not stop.is_set():
+            health.append(requests.get(service + "/healthz", timeout=10).status_code)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client, k) for k in range(8)]
+        deadline = time.time() + 120
+        while len(codes) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(before[0], signal.SIGKILL)  # mid-load: requests are queued and in flight on it
+        for c in clients:
+            c.result(timeout=300)
+    stop.set()
+    watcher.join()
+    assert len(codes) == 40 and codes.count(200) >= 39, codes
+    assert health and set(health) == {200}
+    deadline = time.time() + 60
+    while not (after := replica_pids()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(after) == 1 and after != before  # replaced
+    assert post(service, "/v1/generate", {**body, "seed": 99}).status_code == 200

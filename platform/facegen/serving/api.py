@@ -1,7 +1,8 @@
 """The public HTTP API (docs/DESIGN.md "HTTP API"): request models, limits, auth and the error contract.
 
 Every error is `{"error": {"code", "message"}}`: 400 invalid_image / no_face / bad_prompt / invalid_identity,
-401 unauthorized, 413 too_large, 415 unsupported_media_type, 422 validation, 503 overloaded / generation_failed.
+401 unauthorized, 413 too_large, 415 unsupported_media_type, 422 validation, 503 overloaded / generation_failed /
+unavailable (the replicas for a request were lost even after retries).
 A user mistake never yields a 5xx. The `method` enum is the method registry's.
 """
 from __future__ import annotations

@@ -247,15 +247,26 @@ class Ingress:
 
             app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST"], allow_headers=["*"])
 
+    # A replica that dies mid-request (a crashed node, a killed process) takes its in-flight requests with it. Encoding
+    # and drawing are deterministic for a given request (seeded), so the ingress sends such a request again — Serve
+    # routes it to a live replica, or queues it until the controller has replaced the dead one.
+    replica_retries = 2
+
     async def _call(self, method, *args):
+        from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError
 
-        try:
-            return await method.remote(*args)
-        except BackPressureError:
-            raise ApiError(503, "overloaded", "the service is at capacity: retry in a moment") from None
-        except FacegenError as e:
-            raise _unwrap(e) from None
+        for attempt in range(self.replica_retries + 1):
+            try:
+                return await method.remote(*args)
+            except BackPressureError:
+                raise ApiError(503, "overloaded", "the service is at capacity: retry in a moment") from None
+            except FacegenError as e:
+                raise _unwrap(e) from None
+            except (RayActorError, ActorUnavailableError) as e:
+                log.warning("a replica was lost during a request (%s): attempt %d of %d", type(e).__name__,
+                            attempt + 1, self.replica_retries + 1)
+        raise ApiError(503, "unavailable", "the replicas serving this request were lost: retry in a moment")
 
     def _served(self, method: str):
         if method not in self.generators:
