@@ -111,7 +111,6 @@ class Generator:
         # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
         self.default_size = (max(cfg.width, watermark.MIN_SIDE), max(cfg.height, watermark.MIN_SIDE))
         self.batch_sizes: list[int] = []
-        self.busy_s, self.started = 0.0, time.perf_counter()
 
     def model_ids(self) -> dict:
         """What this replica loaded, by name (no server paths)."""
@@ -151,7 +150,6 @@ class Generator:
         # In a worker thread: the replica's event loop keeps accepting requests and forming the next batch meanwhile.
         drawn = await asyncio.to_thread(draw_groups, [j for _, j in jobs], self.max_images, self._draw)
         seconds = time.perf_counter() - start
-        self.busy_s += seconds
         info = {"method": self.method.name, **self.model_ids()}
         for (i, job), out in zip(jobs, drawn):
             if isinstance(out, Exception):
@@ -179,10 +177,7 @@ class Generator:
                          generator=gens).images
 
     def stats(self) -> dict:
-        """Batch sizes so far, and the busy fraction: seconds drawing ÷ seconds alive (bench/serve.py reads it)."""
-        return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0),
-                "batch_sizes": self.batch_sizes[-64:], "busy_s": round(self.busy_s, 3),
-                "busy_fraction": round(self.busy_s / max(time.perf_counter() - self.started, 1e-9), 4)}
+        return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0)}
 
 
 def generator_deployment(method: str):

@@ -23,7 +23,6 @@ BITS = [int(b) for b in format(MESSAGE, "048b")]
 MIN_SIDE = 256
 METADATA_KEY = "facegen"
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}  # request name → Pillow format
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXIF_DESCRIPTION = 0x010E
 
 
