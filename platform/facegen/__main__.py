@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet() -> None:
+def _quiet(args) -> None:
+    """Library chatter off unless --verbose. Called just before models load: importing diffusers takes seconds, and a
+    mistake in the arguments should be reported without waiting for it."""
+    if args.verbose:
+        return
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import diffusers
@@ -91,9 +95,8 @@ def save_images_atomically(images, paths: list[Path]) -> None:
 
 
 def cmd_generate(args) -> int:
-    import torch
-
     from facegen.config import load_preset
+    from facegen.face.images import load_image
 
     if not 1 <= args.num_images <= 16:
         raise FacegenError("--num-images must be between 1 and 16")
@@ -105,7 +108,13 @@ def cmd_generate(args) -> int:
     preset.method(method.name)  # the preset offers it
     # The pipeline's own input checks, before any model loads.
     method.pipeline_class().check_inputs(args.prompt, args.negative_prompt or "", args.height, args.width)
+    for face in args.face:  # an unreadable photo fails now, not after the models have loaded
+        load_image(face)
+    import torch
+
     from facegen.methods import load_pipeline
+
+    _quiet(args)
 
     pipe = load_pipeline(method.name, preset, args.model)
     if not args.verbose:
@@ -124,7 +133,9 @@ def cmd_faces(args) -> int:
     from facegen.config import load_preset
     from facegen.face.analyzer import FaceAnalyzer, cosine
 
-    analyzer = FaceAnalyzer(load_preset(args.preset, args.set).face)
+    preset = load_preset(args.preset, args.set)
+    _quiet(args)
+    analyzer = FaceAnalyzer(preset.face)
     report, largest = [], []
     for photo in args.photos:
         faces = analyzer.detect(photo)
@@ -149,8 +160,6 @@ def cmd_watermark(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.verbose:
-        _quiet()
     try:
         return {"generate": cmd_generate, "faces": cmd_faces, "watermark": cmd_watermark}[args.command](args)
     except FacegenError as e:

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 
-def actor_device():
-    """(device, dtype): the GPU Ray gave this actor, if it gave one and torch can use it (fp16); else the CPU (fp32)."""
+def actor_device(dtype: str = "auto", key: str = "dtype"):
+    """(device, dtype): the GPU Ray gave this actor if it gave one and torch can use it, else the CPU; the dtype is
+    the method's `dtype` setting resolved for that device (facegen.devices: auto = fp16 on CUDA, fp32 on a CPU)."""
     import ray
     import torch
 
-    if torch.cuda.is_available() and ray.is_initialized() and ray.get_gpu_ids():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+    from facegen import devices
+
+    on_gpu = torch.cuda.is_available() and ray.is_initialized() and ray.get_gpu_ids()
+    place = devices.resolve(dtype, torch.device("cuda" if on_gpu else "cpu"), key=key)
+    return place.device, place.dtype
 
 
 def quiet_worker() -> None:

@@ -1,27 +1,175 @@
 """The real-shape tier (`pytest -m realshape`, run by `make test` after the fast tier): the real presets' code paths
-through the real entry points, with only the base models swapped for random weights in the public models' exact
-shapes (random:sd21-base, random:sdxl-base) and buffalo_s standing in for the real presets' face packs (no network).
-Small canvases and one step keep it inside the CI budget; the models, their memory and their loading are real-size."""
+through the real entry points — CLI, jobs, evaluation, service — with only what cannot be had offline swapped
+(tests/integration/presets/realshape.yaml: random weights in the public base models' exact shapes, a random CLIP
+ViT-L-14, buffalo_s for the face packs). Small canvases and one step keep it inside the CI budget; the models, their
+memory and their loading are real-size.
+
+fp32 throughout: this CPU has no bf16/fp16 matrix units (bf16 matmul measured 0.6 GFLOP/s against fp32's 112), so
+bf16 would only be slower, not smaller where it counts. SDXL-sized weights in fp32 are ~14 GB, so one SDXL model is in
+memory at a time: each service below serves one method (the two-method topology is the fast tier's serve tests)."""
+import base64
+import io
+import json
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 pytestmark = pytest.mark.realshape
 
+PRESET = str(Path(__file__).parent / "presets" / "realshape.yaml")
+REPO = Path(__file__).resolve().parents[2]
 
-@pytest.mark.parametrize("preset, method, base, extra, prompt", [
-    ("dreamidentity-sd21", "dreamidentity", "random:sd21-base", [], "S* as a chef"),
-    # bf16 keeps SDXL-sized weights under the tier's memory budget on a CPU (fp32 would need ~14 GB)
-    ("faceclip-sdxl", "faceclip", "random:sdxl-base", ["--set", "methods.faceclip.dtype=bf16"], "a chef in a kitchen"),
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def cli_generate(method: str, face: Path, prompt: str, out: Path, *extra: str) -> Image.Image:
+    r = subprocess.run([sys.executable, "-m", "facegen", "generate", "--preset", PRESET, "--method", method,
+                        "--face", str(face), "--prompt", prompt, "--width", "64", "--height", "72", "--steps", "1",
+                        "--out", str(out), *extra], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return Image.open(out)
+
+
+@pytest.mark.parametrize("preset, method, base, prompt", [
+    ("dreamidentity-sd21", "dreamidentity", "random:sd21-base", "S* as a chef"),
+    ("faceclip-sdxl", "faceclip", "random:sdxl-base", "a chef in a kitchen"),
 ])
-def test_cli_generate_at_real_shapes(preset, method, base, extra, prompt, photos, tmp_path):
+def test_cli_generate_at_real_shapes(preset, method, base, prompt, photos, tmp_path):
+    """The shipped preset itself, only the base model and the face pack swapped."""
     out = tmp_path / f"{method}.png"
     r = subprocess.run([sys.executable, "-m", "facegen", "generate", "--preset", preset, "--method", method,
-                        "--set", f"methods.{method}.base_model={base}", "--set", "face.model=buffalo_s", *extra,
+                        "--set", f"methods.{method}.base_model={base}", "--set", "face.model=buffalo_s",
                         "--face", str(photos["astronaut"]), "--prompt", prompt, "--width", "64", "--height", "72",
                         "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     assert Image.open(out).size == (64, 72)
 
+
+@pytest.fixture(scope="module")
+def realshape_data(ray_cluster, load_job, photos, tmp_path_factory):
+    """jobs/build_data.py with SD2.1-base-sized models: 2 identities × 2 edit prompts (all kept) + 2 FFHQ photos,
+    VAE latents cached at 64 px."""
+    root = tmp_path_factory.mktemp("realshape_data")
+    ffhq = root / "ffhq"
+    ffhq.mkdir()
+    shutil.copy(photos["astronaut"], ffhq / "astronaut.png")
+    shutil.copy(photos["tom_hanks"], ffhq / "hanks.png")
+    out = root / "data"
+    assert load_job("build_data").main(["--preset", PRESET, "--output", str(out), "--num-identities", "2",
+                                        "--ffhq", str(ffhq)]) == 0
+    return out
+
+
+def test_build_data_at_real_shapes(realshape_data):
+    from facegen.data.schema import decode_latents
+    from facegen.data.storage import Storage
+
+    manifest = json.loads((realshape_data / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert (c["generated"], c["scored"], c["kept"], c["ffhq_kept"]) == (2, 4, 4, 2), c
+    storage = Storage.open(str(realshape_data))
+    rows = storage.read_parquet(storage.list("selfaug", suffixes=(".parquet",))).to_pylist()
+    assert len(rows) == 4
+    latents = decode_latents(rows[0]["latents"], rows[0]["latents_shape"])
+    assert tuple(latents.shape) == (4, 8, 8)  # SD2.1's VAE: 4 channels, 1/8 of the 64-px target
+
+
+@pytest.fixture(scope="module")
+def m2_model(realshape_data, load_job, tmp_path_factory):
+    """jobs/train_m2.py --strategy deepspeed: the paper-sized M² encoder against the SD2.1-sized UNet, 2 steps."""
+    out = tmp_path_factory.mktemp("m2") / "run"
+    assert load_job("train_m2").main(["--preset", PRESET, "--data", str(realshape_data), "--output", str(out),
+                                      "--num-workers", "1", "--strategy", "deepspeed", "--max-steps", "2"]) == 0
+    curve = losses(out)
+    assert len(curve) == 2 and all(v == v for v in curve)  # finite
+    return out / "model"
+
+
+def test_trained_m2_is_drawn_with_by_the_cli(m2_model, photos, tmp_path):
+    from facegen.methods.dreamidentity.encoder import M2Encoder
+
+    encoder = M2Encoder.from_pretrained(m2_model)
+    assert encoder.m2_config.vit.depth == 24 and encoder.m2_config.token_dim == 1024  # paper-sized, SD2.1's text width
+    img = cli_generate("dreamidentity", photos["astronaut"], "S* as a chef", tmp_path / "m2.png",
+                       "--model", str(m2_model))
+    assert img.size == (64, 72)
+
+
+def test_evaluate_trained_m2(m2_model, ray_cluster, load_job, photos, tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    shutil.copy(photos["astronaut"], faces / "astronaut.png")
+    out = tmp_path / "eval"
+    assert load_job("evaluate").main(["--preset", PRESET, "--model", str(m2_model), "--faces", str(faces),
+                                      "--output", str(out), "--method", "dreamidentity"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["overall"]["images"] == 1 and set(m["per_face"]) == {"astronaut"}
+    assert Image.open(out / "grids" / "astronaut.png").size[0] > 0
+
+
+@pytest.fixture(scope="module")
+def faceclip_model(realshape_data, load_job, tmp_path_factory):
+    """jobs/train_faceclip.py, alignment stage, at SDXL-base shapes: the paper-sized FaceCLIP encoder around
+    SDXL-sized text towers, aligned against a ViT-L-14 CLIP, 2 steps. (The diffusion stage with a LoRA UNet is not in
+    this tier: in fp32 its worker holds SDXL's UNet beside the encoder, CLIP and optimizer, ~20 GB, more than this box
+    has beside Ray; the tiny tier runs it, and the bf16-frozen-base LoRA path is unit-tested.)"""
+    out = tmp_path_factory.mktemp("faceclip") / "align"
+    assert load_job("train_faceclip").main(["--preset", PRESET, "--data", str(realshape_data), "--output", str(out),
+                                            "--num-workers", "1", "--max-steps", "2",
+                                            "--set", "train.batch_size=2"]) == 0
+    curve = losses(out)
+    assert len(curve) == 2 and all(v == v for v in curve)
+    return out / "model"
+
+
+def test_trained_faceclip_is_drawn_with_by_the_cli(faceclip_model, photos, tmp_path):
+    config = json.loads((faceclip_model / "config.json").read_text())  # the export, read without loading 4 GB
+    assert json.loads((faceclip_model / "text_encoder_2" / "config.json").read_text())["hidden_size"] == 1280
+    assert config["_class_name"] == "FaceCLIPEncoder" and config["vit"]["depth"] == 24  # the paper-sized face ViT
+    img = cli_generate("faceclip", photos["astronaut"], "a chef in a kitchen", tmp_path / "fc.png",
+                       "--model", str(faceclip_model))
+    assert img.size == (64, 72)
+
+
+@contextmanager
+def service(method: str, model: Path, port: int):
+    """`serve run serve.app:deploy preset=<realshape> methods=<method> <method>=<model>` on the session's Ray."""
+    import importlib.util
+
+    from ray import serve
+
+    spec = importlib.util.spec_from_file_location("serve_app", REPO / "serve" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(module.deploy({"preset": PRESET, "methods": method, method: str(model), "keys": ["k"]}),
+              name="realshape", route_prefix="/", blocking=False)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+@pytest.mark.parametrize("method, prompt", [("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")])
+def test_service_draws_with_the_trained_model(method, prompt, request, photos, free_port):
+    from facegen.serving import watermark
+
+    model = request.getfixturevalue("m2_model" if method == "dreamidentity" else "faceclip_model")
+    with service(method, model, free_port()) as url:
+        body = {"method": method, "face_image": base64.b64encode(photos["astronaut"].read_bytes()).decode(),
+                "prompt": prompt, "seed": 1, "steps": 1}
+        r = requests.post(url + "/v1/generate", json=body, headers={"Authorization": "Bearer k"}, timeout=1500)
+        assert r.status_code == 200, r.text
+        img = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+        assert img.size == (256, 256) and watermark.detect(img) >= 0.9  # the service's smallest canvas
+        info = requests.get(url + "/v1/models", headers={"Authorization": "Bearer k"}, timeout=60).json()
+        assert info["models"][method]["base_model"] == ("random:sd21-base" if method == "dreamidentity"
+                                                         else "random:sdxl-base")

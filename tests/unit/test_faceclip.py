@@ -179,3 +179,64 @@ def test_trained_unet_is_exported_and_loaded_by_the_pipeline(mode, tmp_path):
         untouched = base.unet(sample, 10, **kwargs).sample
     assert torch.allclose(trained, loaded, atol=1e-5)
     assert not torch.allclose(loaded, untouched, atol=1e-3)
+
+
+def test_a_base_model_stored_in_fp16_trains_in_fp32(tmp_path):
+    """Checkpoints are often fp16 on disk (hub fp16 variants; the random real-shape models): the trained parts must
+    come up in fp32 anyway — at real shapes, fp32 fusion layers met fp16 text towers and training stopped."""
+    from diffusers import StableDiffusionXLPipeline
+    from facegen.methods.faceclip.training import FaceCLIPTask
+    from facegen.weights import resolve_model
+
+    fp16 = tmp_path / "sdxl-fp16"
+    StableDiffusionXLPipeline.from_pretrained(resolve_model("tiny:sdxl"), add_watermarker=False).to(
+        torch.float16).save_pretrained(fp16)
+    preset = load_preset("tiny", [f"methods.faceclip.base_model={fp16}", "methods.faceclip.train.stage=diffusion",
+                                  "methods.faceclip.train.unet=lora"])
+    task = FaceCLIPTask(preset, load_base=False)
+    assert {p.dtype for p in task.trainable.parameters()} == {torch.float32}
+    encoder = task.trainable.encoder
+    embeds, pooled = encoder(["a chef"], torch.randn(1, 512), encoder.encode_faces(torch.zeros(1, 3, 112, 112)))
+    assert embeds.dtype == pooled.dtype == torch.float32
+
+
+def test_lora_training_keeps_the_frozen_unet_in_the_frozen_dtype():
+    """LoRA on SDXL: the base UNet weights run in the frozen dtype (bf16 on a GPU halves its 10 GB), the adapters
+    train in fp32, and the loss reaches them through the mixed-precision forward."""
+    from facegen.methods.faceclip.training import FaceCLIPTask
+    from facegen.methods.training_utils import trained_weights
+
+    preset = load_preset("tiny", ["methods.faceclip.train.stage=diffusion", "methods.faceclip.train.unet=lora",
+                                  "methods.faceclip.train.cond_dropout=0"])
+    task = FaceCLIPTask(preset, frozen_dtype=torch.bfloat16)
+    unet = task.trainable.unet
+    assert {p.dtype for p in unet.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in unet.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert all("lora" in k for k in trained_weights(unet))
+    torch.manual_seed(0)
+    batch = {"prompt": np.array(["a photo of S*", "S* as a chef"]), "face": torch.rand(2, 3, 112, 112) * 2 - 1,
+             "face_embedding": torch.nn.functional.normalize(torch.randn(2, 512), dim=-1),
+             "target": torch.rand(2, 3, 64, 64) * 2 - 1}
+    loss, parts = task(batch)
+    loss.backward()
+    grads = [p.grad for n, p in unet.named_parameters() if "lora_B" in n]
+    assert torch.isfinite(loss) and grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_an_export_that_does_not_fit_is_refused(fc_pipe, tmp_path):
+    """Weights are read one tensor at a time (no second copy of a 4 GB encoder), still strictly: a missing key or a
+    wrong shape is a clear ModelNotFound."""
+    from facegen.errors import ModelNotFound
+    from safetensors.torch import load_file, save_file
+
+    fc_pipe.faceclip_encoder.save_pretrained(tmp_path / "enc")
+    weights = tmp_path / "enc" / "model.safetensors"
+    state = load_file(str(weights))
+    assert FaceCLIPEncoder.from_pretrained(tmp_path / "enc").state_dict().keys() == state.keys()
+    save_file({k: v for k, v in state.items() if k != "pool_gate"}, str(weights))
+    with pytest.raises(ModelNotFound, match="missing.*pool_gate"):
+        FaceCLIPEncoder.from_pretrained(tmp_path / "enc")
+    save_file({**state, "pool_gate": torch.zeros(3)}, str(weights))
+    with pytest.raises(ModelNotFound, match="pool_gate has shape"):
+        FaceCLIPEncoder.from_pretrained(tmp_path / "enc")

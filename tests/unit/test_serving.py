@@ -97,7 +97,8 @@ def test_watermark_survives_png_round_trip_and_is_absent_from_plain_images(tmp_p
     def cli(*files):
         return subprocess.run([sys.executable, "-m", "facegen", "watermark", *map(str, files)], capture_output=True, text=True)
 
-    assert cli(marked).returncode == 0 and '"watermarked": true' in cli(marked).stdout
+    found = cli(marked)
+    assert found.returncode == 0 and '"watermarked": true' in found.stdout
     assert cli(plain).returncode == 1
     missing = cli(tmp_path / "nope.png")
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr

@@ -46,8 +46,8 @@ class _Generator:
 
         quiet_worker()
         self.preset, self.cfg = preset, preset.data
-        self.device, dtype = actor_device()
         section = preset.method(self.cfg.method)
+        self.device, dtype = actor_device(section.dtype, key=f"methods.{self.cfg.method}.dtype")
         parts = load_sd21_components(section.base_model, section.sha256, torch_dtype=dtype)
         parts["scheduler"] = make_scheduler(section.sampling.scheduler, parts["scheduler"])
         self.pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
@@ -186,10 +186,12 @@ class LatentStage:
         from facegen.weights import resolve_model
 
         quiet_worker()
-        self.device, self.dtype = actor_device()
         section = preset.method(preset.data.method)
+        self.device, self.dtype = actor_device(section.dtype, key=f"methods.{preset.data.method}.dtype")
         path = resolve_model(section.base_model, section.sha256)
         self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=self.dtype).to(self.device).eval()
+        if self.vae.config.force_upcast and self.dtype == torch.float16:  # SDXL's VAE overflows in fp16
+            self.vae, self.dtype = self.vae.float(), torch.float32
         self.column = image_column
 
     @torch.no_grad()

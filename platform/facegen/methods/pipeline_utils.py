@@ -59,9 +59,9 @@ def check_common_inputs(prompts: list[str], negative_prompt, height: int | None,
                         needs_placeholder: bool) -> list[str]:
     """The checks every pipeline runs before drawing (and the CLI and HTTP layer run before queueing):
     sizes, the placeholder rule, negative prompts. Returns the negative prompts, one per prompt."""
-    for size in (height, width):
+    for name, size in (("width", width), ("height", height)):
         if size is not None and (not isinstance(size, int) or size <= 0 or size % 8):
-            raise BadPrompt(f"width and height must be positive multiples of 8, got {width}×{height}")
+            raise BadPrompt(f"{name} must be a positive multiple of 8, got {size}")
     if needs_placeholder:
         for text in prompts:
             if PLACEHOLDER not in text:

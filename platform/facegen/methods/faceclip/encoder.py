@@ -24,7 +24,7 @@ from diffusers import ModelMixin
 from torch import nn
 
 from facegen.methods.faceclip.config import FaceCLIPEncoderConfig
-from facegen.models.export import read_export, save_export
+from facegen.models.export import load_export_weights, read_export, save_export
 from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
 from facegen.models.tokens import PERSON_WORDS, PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
 
@@ -195,12 +195,12 @@ class FaceCLIPEncoder(ModelMixin):
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        d, config, state = read_export(directory, FaceCLIPEncoderConfig, "FaceCLIP encoder", "model")
+        d, config, _ = read_export(directory, FaceCLIPEncoderConfig, "FaceCLIP encoder", "model", weights=False)
         towers = [CLIPTextModel(CLIPTextConfig.from_pretrained(d / "text_encoder")),
                   CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d / "text_encoder_2"))]
         tokenizers = [CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2")]
         model = cls(config, towers[0], towers[1], tokenizers[0], tokenizers[1])
-        model.load_state_dict(state)
+        load_export_weights(model, d)
         return (model.to(torch_dtype) if torch_dtype else model).eval()
 
 

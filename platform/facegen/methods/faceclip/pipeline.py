@@ -39,13 +39,19 @@ METHOD_NAME = "faceclip"
 LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
 
 
-def load_trained_unet(model_dir: str | os.PathLike, unet):
-    """A UNet trained with the encoder (train.unet=full → <model>/unet/, lora → <model>/unet_lora/), else `unet`."""
+def has_trained_unet(model_dir: str | os.PathLike) -> bool:
+    """An export of a train.unet=full run: its UNet replaces the base model's."""
+    return (Path(model_dir) / "unet" / "config.json").is_file()
+
+
+def load_trained_unet(model_dir: str | os.PathLike, unet, dtype: torch.dtype):
+    """A UNet trained with the encoder (train.unet=full → <model>/unet/, lora → <model>/unet_lora/ on `unet`), else
+    `unet` (None when the base UNet was not loaded because a full one is exported)."""
     from diffusers import UNet2DConditionModel
 
     d = Path(model_dir)
-    if (d / "unet" / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=unet.dtype)
+    if has_trained_unet(d):
+        return UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype)
     if (d / LORA_DIR / LORA_FILE).is_file():
         unet.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="faceclip")
     return unet
@@ -131,8 +137,14 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         p = as_preset(preset, overrides)
         section = p.method(METHOD_NAME)
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
-        c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
         weights = model or section.model
+        dtype = torch_dtype or place.dtype
+        # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
+        # loaded for nothing), and a fully trained UNet replaces the base one (10 GB in fp32).
+        skip = ()
+        if weights:
+            skip = ("text_encoder", "text_encoder_2") + (("unet",) if has_trained_unet(weights) else ())
+        c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
         if weights:
             verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
             encoder = FaceCLIPEncoder.from_pretrained(weights)
@@ -140,7 +152,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
         s = section.sampling
-        unet = load_trained_unet(weights, c["unet"]) if weights else c["unet"]
+        unet = load_trained_unet(weights, c["unet"], dtype) if weights else c["unet"]
         pipe = cls(unet=unet, vae=c["vae"], scheduler=make_scheduler(s.scheduler, c["scheduler"]),
                    faceclip_encoder=_in_dtype(encoder, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,

@@ -53,7 +53,9 @@ class FaceCLIPTask(nn.Module):
         # or the VAE — 10 GB of SDXL weights per worker that would sit unused.
         needs_unet = self.diffusion and (load_base or t.unet != "frozen")
         skip = () if needs_unet else ("unet", "vae")
-        c = load_sdxl_components(s.base_model, s.sha256, skip=skip)
+        # fp32 whatever the checkpoint's dtype on disk: the text towers inside the encoder and a LoRA / full UNet are
+        # trained (fp32 master weights); the frozen VAE and UNet are cast to frozen_dtype below.
+        c = load_sdxl_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
         if s.model:
             from facegen.pins import verify_sha256
 
@@ -71,6 +73,10 @@ class FaceCLIPTask(nn.Module):
             unet = c["unet"].requires_grad_(False)
             unet.add_adapter(LoraConfig(r=t.lora_rank, lora_alpha=t.lora_rank, init_lora_weights="gaussian",
                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+            # The base weights stay frozen, so they run in frozen_dtype (bf16 on a GPU: 5 GB of SDXL's 10 GB saved);
+            # only the adapters train, in fp32. peft casts activations between the two.
+            for p in unet.parameters():
+                p.data = p.data.to(torch.float32 if p.requires_grad else frozen_dtype)
         self.trainable = FaceCLIPTrainable(encoder, unet).to(self.device)
         if load_base:
             from facegen.models.clip_scorer import ClipScorer
