@@ -28,7 +28,11 @@ PROMPTS = {"dreamidentity": "S* as a chef", "faceclip": "a chef in a kitchen"}
 
 
 def direct_seconds(method: str, preset: str, photo: Path, args) -> float:
-    """Median seconds of encode + generate with the pipeline in this process (what one HTTP request does)."""
+    """Median seconds of encode + generate with the pipeline in this process (what one HTTP request does). On a CPU
+    with the replica's thread count: Ray runs an actor asking for under one CPU with one torch thread, and a direct
+    call on every core would make the HTTP ratio measure threads, not the service."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
     pipe = load_pipeline(method, preset)
     pipe.set_progress_bar_config(disable=True)
     times = []
