@@ -106,8 +106,11 @@ def cmd_generate(args) -> int:
     preset = load_preset(args.preset, args.set)
     method = get_method(args.method or (preset.method_names or NAMES)[0])
     preset.method(method.name)  # the preset offers it
-    # The pipeline's own input checks, before any model loads.
-    method.pipeline_class().check_inputs(args.prompt, args.negative_prompt or "", args.height, args.width)
+    # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
+    from facegen.methods.pipeline_utils import as_prompts, check_common_inputs
+
+    check_common_inputs(as_prompts(args.prompt), args.negative_prompt or "", args.height, args.width,
+                        needs_placeholder=method.needs_placeholder)
     for face in args.face:  # an unreadable photo fails now, not after the models have loaded
         load_image(face)
     import torch
