@@ -64,15 +64,25 @@ def _load_job(name: str):
 
 
 @pytest.fixture(scope="session")
-def train_data(ray_cluster, load_job, photos, tmp_path_factory):
-    """A tiny training set: 2 identities × 2 edit prompts, all kept (4 self-aug rows), plus 2 FFHQ photos."""
+def ffhq_folder(photos):
+    """ffhq_folder(root) → root/ffhq_photos holding two real face photos: the FFHQ input of a training-set build."""
     import shutil
 
+    def make(root: Path) -> Path:
+        ffhq = root / "ffhq_photos"
+        ffhq.mkdir()
+        shutil.copy(photos["astronaut"], ffhq / "astronaut.png")
+        shutil.copy(photos["tom_hanks"], ffhq / "hanks.png")
+        return ffhq
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def train_data(ray_cluster, load_job, ffhq_folder, tmp_path_factory):
+    """A tiny training set: 2 identities × 2 edit prompts, all kept (4 self-aug rows), plus 2 FFHQ photos."""
     root = tmp_path_factory.mktemp("train_data")
-    ffhq = root / "ffhq_photos"
-    ffhq.mkdir()
-    shutil.copy(photos["astronaut"], ffhq / "astronaut.png")
-    shutil.copy(photos["tom_hanks"], ffhq / "hanks.png")
+    ffhq = ffhq_folder(root)
     out = root / "data"
     rc = load_job("build_data").main(["--output", str(out), "--num-identities", "2", "--ffhq", str(ffhq),
                                       "--set", "data.max_prompts=2", "--set", "data.keep_fraction=1.0",

@@ -54,14 +54,11 @@ def test_cli_generate_at_real_shapes(preset, method, base, prompt, photos, tmp_p
 
 
 @pytest.fixture(scope="module")
-def realshape_data(ray_cluster, load_job, photos, tmp_path_factory):
+def realshape_data(ray_cluster, load_job, ffhq_folder, tmp_path_factory):
     """jobs/build_data.py with SD2.1-base-sized models: 2 identities × 2 edit prompts (all kept) + 2 FFHQ photos,
     VAE latents cached at 64 px."""
     root = tmp_path_factory.mktemp("realshape_data")
-    ffhq = root / "ffhq"
-    ffhq.mkdir()
-    shutil.copy(photos["astronaut"], ffhq / "astronaut.png")
-    shutil.copy(photos["tom_hanks"], ffhq / "hanks.png")
+    ffhq = ffhq_folder(root)
     out = root / "data"
     assert load_job("build_data").main(["--preset", PRESET, "--output", str(out), "--num-identities", "2",
                                         "--ffhq", str(ffhq)]) == 0
