@@ -79,7 +79,7 @@ def stock_call(pipe, method: str, identity):
         kwargs = {"prompt": "a person as a chef"}
     else:
         embeds, pooled = pipe.encode_prompt_with_identity("a chef", identity)
-        neg, neg_pooled = pipe.encode_prompt_with_identity("", pipe.zero_condition())
+        neg, neg_pooled = pipe.encode_negative("")
         stock = StableDiffusionXLPipeline(vae=pipe.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
                                           tokenizer_2=None, unet=pipe.unet, scheduler=pipe.scheduler,
                                           add_watermarker=False)

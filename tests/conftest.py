@@ -39,3 +39,29 @@ def tiny_pipe():
     pipe = DreamIdentityPipeline.from_preset("tiny")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+OFFICIAL_FIXTURE = REPO / "tests" / "fixtures" / "faceclip_official" / "small.npz"
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint(tmp_path_factory) -> dict:
+    """ByteDance's FaceCLIP checkpoint format at the tiny preset's sizes: the parity fixture's state dict (made by the
+    official code) saved as face_clip_encoder.pt ("model." keys, as published), a tiny SDXL UNet (shifted, so it
+    differs from the base one) as unet.pt, and both converted with `python -m facegen convert faceclip-official`."""
+    import numpy as np
+    import torch
+    from facegen.__main__ import main
+    from facegen.weights import load_sdxl_components
+
+    d = tmp_path_factory.mktemp("official")
+    z = np.load(OFFICIAL_FIXTURE)
+    state = {"model." + k[len("state/"):]: torch.from_numpy(z[k]) for k in z.files if k.startswith("state/")}
+    torch.save(state, d / "face_clip_encoder.pt")
+    unet = load_sdxl_components("tiny:sdxl", skip=("vae", "text_encoder", "text_encoder_2"))["unet"]
+    unet_state = {k: v + 0.01 if k.endswith("bias") else v for k, v in unet.state_dict().items()}
+    torch.save(unet_state, d / "unet.pt")
+    assert main(["convert", "faceclip-official", "--encoder", str(d / "face_clip_encoder.pt"), "--unet",
+                 str(d / "unet.pt"), "--out", str(d / "model"), "--preset", "tiny"]) == 0
+    return {"dir": d, "model": d / "model", "encoder_pt": d / "face_clip_encoder.pt", "unet_pt": d / "unet.pt",
+            "unet_state": unet_state, "fixture": z}

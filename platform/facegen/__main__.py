@@ -1,4 +1,4 @@
-"""`python -m facegen generate …` and `python -m facegen faces …` (see the README).
+"""`python -m facegen generate | faces | convert | watermark …` (see the README).
 
 User mistakes (FacegenError) print one line and exit with status 2; nothing is written unless generation succeeds.
 """
@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--preset", default="tiny")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--verbose", action="store_true")
+    c = sub.add_parser("convert", help="convert published weights into facegen's export format (see the README)")
+    c.add_argument("what", choices=["faceclip-official"],
+                   help="faceclip-official: ByteDance's FaceCLIP-SDXL (hub ByteDance/FaceCLIP, model/*.pt; CC-BY-NC-4.0)")
+    c.add_argument("--encoder", required=True, help="face_clip_encoder.pt")
+    c.add_argument("--unet", default=None, help="unet.pt (the fine-tuned SDXL UNet; without it the base UNet is used)")
+    c.add_argument("--out", required=True, help="a new directory: use it as --model DIR, faceclip=DIR")
+    c.add_argument("--preset", default="faceclip-official",
+                   help="whose methods.faceclip sizes the architecture and names the base SDXL (for the UNet config)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--verbose", action="store_true")
     w = sub.add_parser("watermark", help="say whether images carry facegen's invisible watermark (JSON on stdout)")
     w.add_argument("files", nargs="+")
     w.add_argument("--verbose", action="store_true")
@@ -149,6 +159,22 @@ def cmd_faces(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from facegen.config import load_preset
+
+    preset = load_preset(args.preset, args.set)
+    preset.method("faceclip")
+    for flag, path in (("--encoder", args.encoder), ("--unet", args.unet)):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise FacegenError(f"{flag} {path}: no such file")
+    _quiet(args)
+    from facegen.methods.faceclip.convert import convert_official
+
+    for path in convert_official(args.encoder, args.unet, args.out, preset):
+        print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
 def cmd_watermark(args) -> int:
     from facegen.face.images import load_image
     from facegen.serving.watermark import inspect
@@ -164,7 +190,8 @@ def cmd_watermark(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "faces": cmd_faces, "watermark": cmd_watermark}[args.command](args)
+        commands = {"generate": cmd_generate, "faces": cmd_faces, "convert": cmd_convert, "watermark": cmd_watermark}
+        return commands[args.command](args)
     except FacegenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -45,7 +45,7 @@ def test_at_init_the_conditioning_is_sdxls_own(fc_pipe, photos):
     torch.testing.assert_close(ours, embeds, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours_pooled, pooled, rtol=0, atol=1e-5)
     # and the image equals SDXL's own pipeline given those embeddings
-    neg, neg_pooled = fc_pipe.encode_prompt_with_identity("", fc_pipe.zero_condition())
+    neg, neg_pooled = fc_pipe.encode_negative("")
     kw = dict(num_inference_steps=4, guidance_scale=5.0, width=64, height=48, output_type="np")
     theirs = sdxl(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=neg,
                   negative_pooled_prompt_embeds=neg_pooled, generator=torch.Generator().manual_seed(2), **kw).images

@@ -20,14 +20,19 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
     """Write `config` (a dataclass; a face ViT checkpoint path in it is dropped) and every weight of `model`."""
+    return write_export(directory, model.state_dict(), config, type(model).__name__)
+
+
+def write_export(directory: str | os.PathLike, state: dict[str, torch.Tensor], config, class_name: str) -> Path:
+    """An export from a state dict: config.json (`config` as a dict, `_class_name` first) + model.safetensors."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config)
     if isinstance(data.get("vit"), dict):
         data["vit"]["weights"] = data["vit"]["weights_sha256"] = None  # the ViT's weights are in model.safetensors now
-    name = type(model).__name__
+    name = class_name
     tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp_w),
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp_w),
               metadata={"format": "pt", "facegen": name})
     tmp_c.write_text(json.dumps({"_class_name": name, **data}, indent=2))
     os.replace(tmp_w, d / WEIGHTS_NAME)

@@ -3,12 +3,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from facegen.errors import ConfigError
 from facegen.methods.base import SamplingConfig
 from facegen.models.config import FaceViTConfig
+
+ARCHITECTURES = ("facegen", "official")
+
+
+@dataclass
+class OfficialTextTowerConfig:
+    """One branch's open_clip text tower (defaults: ViT-L-14-quickgelu's, MetaCLIP weights)."""
+
+    width: int = 768
+    heads: int = 12
+    layers: int = 12
+    quick_gelu: bool = True  # L: QuickGELU; bigG: exact GELU (the official config has no quick_gelu for it)
+    vocab_size: int = 49408
+    context_length: int = 77
+
+
+@dataclass
+class OfficialFuserConfig:
+    """The GroundingDINO-style feature enhancer that fuses each branch's text with the face patches."""
+
+    layers: int = 6
+    heads: int = 8  # deformable attention; the text enhancer and the bi-attention use heads // 2
+    ffn: int = 2048  # deformable FFN; the text FFN and the bi-attention width are ffn // 2
+    points: int = 4  # sampling points per head (one level: the face ViT's 12×12 grid)
+
+
+@dataclass
+class OfficialFaceCLIPConfig:
+    """ByteDance's published FaceCLIP-SDXL encoder (bytedance/FaceCLIP @ a984887): the sizes its checkpoint holds."""
+
+    tower_l: OfficialTextTowerConfig = field(default_factory=OfficialTextTowerConfig)
+    tower_g: OfficialTextTowerConfig = field(default_factory=lambda: OfficialTextTowerConfig(
+        width=1280, heads=20, layers=32, quick_gelu=False))
+    vit: FaceViTConfig = field(default_factory=lambda: FaceViTConfig(embed_dim=768, depth=24, num_heads=8))
+    fuser: OfficialFuserConfig = field(default_factory=OfficialFuserConfig)
+    prefix: str = "Photo of a id person."
+    id_word: str = "id"
+    face_crop: int = 448  # the aligned crop it was trained on (ArcFace's template × 4), resized to vit.img_size
+    autocast: bool = True  # on CUDA: bf16 autocast for towers, ViTs and projections, the fuser in fp32 (as official)
 
 
 @dataclass
 class FaceCLIPEncoderConfig:
+    # facegen: our encoder (SDXL's own text towers, gated fusion; trains from SDXL). official: ByteDance's published
+    # architecture (MetaCLIP towers, GroundingDINO fuser), loaded from a converted checkpoint (`facegen convert`).
+    architecture: str = "facegen"
+    official: OfficialFaceCLIPConfig = field(default_factory=OfficialFaceCLIPConfig)
     vit: FaceViTConfig = field(default_factory=FaceViTConfig)
     face_embedding_dim: int = 512  # the face analyzer's recognizer vector
     fusion_layers: int = 4
@@ -16,6 +60,11 @@ class FaceCLIPEncoderConfig:
     id_word: str = "id"
     clip_embed_dim: int = 768  # the CLIP image embedding the alignment loss aims at (ViT-L-14: 768)
     seed: int = 0
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"methods.faceclip.encoder.architecture '{self.architecture}': use one of "
+                              f"{', '.join(ARCHITECTURES)}")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch import nn
 
 from facegen.methods.faceclip.config import FaceCLIPEncoderConfig
 from facegen.models.export import load_export_weights, read_export, save_export
-from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
+from facegen.models.face_vit import FaceViT, faces_to_tensor, load_arcface_checkpoint
 from facegen.models.tokens import PERSON_WORDS, PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
 
 TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
@@ -84,8 +84,26 @@ def sigmoid_contrastive(a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tenso
     return -F.logsigmoid(labels * logits).sum() / len(a)
 
 
+class FaceReader(nn.Module):
+    """Aligned face crops (uint8, vit.img_size px) + the recognizer's embeddings → this encoder's face condition;
+    the face ViT only (what a face-encoding replica loads)."""
+
+    def __init__(self, vit: FaceViT):
+        super().__init__()
+        self.vit = vit
+        self.crop_size = vit.config.img_size
+
+    @torch.no_grad()
+    def forward(self, faces_uint8: torch.Tensor, recognizer_embeddings: torch.Tensor):
+        """→ (face_embedding N×512: the recognizer's, face_tokens N×144×D: the ViT's patch tokens)."""
+        p = next(self.vit.parameters())
+        tokens = self.vit(faces_to_tensor(faces_uint8.numpy()).to(p.device, p.dtype)).patch_tokens
+        return recognizer_embeddings.float(), tokens
+
+
 class FaceCLIPEncoder(ModelMixin):
     Config = FaceCLIPEncoderConfig
+    condition_dims = (1, 2)  # one face: face_embedding 512, face_tokens 144×D
 
     def __init__(self, config: FaceCLIPEncoderConfig, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
         super().__init__()
@@ -132,6 +150,31 @@ class FaceCLIPEncoder(ModelMixin):
     def encode_faces(self, faces: torch.Tensor) -> torch.Tensor:
         """B×3×112×112 aligned faces in [-1, 1] → B×N×D patch tokens."""
         return self.vit(faces.to(self._device, self.pool_gate.dtype)).patch_tokens
+
+    def face_reader(self) -> FaceReader:
+        return FaceReader(self.vit)
+
+    @torch.no_grad()
+    def zero_condition(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The all-zero face (a zero embedding, the ViT's tokens of a zero image): the negative's face."""
+        size = self.fc_config.vit.img_size
+        tokens = self.encode_faces(torch.zeros(1, 3, size, size))[0]
+        return torch.zeros(self.fc_config.face_embedding_dim, device=tokens.device), tokens
+
+    def encode_negative(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The negative (and unconditional) conditioning: the negative prompts with the zero face."""
+        e, t = self.zero_condition()
+        b = len(prompts)
+        return self(prompts, e.expand(b, *e.shape), t.expand(b, *t.shape))
+
+    def encode_batch(self, prompts: list[str], faces: torch.Tensor, face_embedding: torch.Tensor,
+                     keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: aligned faces in [-1, 1] and recognizer embeddings; rows where `keep` is False are dropped to
+        the unconditional input (zero face, empty prompt) for classifier-free guidance."""
+        k = keep.to(faces.device).float()
+        prompts = [p if kept else "" for p, kept in zip(prompts, keep.tolist())]
+        faces, face_embedding = faces * k[:, None, None, None], face_embedding * k[:, None]
+        return self(prompts, face_embedding, self.encode_faces(faces))
 
     def prefixed(self, prompt: str) -> str:
         """The prompt as the text towers read it, with the "id" slot marked."""
@@ -202,6 +245,50 @@ class FaceCLIPEncoder(ModelMixin):
         model = cls(config, towers[0], towers[1], tokenizers[0], tokenizers[1])
         load_export_weights(model, d)
         return (model.to(torch_dtype) if torch_dtype else model).eval()
+
+
+def architecture_of(directory: str | os.PathLike) -> str:
+    """"facegen" or "official": which encoder class an export holds (its config.json's _class_name)."""
+    import json
+
+    from facegen.errors import ModelNotFound
+
+    file = Path(directory).expanduser() / "config.json"
+    if not file.is_file():
+        raise ModelNotFound(f"{directory} is not an exported FaceCLIP encoder (no config.json)")
+    name = json.loads(file.read_text()).get("_class_name")
+    return "official" if name == "OfficialFaceCLIPEncoder" else "facegen"
+
+
+def load_encoder(directory: str | os.PathLike, torch_dtype: torch.dtype | None = None):
+    """An exported FaceCLIP encoder of either architecture: ours (a training job's export) or ByteDance's published
+    one (`facegen convert faceclip-official`)."""
+    if architecture_of(directory) == "official":
+        from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
+
+        return OfficialFaceCLIPEncoder.from_pretrained(directory, torch_dtype=torch_dtype)
+    return FaceCLIPEncoder.from_pretrained(directory, torch_dtype=torch_dtype)
+
+
+def load_face_reader(directory: str | os.PathLike | None, config: FaceCLIPEncoderConfig) -> nn.Module:
+    """The face side alone (photos' aligned crops → face condition) of an export, or of a fresh encoder."""
+    if directory is None:
+        if config.architecture == "official":
+            raise_needs_checkpoint()
+        return FaceReader(fresh_face_vit(config))
+    if architecture_of(directory) == "official":
+        from facegen.methods.faceclip.official import exported_face_reader
+
+        return exported_face_reader(directory)
+    return FaceReader(exported_face_vit(directory))
+
+
+def raise_needs_checkpoint():
+    from facegen.errors import ConfigError
+
+    raise ConfigError("methods.faceclip.encoder.architecture is 'official': it has no fresh initialisation, give the "
+                      "converted checkpoint (--model DIR or methods.faceclip.model; see `python -m facegen convert "
+                      "faceclip-official --help`)")
 
 
 def fresh_face_vit(config: FaceCLIPEncoderConfig) -> FaceViT:

@@ -20,7 +20,7 @@ from facegen.errors import BadPrompt
 from facegen.face.align import align_face
 from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
-from facegen.methods.faceclip.encoder import FaceCLIPEncoder, exported_face_vit, fresh_face_vit
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader, raise_needs_checkpoint
 from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
@@ -32,7 +32,6 @@ from facegen.methods.pipeline_utils import (
 from facegen.methods.pipeline_utils import (
     in_dtype as _in_dtype,
 )
-from facegen.models.face_vit import FaceViT, faces_to_tensor
 from facegen.pins import verify_sha256
 
 METHOD_NAME = "faceclip"
@@ -59,8 +58,10 @@ def load_trained_unet(model_dir: str | os.PathLike, unet, dtype: torch.dtype):
 
 @dataclass
 class FaceCLIPCondition:
-    """FaceCLIP's identity — the face condition it fuses with the prompt: the face_embedding (the recognizer's unit
-    vector) and the face ViT's patch tokens of the aligned face. Batched: B×512 and B×N×D."""
+    """FaceCLIP's identity — the face condition it fuses with the prompt: face_embedding, the identity vector put at
+    the prompt's "id" slot, and face_tokens, the face ViT's patch tokens of the aligned face. Our architecture: the
+    recognizer's unit vector (512) and one ViT's tokens (N×D); the official one: a row per branch, each branch's
+    own ViT (2×512, 2×N×D). Batched: one more leading dimension."""
 
     face_embedding: torch.Tensor
     face_tokens: torch.Tensor
@@ -78,7 +79,8 @@ class FaceCLIPCondition:
     def mean(cls, items: Sequence[FaceCLIPCondition]) -> FaceCLIPCondition:
         """Several photos of one person: the normalised mean embedding and the mean face tokens."""
         mean = torch.stack([i.face_embedding for i in items]).mean(dim=0)
-        return cls(mean / mean.norm().clamp(min=1e-12), torch.stack([i.face_tokens for i in items]).mean(dim=0))
+        return cls(mean / mean.norm(dim=-1, keepdim=True).clamp(min=1e-12),
+                   torch.stack([i.face_tokens for i in items]).mean(dim=0))
 
     @classmethod
     def stack(cls, items: Sequence[FaceCLIPCondition]) -> FaceCLIPCondition:
@@ -91,23 +93,23 @@ class FaceCLIPPipelineOutput(BaseOutput):
 
 
 class FaceCLIPFaceEncoder(FaceIdentityEncoder):
-    """Photos → FaceCLIPCondition with only the face stack and the face ViT loaded (no SDXL text towers)."""
+    """Photos → FaceCLIPCondition with only the face stack and the encoder's face reader loaded (its face ViTs; no
+    text towers)."""
 
-    def __init__(self, face_analyzer: FaceAnalyzer, vit: FaceViT):
+    def __init__(self, face_analyzer: FaceAnalyzer, reader):
         super().__init__(face_analyzer)
-        self.vit = vit
+        self.reader = reader
 
     @torch.no_grad()
     def from_detections(self, detections) -> FaceCLIPCondition:
-        size = self.vit.config.img_size
-        faces = faces_to_tensor(np.stack([align_face(rgb, face.kps, size) for rgb, face in detections]))
-        p = next(self.vit.parameters())
-        tokens = self.vit(faces.to(p.device, p.dtype)).patch_tokens
-        return FaceCLIPCondition.mean([FaceCLIPCondition(torch.from_numpy(face.embedding), t.cpu())
-                                       for (_, face), t in zip(detections, tokens)])
+        faces = np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections])
+        embeddings = torch.from_numpy(np.stack([face.embedding for _, face in detections]))
+        face_embedding, face_tokens = self.reader(torch.from_numpy(faces), embeddings)
+        return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
+                                       for e, t in zip(face_embedding, face_tokens)])
 
     def to(self, device):
-        self.vit.to(device)
+        self.reader.to(device)
         return self
 
 
@@ -115,7 +117,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
     _optional_components = ["face_analyzer"]
 
-    def __init__(self, unet, vae, scheduler, faceclip_encoder: FaceCLIPEncoder, face_analyzer: FaceAnalyzer | None = None,
+    def __init__(self, unet, vae, scheduler, faceclip_encoder, face_analyzer: FaceAnalyzer | None = None,
                  num_inference_steps: int = 30, guidance_scale: float = 5.0, height: int = 1152, width: int = 864,
                  negative_prompt: str = ""):
         super().__init__()
@@ -142,12 +144,14 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
         # loaded for nothing), and a fully trained UNet replaces the base one (10 GB in fp32).
         skip = ()
+        if not weights and section.encoder.architecture == "official":
+            raise_needs_checkpoint()
         if weights:
             skip = ("text_encoder", "text_encoder_2") + (("unet",) if has_trained_unet(weights) else ())
         c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
         if weights:
             verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
-            encoder = FaceCLIPEncoder.from_pretrained(weights)
+            encoder = load_encoder(weights)
         else:
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
@@ -170,12 +174,12 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         weights = model or section.model
         if weights:
             verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
-        vit = exported_face_vit(weights) if weights else fresh_face_vit(section.encoder)
-        return FaceCLIPFaceEncoder(FaceAnalyzer(p.face), vit).to(devices.resolve(section.dtype, device).device)
+        reader = load_face_reader(weights, section.encoder)
+        return FaceCLIPFaceEncoder(FaceAnalyzer(p.face), reader).to(devices.resolve(section.dtype, device).device)
 
     @property
     def face_encoder(self) -> FaceCLIPFaceEncoder:
-        return FaceCLIPFaceEncoder(self.face_analyzer, self.faceclip_encoder.vit)
+        return FaceCLIPFaceEncoder(self.face_analyzer, self.faceclip_encoder.face_reader())
 
     # -- inputs ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -183,13 +187,10 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         """Sizes are positive multiples of 8; one negative prompt per prompt (returned). S* is optional."""
         return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=False)
 
-    @torch.no_grad()
-    def zero_condition(self) -> FaceCLIPCondition:
-        """The all-zero face: the negative (and unconditional) face condition."""
-        enc = self.faceclip_encoder
-        size = enc.fc_config.vit.img_size
-        tokens = enc.encode_faces(torch.zeros(1, 3, size, size))[0]
-        return FaceCLIPCondition(torch.zeros(enc.fc_config.face_embedding_dim), tokens)
+    def encode_negative(self, negative_prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The negative (and unconditional) conditioning: the encoder on the all-zero face with the negative
+        prompts (the official architecture also drops its "Photo of a id person." prefix there)."""
+        return self.faceclip_encoder.encode_negative(as_prompts(negative_prompt))
 
     def encode_prompt_with_identity(self, prompt: str | list[str],
                                     identity: FaceCLIPCondition | Sequence[FaceCLIPCondition]):
@@ -201,8 +202,8 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
                 raise BadPrompt(f"{len(identity)} identities for {b} prompts")
             identity = FaceCLIPCondition.stack(identity)
         embedding, tokens = identity.face_embedding, identity.face_tokens
-        if embedding.dim() == 1:
-            embedding, tokens = embedding.expand(b, -1), tokens.expand(b, -1, -1)
+        if embedding.dim() == self.faceclip_encoder.condition_dims[0]:  # one face for every prompt
+            embedding, tokens = embedding.expand(b, *embedding.shape), tokens.expand(b, *tokens.shape)
         return self.faceclip_encoder(prompts, embedding, tokens)
 
     # -- generation --------------------------------------------------------------------------------------------
@@ -226,7 +227,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
             identity = self.encode_identity(face_image)
         # 3. SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt.
         embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
-        neg_embeds, neg_pooled = self.encode_prompt_with_identity(negatives, self.zero_condition())
+        neg_embeds, neg_pooled = self.encode_negative(negatives)
         # 4. Denoise with diffusers' own SDXL pipeline (no text encoders: the conditioning is given).
         fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
         sdxl = StableDiffusionXLPipeline(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,

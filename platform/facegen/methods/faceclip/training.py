@@ -11,8 +11,8 @@ from torch import nn
 
 from facegen.errors import ConfigError
 from facegen.methods.faceclip.config import FaceCLIPTrainConfig
-from facegen.methods.faceclip.encoder import FaceCLIPEncoder
-from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE, METHOD_NAME
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder, architecture_of, load_encoder, raise_needs_checkpoint
+from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE, METHOD_NAME, has_trained_unet, load_trained_unet
 from facegen.methods.training_utils import (
     diffusion_loss,
     frozen,
@@ -26,7 +26,7 @@ from facegen.methods.training_utils import (
 class FaceCLIPTrainable(nn.Module):
     """What trains: the FaceCLIP encoder, plus the SDXL UNet when it is trained (LoRA adapters or fully)."""
 
-    def __init__(self, encoder: FaceCLIPEncoder, unet: nn.Module | None):
+    def __init__(self, encoder: nn.Module, unet: nn.Module | None):
         super().__init__()
         self.encoder = encoder
         self.unet = unet
@@ -39,6 +39,23 @@ def check_train_config(t: FaceCLIPTrainConfig) -> None:
         raise ConfigError(f"methods.faceclip.train.unet '{t.unet}': use one of {', '.join(t.UNET_MODES)}")
 
 
+def architecture(section) -> str:
+    """The encoder a run trains: the model it starts from decides (an export knows its class), else the preset."""
+    return architecture_of(section.model) if section.model else section.encoder.architecture
+
+
+def check_official_training(section) -> None:
+    """ByteDance's architecture fine-tunes with the diffusion loss only: its alignment heads are not published."""
+    t = section.train
+    if architecture(section) != "official":
+        return
+    if not section.model:
+        raise_needs_checkpoint()
+    if t.stage != "diffusion" or t.align_weight:
+        raise ConfigError("fine-tuning the official FaceCLIP encoder: set methods.faceclip.train.stage=diffusion and "
+                          "methods.faceclip.train.align_weight=0 (its alignment-loss heads are not published)")
+
+
 class FaceCLIPTask(nn.Module):
     def __init__(self, preset, device: torch.device | str = "cpu", frozen_dtype: torch.dtype = torch.float32,
                  load_base: bool = True):
@@ -48,11 +65,18 @@ class FaceCLIPTask(nn.Module):
         self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
         s, t = self.section, self.section.train
         check_train_config(t)
+        check_official_training(s)
         self.diffusion = t.stage == "diffusion"
+        self.aligns = architecture(s) == "facegen"  # the alignment loss (and its CLIP targets) needs our heads
         # Only what this stage runs: the alignment stage (and an export of a frozen-UNet run) never needs the UNet
         # or the VAE — 10 GB of SDXL weights per worker that would sit unused.
         needs_unet = self.diffusion and (load_base or t.unet != "frozen")
         skip = () if needs_unet else ("unet", "vae")
+        # An export brings its own text towers, and its UNet when it was trained with one (the converted official
+        # model's fine-tuned SDXL UNet): fine-tuning continues from that, not from the base model's.
+        trained_unet = bool(s.model) and has_trained_unet(s.model)
+        if s.model:
+            skip += ("text_encoder", "text_encoder_2") + (("unet",) if trained_unet else ())
         # fp32 whatever the checkpoint's dtype on disk: the text towers inside the encoder and a LoRA / full UNet are
         # trained (fp32 master weights); the frozen VAE and UNet are cast to frozen_dtype below.
         c = load_sdxl_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
@@ -60,10 +84,12 @@ class FaceCLIPTask(nn.Module):
             from facegen.pins import verify_sha256
 
             verify_sha256(s.model, s.model_sha256, "the FaceCLIP encoder to fine-tune")
-        encoder = (FaceCLIPEncoder.from_pretrained(s.model) if s.model else
+        encoder = (load_encoder(s.model) if s.model else
                    FaceCLIPEncoder.from_sdxl(s.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                              c["tokenizer_2"]))
         encoder.set_trainable(t.train_text, t.train_vit).train()
+        if trained_unet and needs_unet:
+            c["unet"] = load_trained_unet(s.model, None, torch.float32)
         unet = None
         if self.diffusion and t.unet == "full":
             unet = c["unet"].train().requires_grad_(True)
@@ -78,15 +104,15 @@ class FaceCLIPTask(nn.Module):
             for p in unet.parameters():
                 p.data = p.data.to(torch.float32 if p.requires_grad else frozen_dtype)
         self.trainable = FaceCLIPTrainable(encoder, unet).to(self.device)
-        if load_base:
+        if load_base and self.aligns:
             from facegen.models.clip_scorer import ClipScorer
 
             self.clip = ClipScorer(preset.clip).to(self.device)
-            if self.diffusion:
-                self.vae = frozen(c["vae"], self.device, frozen_dtype)
-                if unet is None:
-                    self.frozen_unet = frozen(c["unet"], self.device, frozen_dtype)
-                self.scheduler = train_scheduler(c["scheduler"])
+        if load_base and self.diffusion:
+            self.vae = frozen(c["vae"], self.device, frozen_dtype)
+            if unet is None:
+                self.frozen_unet = frozen(c["unet"], self.device, frozen_dtype)
+            self.scheduler = train_scheduler(c["scheduler"])
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
 
     @property
@@ -96,8 +122,10 @@ class FaceCLIPTask(nn.Module):
     @staticmethod
     def check_config(preset, rows: int) -> None:
         """Before any worker starts: a valid train section; the alignment loss needs 2 rows to contrast."""
-        t = preset.method(METHOD_NAME).train
+        section = preset.method(METHOD_NAME)
+        t = section.train
         check_train_config(t)
+        check_official_training(section)
         if t.stage == "align" and rows < 2:
             raise ConfigError("the alignment loss contrasts rows within a batch: the dataset needs at least 2 rows")
 
@@ -109,20 +137,21 @@ class FaceCLIPTask(nn.Module):
         prompts = [str(p) for p in batch["prompt"]]
         faces = batch["face"].to(self.device)
         face_embedding = batch["face_embedding"].to(self.device)
+        keep = torch.ones(len(prompts), dtype=torch.bool)
         if t.cond_dropout > 0:  # drop (face, prompt) together: the unconditional branch of CFG
-            drop = torch.rand(len(prompts), generator=self.generator) < t.cond_dropout
-            prompts = ["" if d else p for p, d in zip(prompts, drop)]
-            keep = (~drop).to(self.device).float()
-            faces, face_embedding = faces * keep[:, None, None, None], face_embedding * keep[:, None]
-        with torch.no_grad():  # the alignment targets: the target image and the plain prompt
-            targets = ((batch["target"].clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).cpu().numpy()
-            image_embeds = self.clip.embed_images([PIL.Image.fromarray(x) for x in targets]).to(self.device)
-            text_embeds = encoder.plain_text_embeds([self.clip.reading(str(p)) for p in batch["prompt"]])
-        embeds, pooled = encoder(prompts, face_embedding, encoder.encode_faces(faces))
-        align, parts = encoder.alignment_loss(pooled, batch["face_embedding"].to(self.device), text_embeds,
-                                              image_embeds, (t.face_weight, t.text_weight, t.image_weight))
+            keep = ~(torch.rand(len(prompts), generator=self.generator) < t.cond_dropout)
+        embeds, pooled = encoder.encode_batch(prompts, faces, face_embedding, keep)
+        align, parts = torch.zeros((), device=self.device), {}
+        if self.aligns:
+            with torch.no_grad():  # the alignment targets: the target image and the plain prompt
+                targets = ((batch["target"].clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+                image_embeds = self.clip.embed_images([PIL.Image.fromarray(x) for x in targets]).to(self.device)
+                text_embeds = encoder.plain_text_embeds([self.clip.reading(str(p)) for p in batch["prompt"]])
+            align, parts = encoder.alignment_loss(pooled, face_embedding, text_embeds, image_embeds,
+                                                  (t.face_weight, t.text_weight, t.image_weight))
+            parts["align"] = float(align)
         if not self.diffusion:
-            return align, {"align": float(align), **parts}
+            return align, parts
         unet = self.unet
         latents = target_latents(self.vae, batch, self.device, self.vae.dtype, self.cfg.fixed_noise)
         r = latents.shape[-1] * 8
@@ -130,7 +159,7 @@ class FaceCLIPTask(nn.Module):
         mse = diffusion_loss(unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
                              encoder_hidden_states=embeds.to(unet.dtype),
                              added_cond_kwargs={"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids})
-        return mse + t.align_weight * align, {"mse": float(mse), "align": float(align), **parts}
+        return mse + t.align_weight * align, {"mse": float(mse), **parts}
 
     def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
         """The encoder as `FaceCLIPEncoder.save_pretrained`; a trained UNet (LoRA or full) beside it."""
