@@ -61,7 +61,8 @@ class _AppArgs(BaseModel):
 
 # One optional field per registered method: the encoder a training job exported for it.
 AppArgs = create_model("AppArgs", __base__=_AppArgs, **{
-    m: (str | None, Field(None, description=f"an exported {m} encoder (<train output>/model)")) for m in NAMES})
+    m: (str | None, Field(None, description=f"an exported {m} encoder (<train output>/model, or a converted published "
+                                            "model)")) for m in NAMES})
 
 
 def parse_args(args: dict | None) -> BaseModel:

@@ -72,10 +72,17 @@ def test_platform_module_is_not_shadowed():
     assert not (REPO / "platform" / "__init__.py").exists()
 
 
-def test_faceclip_generate_any_multiple_of_eight(photos, tmp_path):
+def test_convert_the_published_faceclip_then_generate_with_it(photos, official_checkpoint, tmp_path):
+    """`convert faceclip-official` (files in the published format, tiny sizes), then `generate --model DIR` at a
+    size that is any multiple of eight."""
+    d, model = official_checkpoint["dir"], tmp_path / "faceclip-official"
+    r = run("convert", "faceclip-official", "--encoder", d / "face_clip_encoder.pt", "--unet", d / "unet.pt",
+            "--out", model, "--preset", "tiny")
+    assert r.returncode == 0, r.stderr
+    assert "model.safetensors" in r.stdout and "diffusion_pytorch_model.safetensors" in r.stdout
     out = tmp_path / "fc.png"
-    r = run("generate", "--method", "faceclip", "--face", photos["group"], "--prompt", "a chef in a kitchen",
-            "--out", out, "--steps", "2", "--width", "72", "--height", "40")
+    r = run("generate", "--method", "faceclip", "--model", model, "--face", photos["group"], "--prompt",
+            "a chef in a kitchen", "--out", out, "--steps", "2", "--width", "72", "--height", "40")
     assert r.returncode == 0, r.stderr
     assert Image.open(out).size == (72, 40)
 

@@ -48,13 +48,14 @@ def test_evaluate_dreamidentity_exported_model(ray_cluster, load_job, faces, tmp
     assert json.loads((out / "manifest.json").read_text())["counts"]["skipped_faces"] == 1
 
 
-def test_evaluate_faceclip_is_deterministic(ray_cluster, load_job, faces, tmp_path):
-    """Fixed seeds: two runs give the same scores."""
+def test_evaluate_faceclip_is_deterministic(ray_cluster, load_job, faces, official_checkpoint, tmp_path):
+    """The converted official FaceCLIP (--model DIR), with fixed seeds: two runs give the same scores."""
     job = load_job("evaluate")
     runs = []
     for i in range(2):
         out = tmp_path / f"fc{i}"
         assert job.main(["--faces", str(faces), "--output", str(out), "--method", "faceclip",
+                         "--model", str(official_checkpoint["model"]),
                          "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3"]) == 0
         runs.append(json.loads((out / "scores.json").read_text()))
     assert runs[0] == runs[1] and len(runs[0]) == 2 * 2 * 2

@@ -304,17 +304,20 @@ def test_web_page_in_headless_chromium(service, photos, tmp_path):
         driver.quit()
 
 
-def test_a_service_with_only_faceclip(service, photos):
-    """`serve run serve.app:deploy preset=tiny methods=faceclip`: no DreamIdentity generator; asking for it is a
-    clear 422 naming what is served."""
+def test_a_service_with_only_the_published_faceclip(service, photos, official_checkpoint):
+    """`serve run serve.app:deploy preset=tiny methods=faceclip faceclip=DIR` with the converted official model: no
+    DreamIdentity generator (asking for it is a clear 422 naming what is served); the face replica reads faces
+    with the official face ViTs alone and the generator draws with the official encoder and UNet."""
     from ray import serve
 
-    serve.run(serve_app().deploy({"preset": "tiny", "methods": "faceclip", "keys": [KEY]}), name="faceclip_only",
-              route_prefix="/fc", blocking=False)
+    model = str(official_checkpoint["model"])
+    serve.run(serve_app().deploy({"preset": "tiny", "methods": "faceclip", "faceclip": model, "keys": [KEY]}),
+              name="faceclip_only", route_prefix="/fc", blocking=False)
     try:
         url = service + "/fc"
         models = requests.get(url + "/v1/models", timeout=60, headers=AUTH).json()
         assert models["methods"] == ["faceclip"] and list(models["models"]) == ["faceclip"]
+        assert models["models"]["faceclip"]["encoder"] == "official0/model", models  # by name, not its path
         r = post(url, "/v1/generate", {"method": "dreamidentity", "face_image": b64(photos["astronaut"]), "prompt": "S*"})
         assert r.status_code == 422 and "not served here (served: faceclip)" in r.json()["error"]["message"]
         r = post(url, "/v1/generate", {"method": "faceclip", "face_image": b64(photos["astronaut"]), "prompt": "a chef",

@@ -86,25 +86,33 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
         assert torch.equal(exported[key.removeprefix("encoder.")], value), key
 
 
-def test_faceclip_diffusion_stage_trains_lora_with_two_ddp_workers(train_data, load_job, tmp_path):
-    """stage=diffusion, unet=lora: the LoRA UNet runs inside the DDP forward, moves, is exported beside the encoder
-    and drawn with by the pipeline."""
+def test_faceclip_diffusion_stage_fine_tunes_the_published_model_with_lora(train_data, load_job, official_checkpoint,
+                                                                            tmp_path):
+    """Fine-tuning from the converted official FaceCLIP (its encoder and its fine-tuned UNet), stage=diffusion,
+    unet=lora, 2 DDP workers: the LoRA UNet runs inside the DDP forward and moves; the export carries the official
+    encoder, the UNet it started from and the adapters, and the pipeline draws with all three."""
+    import torch
     from facegen.methods import load_pipeline
+    from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
     from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE
     from safetensors.torch import load_file
 
     out = tmp_path / "lora"
     rc = load_job("train_faceclip").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
-                                          "--max-steps", "3", "--set", "methods.faceclip.train.stage=diffusion",
+                                          "--max-steps", "3", "--set", f"methods.faceclip.model={official_checkpoint['model']}",
+                                          "--set", "methods.faceclip.train.stage=diffusion",
+                                          "--set", "methods.faceclip.train.align_weight=0",
                                           "--set", "methods.faceclip.train.unet=lora", "--set", "train.lr=1e-2"])
     assert rc == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert [r["step"] for r in rows] == [1, 2, 3] and all("mse" in r and "align" in r for r in rows)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("mse" in r for r in rows)
     lora = load_file(out / "model" / LORA_DIR / LORA_FILE)
     ups = [v for k, v in lora.items() if "lora_B" in k]
     assert ups and any(v.abs().sum() > 0 for v in ups)  # peft starts lora_B at zero: training moved it
     pipe = load_pipeline("faceclip", load_preset("tiny"), out / "model")
+    assert isinstance(pipe.faceclip_encoder, OfficialFaceCLIPEncoder)
     assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+    torch.testing.assert_close(pipe.unet.conv_out.bias, official_checkpoint["unet_state"]["conv_out.bias"])
 
 
 def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):

@@ -44,13 +44,14 @@ def has_trained_unet(model_dir: str | os.PathLike) -> bool:
 
 
 def load_trained_unet(model_dir: str | os.PathLike, unet, dtype: torch.dtype):
-    """A UNet trained with the encoder (train.unet=full → <model>/unet/, lora → <model>/unet_lora/ on `unet`), else
-    `unet` (None when the base UNet was not loaded because a full one is exported)."""
+    """The UNet an export draws with: its own full UNet (<model>/unet/: a train.unet=full run, or the converted
+    official model and what was fine-tuned from it) or else `unet` (the base model's; None when it was not loaded),
+    with the export's LoRA adapters (<model>/unet_lora/) on top when there are any."""
     from diffusers import UNet2DConditionModel
 
     d = Path(model_dir)
     if has_trained_unet(d):
-        return UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype)
     if (d / LORA_DIR / LORA_FILE).is_file():
         unet.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="faceclip")
     return unet

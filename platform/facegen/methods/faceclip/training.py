@@ -162,16 +162,23 @@ class FaceCLIPTask(nn.Module):
         return mse + t.align_weight * align, {"mse": float(mse), **parts}
 
     def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
-        """The encoder as `FaceCLIPEncoder.save_pretrained`; a trained UNet (LoRA or full) beside it."""
+        """The encoder as its class's `save_pretrained`; the UNet it draws with beside it: a trained one (LoRA
+        adapters or a full UNet), and the full UNet of the export training started from (the converted official
+        model's) when that one was not itself trained in full."""
+        import shutil
+
         load_trained_weights(self.trainable, state_dict)
         self.trainable.encoder.save_pretrained(directory)
-        unet = self.trainable.unet
-        if unet is not None and self.section.train.unet == "lora":
+        unet, mode, start = self.trainable.unet, self.section.train.unet, self.section.model
+        if unet is not None and mode == "full":
+            unet.save_pretrained(os.path.join(directory, "unet"))
+            return
+        if start and has_trained_unet(start):
+            shutil.copytree(os.path.join(start, "unet"), os.path.join(directory, "unet"), dirs_exist_ok=True)
+        if unet is not None and mode == "lora":
             from peft.utils import get_peft_model_state_dict
             from safetensors.torch import save_file
 
             os.makedirs(os.path.join(directory, LORA_DIR), exist_ok=True)
             save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()},
                       os.path.join(directory, LORA_DIR, LORA_FILE))
-        elif unet is not None:
-            unet.save_pretrained(os.path.join(directory, "unet"))
