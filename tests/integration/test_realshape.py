@@ -53,6 +53,55 @@ def test_cli_generate_at_real_shapes(preset, method, base, prompt, photos, tmp_p
     assert Image.open(out).size == (64, 72)
 
 
+def test_published_faceclip_at_full_size(photos, tmp_path):
+    """ByteDance's checkpoint format at its real size — random weights in 16 bits like the published files (a 3.15 GB
+    encoder, a 5.1 GB SDXL UNet) — through `convert faceclip-official`, then `generate` with the shipped
+    `faceclip-official` preset (only the base model, the face pack and the precision swapped)."""
+    import gc
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from facegen.methods.faceclip.config import OfficialFaceCLIPConfig
+    from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
+    from facegen.weights import resolve_model
+
+    with torch.device("meta"):
+        encoder = OfficialFaceCLIPEncoder(OfficialFaceCLIPConfig())
+    encoder = encoder.to_empty(device="cpu").to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in encoder.state_dict().items():
+            if "running_var" in name:
+                t.fill_(1)
+            elif t.is_floating_point():
+                t.normal_(0, 0.02, generator=g)
+            else:
+                t.zero_()
+    torch.save({"model." + k: v for k, v in encoder.state_dict().items()}, tmp_path / "face_clip_encoder.pt")
+    del encoder
+    unet = UNet2DConditionModel.from_pretrained(resolve_model("random:sdxl-base") / "unet", torch_dtype=torch.float16)
+    torch.save(unet.state_dict(), tmp_path / "unet.pt")
+    del unet
+    gc.collect()
+    assert (tmp_path / "face_clip_encoder.pt").stat().st_size > 3.1e9  # 1.573 billion 16-bit elements
+    model = tmp_path / "faceclip-official"
+    r = subprocess.run([sys.executable, "-m", "facegen", "convert", "faceclip-official", "--encoder",
+                        str(tmp_path / "face_clip_encoder.pt"), "--unet", str(tmp_path / "unet.pt"), "--out", str(model),
+                        "--set", "methods.faceclip.base_model=random:sdxl-base"],
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("face_clip_encoder.pt", "unet.pt"):
+        (tmp_path / name).unlink()
+    out = tmp_path / "official.png"
+    r = subprocess.run([sys.executable, "-m", "facegen", "generate", "--preset", "faceclip-official", "--model", str(model),
+                        "--set", "methods.faceclip.base_model=random:sdxl-base", "--set", "face.model=buffalo_s",
+                        "--set", "methods.faceclip.dtype=fp32", "--face", str(photos["astronaut"]),
+                        "--prompt", "a woman in a denim shirt on a desert plateau", "--width", "64", "--height", "72",
+                        "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Image.open(out).size == (64, 72)
+
+
 @pytest.fixture(scope="module")
 def realshape_data(ray_cluster, load_job, ffhq_folder, tmp_path_factory):
     """jobs/build_data.py with SD2.1-base-sized models: 2 identities × 2 edit prompts (all kept) + 2 FFHQ photos,
