@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 TINY_VERSION = "v1"  # bump when a config below changes, so caches rebuild
-KINDS = ("sd21", "sdxl")
+KINDS = ("sd21", "sdxl", "controlnet-sd21", "controlnet-sdxl")
 
 
 def build_tiny(kind: str) -> Path:
@@ -27,7 +27,9 @@ def build_tiny(kind: str) -> Path:
         raise ModelNotFound(f"unknown tiny model 'tiny:{kind}' (known: {', '.join('tiny:' + k for k in KINDS)})")
     from facegen.cache import build_once
 
-    return build_once("tiny", f"{kind}-{TINY_VERSION}", _build_sd21 if kind == "sd21" else _build_sdxl)
+    builders = {"sd21": _build_sd21, "sdxl": _build_sdxl, "controlnet-sd21": lambda out: _build_controlnet("sd21", out),
+                "controlnet-sdxl": lambda out: _build_controlnet("sdxl", out)}
+    return build_once("tiny", f"{kind}-{TINY_VERSION}", builders[kind])
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------------------
@@ -137,3 +139,17 @@ def _build_sdxl(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.rmtree(out / "_tok1")
     shutil.rmtree(out / "_tok2")
+
+
+def _build_controlnet(base: str, out: Path) -> None:
+    """A ControlNet for tiny:<base>, made from its UNet as diffusers does for real ones (`from_unet`). Its zero
+    convolutions get small seeded random weights: at zero a ControlNet changes nothing, and tests must see control."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(build_tiny(base) / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.05)
+    controlnet.save_pretrained(out, safe_serialization=True)

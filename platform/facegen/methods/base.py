@@ -14,7 +14,7 @@ photos of one person) and `stack(list)` (one per image of a batch).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -30,6 +30,20 @@ class SamplingConfig:
     # The work one HTTP request may ask for: width × height × steps × num_images, in millions. It bounds how long
     # one request holds a GPU; None = the method's default (its section's MAX_MEGAPIXEL_STEPS, sized for a 24 GB GPU).
     max_megapixel_steps: float | None = None
+
+
+@dataclass
+class ControlNetConfig:
+    """A method's ControlNet for scene switch (head box / pose / control image), loaded on first use."""
+
+    # A ControlNet in the diffusers layout for the method's base model: a hub id, a local directory, or
+    # tiny:controlnet-sd21 / tiny:controlnet-sdxl. None: control inputs are refused with a clear error.
+    model: str | None = None
+    sha256: dict[str, str] = field(default_factory=dict)  # pins for its files
+    render: str = "openpose"  # how a head box + pose is drawn: keypoints (InstantID-style) | openpose
+    scale: float = 1.0  # controlnet_conditioning_scale
+    start: float = 0.0  # control_guidance_start: the fraction of the steps where control begins
+    end: float = 1.0  # control_guidance_end
 
 
 def _load(ref: str):

@@ -134,3 +134,86 @@ class FaceAnalyzerComponent:
         if self.face_analyzer is None:
             raise ConfigError("this pipeline has no face_analyzer: pass identity= or build it with from_preset")
         return self.face_encoder.encode_identity(image)
+
+
+class ControlComponent:
+    """Pipeline mixin: scene switch through a ControlNet (diffusers' `ControlNetModel`), loaded on first use so a
+    pipeline that never gets a control input never holds one. `control_config` is the method's
+    `methods.<name>.controlnet` section (from_preset sets it)."""
+
+    @property
+    def control_config(self):
+        from facegen.methods.base import ControlNetConfig
+
+        return getattr(self, "_control_config", None) or ControlNetConfig()
+
+    @control_config.setter
+    def control_config(self, value) -> None:
+        self._control_config = value
+
+    def load_controlnet(self):
+        if getattr(self, "controlnet", None) is None:
+            from diffusers import ControlNetModel
+
+            from facegen.errors import ModelNotFound
+            from facegen.weights import resolve_model
+
+            c = self.control_config
+            if not c.model:
+                raise ConfigError("no ControlNet is configured for this method, so head_box / control_image cannot be "
+                                  "used: set methods.<method>.controlnet.model (a hub id or a local directory)")
+            try:
+                net = ControlNetModel.from_pretrained(str(resolve_model(c.model, c.sha256)), torch_dtype=self.unet.dtype)
+            except (OSError, ValueError) as e:
+                raise ModelNotFound(f"{c.model} is not a ControlNet in the diffusers layout: {e}") from None
+            self.register_modules(controlnet=net.to(self.unet.device))
+        return self.controlnet
+
+    def prepare_control(self, width: int, height: int, n: int, head_box=None, pose_image=None, face_image=None,
+                        control_image=None, control_scale: float | None = None, control_start: float | None = None,
+                        control_end: float | None = None):
+        """The request's Control (a control image per prompt, at the canvas size), or None without control inputs.
+        head_box: the keypoint map of the pose photo's face (else the reference photo's, else a frontal face)
+        placed in the box; control_image: one image, or one per prompt."""
+        from facegen.control import Control, check_control_params, head_control_image, resize_note
+
+        c = self.control_config
+        if head_box is None and control_image is None:
+            if pose_image is not None:
+                raise BadPrompt("pose_image needs head_box: the box on the output image where the head goes")
+            return None
+        if head_box is not None and control_image is not None:
+            raise BadPrompt("give head_box (with an optional pose photo) or a ready control_image, not both")
+        scale = c.scale if control_scale is None else float(control_scale)
+        start = c.start if control_start is None else float(control_start)
+        end = c.end if control_end is None else float(control_end)
+        check_control_params(scale, start, end)
+        if head_box is not None:
+            source = pose_image if pose_image is not None else _first_photo(face_image)
+            face = None
+            if source is not None:
+                _, detected = self.face_analyzer.largest(source, "the pose photo" if pose_image is not None else
+                                                         "the face photo")
+                face = (detected.kps, detected.bbox)
+            images = [head_control_image(width, height, head_box, face, c.render)] * n
+        else:
+            import PIL.Image
+
+            given = list(control_image) if isinstance(control_image, (list, tuple)) else [control_image] * n
+            if len(given) != n:
+                raise BadPrompt(f"{len(given)} control images for {n} prompts")
+            images = [resize_note(PIL.Image.fromarray(load_image(img)), width, height) for img in given]
+        self.load_controlnet()
+        return Control(image=images, scale=scale, start=start, end=end)
+
+
+def _first_photo(face_image):
+    if face_image is None:
+        return None
+    return face_image[0] if isinstance(face_image, (list, tuple)) else face_image
+
+
+def control_kwargs(control) -> dict:
+    """A Control as diffusers' ControlNet pipelines take it."""
+    return {"image": control.image, "controlnet_conditioning_scale": control.scale,
+            "control_guidance_start": control.start, "control_guidance_end": control.end}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from facegen.methods.base import SamplingConfig
+from facegen.methods.base import ControlNetConfig, SamplingConfig
 from facegen.models.config import FaceViTConfig
 
 
@@ -34,4 +34,5 @@ class DreamIdentityConfig:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU)
     encoder: M2EncoderConfig = field(default_factory=M2EncoderConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
     train: DreamIdentityTrainConfig = field(default_factory=DreamIdentityTrainConfig)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from facegen.errors import BadPrompt, ConfigError
@@ -23,10 +23,12 @@ from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
 from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 from facegen.methods.pipeline_utils import (
+    ControlComponent,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     as_prompts,
     check_common_inputs,
+    control_kwargs,
     fit_vae_to,
     make_scheduler,
 )
@@ -96,20 +98,21 @@ def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
     return M2Encoder.from_config_random(with_token_dim(section.encoder, token_dim))
 
 
-class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
+class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["face_analyzer"]
+    _optional_components = ["face_analyzer", "controlnet"]
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, m2_encoder: M2Encoder,
                  face_analyzer: FaceAnalyzer | None = None, num_inference_steps: int = 30,
-                 guidance_scale: float = 7.5, height: int = 512, width: int = 512, negative_prompt: str = ""):
+                 guidance_scale: float = 7.5, height: int = 512, width: int = 512, negative_prompt: str = "",
+                 controlnet=None):
         super().__init__()
         token_dim = text_encoder.get_input_embeddings().embedding_dim
         if m2_encoder.m2_config.token_dim != token_dim:
             raise ConfigError(f"the M² encoder writes {m2_encoder.m2_config.token_dim}-d tokens but the text "
                               f"encoder's are {token_dim}-d: it was trained for another base model")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              m2_encoder=m2_encoder, face_analyzer=face_analyzer)
+                              m2_encoder=m2_encoder, face_analyzer=face_analyzer, controlnet=controlnet)
         self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                 height=height, width=width, negative_prompt=negative_prompt)
 
@@ -133,6 +136,7 @@ class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         pipe = cls(**components, m2_encoder=_in_dtype(m2, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                    negative_prompt=s.negative_prompt)
+        pipe.control_config = section.controlnet
         return pipe.to(place.device)
 
     @classmethod
@@ -192,13 +196,20 @@ class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", **kwargs) -> DreamIdentityPipelineOutput:
+                 output_type: str = "pil", head_box=None, pose_image: ImageInput | None = None, control_image=None,
+                 control_scale: float | None = None, control_start: float | None = None,
+                 control_end: float | None = None, **kwargs) -> DreamIdentityPipelineOutput:
+        """head_box=(x, y, w, h) on the output places the head (posed as pose_image's face, else face_image's, else
+        frontal) through the ControlNet; control_image= gives the ControlNet's image directly (one, or one per
+        prompt); control_scale / control_start / control_end: its strength and guidance window."""
         cfg = self.config
-        # 1. Check inputs.
+        # 1. Check inputs, and make the control image (if any).
         prompts = as_prompts(prompt)
         height, width = height or cfg.height, width or cfg.width
         negatives = self.check_inputs(prompts, cfg.negative_prompt if negative_prompt is None else negative_prompt,
                                       height, width)
+        control = self.prepare_control(width, height, len(prompts), head_box, pose_image, face_image, control_image,
+                                       control_scale, control_start, control_end)
         # 2. The identity: given, or encoded from the photos (several photos of one person are averaged).
         if identity is None:
             if face_image is None:
@@ -210,11 +221,15 @@ class DreamIdentityPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         # 3. Prompt embeddings with S* filled in; the negative prompt gets the same id_tokens where it says S*.
         prompt_embeds = self.encode_prompt_with_identity(prompts, tokens)
         negative_embeds = self.encode_prompt_with_identity(negatives, tokens, require_placeholder=False)
-        # 4. Denoise with diffusers' own Stable Diffusion pipeline.
+        # 4. Denoise with diffusers' own Stable Diffusion pipeline (its ControlNet pipeline under control).
         fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
-        sd = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                     unet=self.unet, scheduler=self.scheduler, safety_checker=None,
-                                     feature_extractor=None, requires_safety_checker=False)
+        parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                     scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        if control is not None:
+            sd = StableDiffusionControlNetPipeline(**parts, controlnet=self.controlnet)
+            kwargs.update(control_kwargs(control))
+        else:
+            sd = StableDiffusionPipeline(**parts)
         sd.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         out = sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                  num_inference_steps=num_inference_steps or cfg.num_inference_steps,

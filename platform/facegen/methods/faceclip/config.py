@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from facegen.errors import ConfigError
-from facegen.methods.base import SamplingConfig
+from facegen.methods.base import ControlNetConfig, SamplingConfig
 from facegen.models.config import FaceViTConfig
 
 ARCHITECTURES = ("facegen", "official")
@@ -96,4 +96,5 @@ class FaceCLIPConfig:
     encoder: FaceCLIPEncoderConfig = field(default_factory=FaceCLIPEncoderConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
         guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
     train: FaceCLIPTrainConfig = field(default_factory=FaceCLIPTrainConfig)

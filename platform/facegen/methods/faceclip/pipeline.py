@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
 from facegen.errors import BadPrompt
@@ -22,10 +22,12 @@ from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
 from facegen.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader, raise_needs_checkpoint
 from facegen.methods.pipeline_utils import (
+    ControlComponent,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     as_prompts,
     check_common_inputs,
+    control_kwargs,
     fit_vae_to,
     make_scheduler,
 )
@@ -114,16 +116,16 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
         return self
 
 
-class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
+class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
-    _optional_components = ["face_analyzer"]
+    _optional_components = ["face_analyzer", "controlnet"]
 
     def __init__(self, unet, vae, scheduler, faceclip_encoder, face_analyzer: FaceAnalyzer | None = None,
                  num_inference_steps: int = 30, guidance_scale: float = 5.0, height: int = 1152, width: int = 864,
-                 negative_prompt: str = ""):
+                 negative_prompt: str = "", controlnet=None):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, faceclip_encoder=faceclip_encoder,
-                              face_analyzer=face_analyzer)
+                              face_analyzer=face_analyzer, controlnet=controlnet)
         self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                 height=height, width=width, negative_prompt=negative_prompt)
 
@@ -162,6 +164,7 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
                    faceclip_encoder=_in_dtype(encoder, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                    negative_prompt=s.negative_prompt)
+        pipe.control_config = section.controlnet
         return pipe.to(place.device)
 
     @classmethod
@@ -214,13 +217,20 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
                  generator=None, latents: torch.Tensor | None = None, output_type: str = "pil",
-                 **kwargs) -> FaceCLIPPipelineOutput:
+                 head_box=None, pose_image: ImageInput | None = None, control_image=None,
+                 control_scale: float | None = None, control_start: float | None = None,
+                 control_end: float | None = None, **kwargs) -> FaceCLIPPipelineOutput:
+        """head_box=(x, y, w, h) on the output places the head (posed as pose_image's face, else face_image's, else
+        frontal) through the ControlNet; control_image= gives the ControlNet's image directly (one, or one per
+        prompt); control_scale / control_start / control_end: its strength and guidance window."""
         cfg = self.config
-        # 1. Check inputs.
+        # 1. Check inputs, and make the control image (if any).
         prompts = as_prompts(prompt)
         height, width = height or cfg.height, width or cfg.width
         negatives = self.check_inputs(prompts, cfg.negative_prompt if negative_prompt is None else negative_prompt,
                                       height, width)
+        control = self.prepare_control(width, height, len(prompts), head_box, pose_image, face_image, control_image,
+                                       control_scale, control_start, control_end)
         # 2. The face condition: given, or encoded from the photos (several photos of one person are averaged).
         if identity is None:
             if face_image is None:
@@ -229,11 +239,16 @@ class FaceCLIPSDXLPipeline(FaceAnalyzerComponent, DiffusionPipeline):
         # 3. SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt.
         embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
         neg_embeds, neg_pooled = self.encode_negative(negatives)
-        # 4. Denoise with diffusers' own SDXL pipeline (no text encoders: the conditioning is given).
+        # 4. Denoise with diffusers' own SDXL pipeline (its ControlNet pipeline under control; no text encoders:
+        #    the conditioning is given).
         fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
-        sdxl = StableDiffusionXLPipeline(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=self.unet, scheduler=self.scheduler,
-                                         add_watermarker=False)
+        parts = dict(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
+                     unet=self.unet, scheduler=self.scheduler, add_watermarker=False)
+        if control is not None:
+            sdxl = StableDiffusionXLControlNetPipeline(**parts, controlnet=self.controlnet)
+            kwargs.update(control_kwargs(control))
+        else:
+            sdxl = StableDiffusionXLPipeline(**parts)
         sdxl.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         dtype = self.unet.dtype
         out = sdxl(prompt_embeds=embeds.to(dtype), pooled_prompt_embeds=pooled.to(dtype),
