@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from facegen.control import ControlImageResized
 from facegen.errors import FacegenError
 from facegen.methods import NAMES, get_method
 
@@ -37,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
+    g.add_argument("--head-box", default=None, metavar="X,Y,W,H",
+                   help="scene switch: put the head in this box of the output (pixels), through the method's ControlNet")
+    g.add_argument("--pose-from", default=None, metavar="PHOTO",
+                   help="with --head-box: turn the head as the face in this photo (default: as in --face)")
+    g.add_argument("--control-image", default=None, help="a ready control image for the method's ControlNet")
+    g.add_argument("--control-scale", type=float, default=None, help="ControlNet strength (default: the preset's)")
+    g.add_argument("--control-start", type=float, default=None, help="fraction of the steps where control starts")
+    g.add_argument("--control-end", type=float, default=None, help="fraction of the steps where control ends")
     g.add_argument("--verbose", action="store_true", help="show library logs and progress bars")
 
     f = sub.add_parser("faces", help="detect faces and compare the identities of photos (JSON on stdout)")
@@ -123,6 +132,7 @@ def cmd_generate(args) -> int:
                         needs_placeholder=method.needs_placeholder)
     for face in args.face:  # an unreadable photo fails now, not after the models have loaded
         load_image(face)
+    control = control_arguments(args, preset.method(method.name))
     import torch
 
     from facegen.methods import load_pipeline
@@ -133,13 +143,45 @@ def cmd_generate(args) -> int:
     if not args.verbose:
         pipe.set_progress_bar_config(disable=True)
     identity = pipe.encode_identity(args.face)  # several --face photos of one person are averaged
-    out = pipe(prompt=args.prompt, identity=identity, negative_prompt=args.negative_prompt,
-               num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
-               num_images_per_prompt=args.num_images, generator=torch.Generator().manual_seed(args.seed))
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", ControlImageResized)
+        out = pipe(prompt=args.prompt, identity=identity, negative_prompt=args.negative_prompt,
+                   num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
+                   num_images_per_prompt=args.num_images, generator=torch.Generator().manual_seed(args.seed),
+                   face_image=args.face, **control)
+    for note in notes:
+        if issubclass(note.category, ControlImageResized):
+            print(f"note: {note.message}", file=sys.stderr)
     save_images_atomically(out.images, paths)
     for path in paths:
         print(path)
     return 0
+
+
+def control_arguments(args, section) -> dict:
+    """The scene-switch flags as pipeline arguments, checked before any model loads."""
+    from facegen.control import check_control_params, check_head_box, parse_head_box
+    from facegen.face.images import load_image
+
+    if args.pose_from and not args.head_box:
+        raise FacegenError("--pose-from needs --head-box: the box on the output image where the head goes")
+    if args.head_box and args.control_image:
+        raise FacegenError("give --head-box (with an optional --pose-from) or --control-image, not both")
+    if not (args.head_box or args.control_image):
+        return {}
+    c = section.controlnet
+    check_control_params(c.scale if args.control_scale is None else args.control_scale,
+                         c.start if args.control_start is None else args.control_start,
+                         c.end if args.control_end is None else args.control_end)
+    out = {"control_scale": args.control_scale, "control_start": args.control_start, "control_end": args.control_end}
+    if args.head_box:
+        box = check_head_box(parse_head_box(args.head_box), args.width or section.sampling.width,
+                             args.height or section.sampling.height)
+        if args.pose_from:
+            load_image(args.pose_from)
+        return {**out, "head_box": box, "pose_image": args.pose_from}
+    load_image(args.control_image)
+    return {**out, "control_image": args.control_image}
 
 
 def cmd_faces(args) -> int:

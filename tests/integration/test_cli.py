@@ -24,6 +24,22 @@ def test_generate_writes_pictures(photos, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
+def test_scene_switch_head_box_and_control_image(photos, tmp_path):
+    """--head-box puts the head where asked, turned as the --pose-from photo's face; a control image of another size
+    is resized, and the CLI says so."""
+    out = tmp_path / "box.png"
+    r = run("generate", "--method", "dreamidentity", "--face", photos["tom_hanks"], "--prompt", "S* as a chef",
+            "--head-box", "24,16,72,88", "--pose-from", photos["astronaut"], "--out", out, "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (128, 128)
+    out = tmp_path / "control.png"
+    r = run("generate", "--method", "faceclip", "--face", photos["astronaut"], "--prompt", "a chef",
+            "--control-image", photos["group"], "--control-scale", "0.8", "--out", out, "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert "note: the control image" in r.stderr and "resized to the 128×96 output" in r.stderr
+    assert Image.open(out).size == (128, 96)
+
+
 def test_faces_reports_boxes_and_similarity(photos):
     r = run("faces", photos["group"], photos["astronaut"], photos["no_face"])
     assert r.returncode == 0, r.stderr
@@ -36,7 +52,8 @@ def test_faces_reports_boxes_and_similarity(photos):
 
 @pytest.mark.parametrize(
     "case",
-    ["not_an_image", "no_face", "no_placeholder", "unknown_key", "bad_size", "unknown_preset"],
+    ["not_an_image", "no_face", "no_placeholder", "unknown_key", "bad_size", "unknown_preset", "box_off_canvas",
+     "pose_photo_without_face", "control_image_not_an_image"],
 )
 def test_bad_input_is_one_line_no_traceback_no_file(case, photos, tmp_path):
     junk = tmp_path / "junk.jpg"
@@ -54,6 +71,12 @@ def test_bad_input_is_one_line_no_traceback_no_file(case, photos, tmp_path):
         extra = ["--width", "100"]
     elif case == "unknown_preset":
         extra = ["--preset", "gigantic"]
+    elif case == "box_off_canvas":
+        extra = ["--head-box", "100,10,64,64"]  # the tiny preset draws 128×128
+    elif case == "pose_photo_without_face":
+        extra = ["--head-box", "32,24,64,80", "--pose-from", str(photos["no_face"])]
+    elif case == "control_image_not_an_image":
+        extra = ["--control-image", str(junk)]
     out = tmp_path / "out.png"
     r = run("generate", "--face", face, "--prompt", prompt, "--out", out, "--steps", "2", *extra)
     assert r.returncode != 0
