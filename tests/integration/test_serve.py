@@ -80,6 +80,35 @@ def test_generate_both_methods(service, photos):
         assert meta["method"] == method and meta["seed"] == 8 and meta["preset"] == "tiny" and meta["prompt"] == prompt
 
 
+def test_scene_switch_over_http(service, photos):
+    """`control.head_box` on real photos (posed as another photo's face) changes the picture the same request draws
+    without it; a control image of another size is resized and the response says so; bad control input is a 4xx."""
+    base = {"method": "dreamidentity", "face_image": b64(photos["tom_hanks"]), "prompt": "S* as a chef", "seed": 3,
+            **SMALL}
+    plain = post(service, "/v1/generate", base)
+    boxed = post(service, "/v1/generate", {**base, "control": {"head_box": [64, 48, 128, 160],
+                                                               "pose_image": b64(photos["group"])}})
+    assert plain.status_code == 200 and boxed.status_code == 200, boxed.text
+    a, b = (np.asarray(png(r.json()["images"][0]), float) for r in (plain, boxed))
+    assert np.abs(a - b).mean() > 1.0
+    r = post(service, "/v1/generate", {"method": "faceclip", "face_image": b64(photos["tom_hanks"]), "prompt": "a chef",
+                                       "control": {"control_image": b64(photos["group"]), "scale": 0.8}, **SMALL})
+    assert r.status_code == 200, r.text
+    assert r.json()["notes"] == ["the control image (1280×886) was resized to the 256×256 output"]
+    junk = base64.b64encode(b"not a picture").decode()
+    for control, status, code in [
+        ({"head_box": [200, 0, 100, 100]}, 400, "bad_prompt"),  # off the 256×256 canvas
+        ({"head_box": [0, 0, 0, 100]}, 400, "bad_prompt"),
+        ({"head_box": [0, 0, 64, 64], "pose_image": b64(photos["no_face"])}, 400, "no_face"),
+        ({"control_image": junk}, 400, "invalid_image"),
+        ({"head_box": [0, 0, 64, 64], "control_image": junk}, 422, "validation"),
+        ({"pose_image": b64(photos["tom_hanks"])}, 422, "validation"),
+        ({"head_box": [0, 0, 64, 64], "scale": 9}, 422, "validation"),
+    ]:
+        r = post(service, "/v1/generate", {**base, "control": control})
+        assert r.status_code == status and r.json()["error"]["code"] == code, (control, r.text)
+
+
 def test_the_next_batch_forms_while_a_draw_runs(service):
     """The generator draws in a worker thread, so requests arriving during a (slow, injected) draw form the next batch
     meanwhile: it starts as soon as the draw ends, not batch_wait_timeout_s later. Batch settings come from

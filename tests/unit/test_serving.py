@@ -57,6 +57,16 @@ def test_group_compatible_keeps_order_and_caps_images():
     assert all(sum(jobs[i].num_images for i in g) <= 4 for g in groups)
 
 
+def test_control_is_part_of_batch_compatibility():
+    """Requests with control batch together only at the same strength and window (their images may differ); never
+    with requests without control."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    jobs = [GenerationJob("a", {}, 1), GenerationJob("b", {}, 2, control=img),
+            GenerationJob("c", {}, 3, control=img + 1), GenerationJob("d", {}, 4, control=img, control_scale=0.5),
+            GenerationJob("e", {}, 5, control=img, control_end=0.5), GenerationJob("f", {}, 6)]
+    assert group_compatible(jobs, max_images=8) == [[0, 5], [1, 2], [3], [4]]
+
+
 @pytest.mark.parametrize("fmt,quality", [("jpeg", 90), ("jpeg", 100), ("webp", 90)])
 def test_every_output_format_carries_the_watermark_and_metadata(tmp_path, photos, fmt, quality):
     """JPEG (4:4:4 chroma, quality ≥ 90: the API's floor) and WebP (lossless) keep the chroma-borne mark; the metadata

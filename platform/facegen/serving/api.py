@@ -55,6 +55,31 @@ class EncodeRequest(_Request):
     pass
 
 
+class ControlRequest(BaseModel):
+    """Scene switch through the method's ControlNet: a head box (posed as pose_image's face, else as the face
+    photo's, else frontal) or a ready control image; strength and guidance window default to the preset's."""
+
+    model_config = ConfigDict(extra="forbid")
+    head_box: list[float] | None = Field(None, min_length=4, max_length=4,
+                                         description="[x, y, w, h] in pixels of the output image: where the head goes")
+    pose_image: str | None = Field(None, max_length=20_000_000,
+                                   description="base64 photo whose face gives the head's pose (with head_box)")
+    control_image: str | None = Field(None, max_length=20_000_000,
+                                      description="base64 ready control image (OpenPose, depth, canny … for the "
+                                                  "method's ControlNet); another size than the output is resized")
+    scale: float | None = Field(None, ge=0.0, le=4.0, description="controlnet_conditioning_scale")
+    start: float | None = Field(None, ge=0.0, le=1.0, description="fraction of the steps where control starts")
+    end: float | None = Field(None, ge=0.0, le=1.0, description="fraction of the steps where control ends")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.head_box is None) == (self.control_image is None):
+            raise ValueError("control: give head_box (with an optional pose_image) or control_image")
+        if self.pose_image is not None and self.head_box is None:
+            raise ValueError("control.pose_image needs control.head_box")
+        return self
+
+
 class GenerateRequest(_Request):
     prompt: str = Field(..., min_length=1, max_length=1000)
     negative_prompt: str | None = Field(None, max_length=1000)
@@ -69,6 +94,7 @@ class GenerateRequest(_Request):
     # Below JPEG quality 90 the invisible watermark no longer reads back (measured: 85 → 42/48 bits, 80 → chance).
     quality: int = Field(95, ge=90, le=100, description="JPEG quality (90-100: lower erases the watermark), or "
                                                         "WebP (lossless) compression effort")
+    control: ControlRequest | None = Field(None, description="scene switch: where the head goes, or a control image")
 
 
 class ApiError(Exception):

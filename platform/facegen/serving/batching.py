@@ -41,9 +41,15 @@ class GenerationJob:
     width: int = 512
     height: int = 512
     negative_prompt: str = ""
+    control: object = None  # the ControlNet's image (H×W×3 uint8), or None
+    control_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
 
     def batch_key(self) -> tuple:
-        return (self.steps, round(self.guidance_scale, 6), self.width, self.height, self.negative_prompt)
+        # Control images may differ within a batch (one per image); whether there is control and how strong may not.
+        control = None if self.control is None else (round(self.control_scale, 6), self.control_start, self.control_end)
+        return (self.steps, round(self.guidance_scale, 6), self.width, self.height, self.negative_prompt, control)
 
 
 def group_compatible(jobs: list[GenerationJob], max_images: int) -> list[list[int]]:

@@ -18,12 +18,15 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from ray import serve
 
+from facegen.control import check_control_params, check_head_box, fit_control_image, head_control_image
 from facegen.errors import FacegenError
+from facegen.face.images import load_image
 from facegen.methods import REGISTRY, get_method
 from facegen.methods.base import work_budget
 from facegen.serving import tokens, watermark
@@ -88,7 +91,15 @@ class FaceEncoder:
         token = tokens.seal(self.keys, method, encoder_id(self.preset, method, self.models[method]), identity.to_arrays(),
                             self.token_ttl_s)
         return {"identity_token": token, "faces": [face.to_json() for _, face in detections],
-                "ms": round((time.perf_counter() - start) * 1000, 1)}
+                "pose": pose_of(detections[0][1]), "ms": round((time.perf_counter() - start) * 1000, 1)}
+
+    def pose(self, method: str, image: bytes) -> dict:
+        """The largest face of a pose photo: its keypoints and box (for a head box's keypoint map)."""
+        return pose_of(self.encoders[method].face_analyzer.largest(image, "control.pose_image")[1])
+
+
+def pose_of(face) -> dict:
+    return {"kps": np.asarray(face.kps, float).tolist(), "bbox": np.asarray(face.bbox, float).tolist()}
 
 
 class Generator:
@@ -128,7 +139,8 @@ class Generator:
                              steps=req.get("steps") or cfg.num_inference_steps,
                              guidance_scale=cfg.guidance_scale if req.get("guidance_scale") is None else req["guidance_scale"],
                              width=req.get("width") or self.default_size[0], height=req.get("height") or self.default_size[1],
-                             negative_prompt=cfg.negative_prompt if req.get("negative_prompt") is None else req["negative_prompt"])
+                             negative_prompt=cfg.negative_prompt if req.get("negative_prompt") is None else req["negative_prompt"],
+                             **(req.get("control") or {}))
 
     def reconfigure(self, user_config: dict) -> None:
         """`user_config` (serve/config.yaml, or `serve deploy` again: no redeploy): the batch size and wait."""
@@ -164,17 +176,23 @@ class Generator:
 
     def _draw(self, jobs: list[GenerationJob]) -> list:
         """One pipeline call for a compatible group: every image its own prompt, identity and seeded generator."""
-        prompts, identities, gens = [], [], []
+        import PIL.Image
+
+        prompts, identities, gens, controls = [], [], [], []
         for job in jobs:
             identity = self.identity_cls.from_arrays(job.identity)
             for n in range(job.num_images):
                 prompts.append(job.prompt)
                 identities.append(identity)
                 gens.append(torch.Generator().manual_seed(job.seed + n))
+                if job.control is not None:
+                    controls.append(PIL.Image.fromarray(job.control))
         j = jobs[0]
+        control = {} if j.control is None else {"control_image": controls, "control_scale": j.control_scale,
+                                                "control_start": j.control_start, "control_end": j.control_end}
         return self.pipe(prompt=prompts, identity=identities, negative_prompt=j.negative_prompt,
                          num_inference_steps=j.steps, guidance_scale=j.guidance_scale, width=j.width, height=j.height,
-                         generator=gens).images
+                         generator=gens, **control).images
 
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0)}
@@ -304,10 +322,36 @@ class Ingress:
         # The pipeline's own input checks (S* rule, sizes), before any replica works on the request.
         method.pipeline_class().check_inputs(req.prompt, req.negative_prompt or "", req.height, req.width)
         self._check_work(req)
+        info = self.model_info[req.method]
+        width, height = req.width or info["default_size"][0], req.height or info["default_size"][1]
+        if req.control is not None:
+            if not info["control"]["model"]:
+                raise ApiError(422, "validation", f"{req.method} has no ControlNet configured here: control is not "
+                                                  f"available (methods.{req.method}.controlnet.model)")
+            if req.control.head_box is not None:
+                check_head_box(req.control.head_box, width, height)
+            if req.control.control_image is not None:
+                control_image = load_image(decode_base64_image(req.control.control_image, "control.control_image"))
         encoded = await self._encode(req) if req.identity_token is None else None
         token = encoded["identity_token"] if encoded else req.identity_token
         seed = req.seed if req.seed is not None else int.from_bytes(np.random.bytes(4), "little") & 0x7FFFFFFF
-        payload = req.model_dump(exclude={"face_image", "face_images"}) | {"identity_token": token, "seed": seed}
+        payload = req.model_dump(exclude={"face_image", "face_images", "control"}) | {"identity_token": token, "seed": seed}
+        notes = []
+        if req.control is not None:
+            c = req.control
+            if c.head_box is not None:  # posed as the pose photo's face, else the face photo's, else frontal
+                pose = (await self._call(self.encoder.pose, req.method, decode_base64_image(c.pose_image, "control.pose_image"))
+                        if c.pose_image is not None else encoded["pose"] if encoded else None)
+                face = (np.array(pose["kps"]), np.array(pose["bbox"])) if pose else None
+                image = head_control_image(width, height, c.head_box, face, info["control"]["render"])
+            else:
+                image, note = fit_control_image(PIL.Image.fromarray(control_image), width, height)
+                notes += [note] if note else []
+            d = info["control"]
+            scale, start, end = (d[k] if getattr(c, k) is None else getattr(c, k) for k in ("scale", "start", "end"))
+            check_control_params(scale, start, end)
+            payload["control"] = {"control": np.asarray(image, np.uint8), "control_scale": scale,
+                                  "control_start": start, "control_end": end}
         out = await self._call(self.generators[req.method].generate, payload)
         if isinstance(out, Exception):
             raise _unwrap(out)
@@ -315,8 +359,9 @@ class Ingress:
         timings = {"total": round((time.perf_counter() - start) * 1000, 1), "generate": out["ms"], "image_encode": encode_ms}
         if encoded:
             timings["encode"] = encoded["ms"]
-        return {"images": images, "format": req.format, "seed": out["seed"], "method": req.method,
+        body = {"images": images, "format": req.format, "seed": out["seed"], "method": req.method,
                 "batch_size": out["batch_size"], "timings_ms": timings}
+        return body | ({"notes": notes} if notes else {})
 
     async def _encode_images(self, out: dict, fmt: str, quality: int) -> tuple[list[str], float]:
         """Watermark + encode on this (CPU) replica's thread pool, one image per thread: off the GPU's critical path."""
@@ -383,5 +428,8 @@ def model_info(preset: str, models: dict) -> dict:
                         "encoder": public_name(model), "dtype": section.dtype,
                         "default_size": [max(s.width, watermark.MIN_SIDE), max(s.height, watermark.MIN_SIDE)],
                         "steps": s.steps, "guidance_scale": s.guidance_scale,
-                        "max_megapixel_steps": work_budget(section)}
+                        "max_megapixel_steps": work_budget(section),
+                        "control": {"model": public_name(section.controlnet.model) if section.controlnet.model else None,
+                                    "render": section.controlnet.render, "scale": section.controlnet.scale,
+                                    "start": section.controlnet.start, "end": section.controlnet.end}}
     return info
