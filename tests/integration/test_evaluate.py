@@ -61,6 +61,23 @@ def test_evaluate_faceclip_is_deterministic(ray_cluster, load_job, faces, offici
     assert runs[0] == runs[1] and len(runs[0]) == 2 * 2 * 2
 
 
+def test_evaluate_with_a_head_box(ray_cluster, load_job, faces, tmp_path, capsys):
+    """eval.head_box: every image drawn with the head in the box (posed as the test face) and scored by the IoU of
+    the box and the detected face; a box off the canvas is refused before any actor starts."""
+    job = load_job("evaluate")
+    out = tmp_path / "box"
+    assert job.main(["--faces", str(faces), "--output", str(out), "--method", "dreamidentity", "--set",
+                     "eval.head_box=[32, 24, 64, 80]", "--set", "eval.max_prompts=1", "--set",
+                     "eval.images_per_prompt=1", "--set", "eval.steps=2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["head_box"] == [32, 24, 64, 80] and 0.0 <= m["overall"]["head_box_iou"] <= 1.0
+    assert all("head_box_iou" in row for row in json.loads((out / "scores.json").read_text()))
+    assert "Scene switch: head box [32, 24, 64, 80]" in (out / "report.md").read_text()
+    assert job.main(["--faces", str(faces), "--output", str(tmp_path / "off"), "--method", "dreamidentity",
+                     "--set", "eval.head_box=[100, 100, 64, 64]"]) == 2
+    assert "does not lie on the 128×128 image" in capsys.readouterr().err
+
+
 def test_evaluate_bad_input(ray_cluster, load_job, faces, tmp_path, capsys):
     job = load_job("evaluate")
     empty = tmp_path / "empty"

@@ -49,3 +49,19 @@ def test_grid_has_a_row_per_prompt_and_a_column_per_seed():
     # the third image of the second row sits at its cell
     top = cell + (cell + LABEL_HEIGHT) + LABEL_HEIGHT
     assert grid.getpixel((2 * cell + cell // 2, top + cell // 2)) == (80, 80, 80)
+
+
+def test_head_box_iou_reads_where_the_face_is(analyzer, photos):
+    """eval.head_box's score: the IoU of the asked box and the face detected in the image (0 without one)."""
+    from facegen.eval.metrics import head_box_ious
+    from facegen.face.images import load_image
+
+    _, face = analyzer.largest(photos["astronaut"])
+    x1, y1, x2, y2 = (int(v) for v in face.bbox)
+    crop = Image.fromarray(load_image(photos["astronaut"])).crop((x1 - 40, y1 - 40, x2 + 40, y2 + 40))
+    canvas = Image.new("RGB", (512, 512), "gray")
+    canvas.paste(crop, (200, 150))  # the face now sits at (240, 190) with its own size
+    asked = (240, 190, x2 - x1, y2 - y1)
+    near, far = head_box_ious(analyzer, [canvas, canvas], asked), head_box_ious(analyzer, [canvas], (0, 0, 100, 100))
+    assert near[0] > 0.7 and far == [0.0]
+    assert head_box_ious(analyzer, [Image.new("RGB", (256, 256), "gray")], asked) == [0.0]  # no face: 0

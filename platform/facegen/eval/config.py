@@ -27,6 +27,9 @@ class EvalConfig:
     # The recognizer that scores identity. None = the preset's own face analyzer; set it to another insightface
     # pack (e.g. antelopev2) so the score does not come from the same network the encoder was trained against.
     recognizer: FaceAnalyzerConfig | None = None
+    # Scene switch: [x, y, w, h] on the eval canvas. Every image is drawn with the head there (through the method's
+    # ControlNet, posed as the test face) and scored by head_box_iou, the IoU of this box and the detected face's box.
+    head_box: list[float] | None = None
     grid_cell: int = 128  # pixels per image in the per-face grids
     # Ray: one actor per `pool_size` holds a pipeline and evaluates whole faces.
     num_gpus: float = 1.0  # per actor, when the cluster has GPUs; on a cluster with none the actors run on CPU

@@ -23,11 +23,27 @@ class ImageScore:
     face_similarity: float  # 0 when no face was detected
     text_alignment: float
     no_face: bool
+    head_box_iou: float | None = None  # with eval.head_box: IoU of the asked box and the detected face's (0: none)
 
 
 def face_similarities(recognizer, reference: np.ndarray, images) -> tuple[list[float], list[bool]]:
     """(cosine to `reference` per image, whether the image had no detectable face)."""
     return recognizer.similarities(list(images), [reference] * len(images))
+
+
+def head_box_ious(recognizer, images, head_box) -> list[float]:
+    """Per image, the IoU between the asked head box (x, y, w, h) and the largest detected face's box; 0 without one."""
+    from facegen.control import box_iou
+
+    out = []
+    for img in images:
+        faces = recognizer.detect(np.asarray(img))
+        if not faces:
+            out.append(0.0)
+            continue
+        x1, y1, x2, y2 = (float(v) for v in faces[0].bbox)
+        out.append(box_iou(head_box, (x1, y1, x2 - x1, y2 - y1)))
+    return out
 
 
 def text_alignments(clip, images, prompt: str) -> list[float]:
@@ -44,7 +60,12 @@ def _mean(rows: list[ImageScore]) -> dict:
         "no_face": sum(r.no_face for r in rows),
         "images": n,
         "no_face_rate": sum(r.no_face for r in rows) / n if n else math.nan,
-    }
+    } | _mean_iou(rows)
+
+
+def _mean_iou(rows: list[ImageScore]) -> dict:
+    ious = [r.head_box_iou for r in rows if r.head_box_iou is not None]
+    return {"head_box_iou": float(np.mean(ious))} if ious else {}
 
 
 def summarize(rows: list[ImageScore]) -> dict:

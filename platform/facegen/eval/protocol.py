@@ -16,7 +16,14 @@ from facegen.config import Preset
 from facegen.data.storage import Storage
 from facegen.errors import ConfigError, FacegenError
 from facegen.eval.config import EvalPrompt
-from facegen.eval.metrics import ImageScore, face_similarities, rows_to_json, summarize, text_alignments
+from facegen.eval.metrics import (
+    ImageScore,
+    face_similarities,
+    head_box_ious,
+    rows_to_json,
+    summarize,
+    text_alignments,
+)
 from facegen.eval.report import face_grid, report_markdown, scatter_png
 from facegen.face.images import png_bytes
 
@@ -62,11 +69,15 @@ class FaceEvaluator:
         scores, rows = [], []
         for p in prompts:
             generators = [torch.Generator(self.device).manual_seed(c.seed + i) for i in range(n)]
+            control = {"head_box": c.head_box, "face_image": rgb} if c.head_box else {}  # posed as the test face
             images = self.pipe(p.prompt, identity=identity, num_inference_steps=c.steps, guidance_scale=c.guidance_scale,
-                               width=c.width, height=c.height, num_images_per_prompt=n, generator=generators).images
+                               width=c.width, height=c.height, num_images_per_prompt=n, generator=generators,
+                               **control).images
             sims, missing = face_similarities(self.recognizer, reference, images)
             clip_t = text_alignments(self.clip, images, p.prompt)
-            scores += [ImageScore(name, p.category, p.prompt, i, sims[i], clip_t[i], missing[i]) for i in range(n)]
+            ious = head_box_ious(self.recognizer, images, c.head_box) if c.head_box else [None] * n
+            scores += [ImageScore(name, p.category, p.prompt, i, sims[i], clip_t[i], missing[i], ious[i])
+                       for i in range(n)]
             rows.append((p.prompt, images))
         grid = face_grid(PIL.Image.fromarray(rgb), rows, c.grid_cell)
         return {"name": name, "scores": scores, "grid": png_bytes(grid)}
@@ -95,8 +106,14 @@ def run_evaluation(method: str, preset: Preset, out: Storage, faces_uri: str, mo
     from facegen.jobs import ensure_ray
 
     cfg = preset.eval
-    preset.method(method)  # the preset offers this method
+    section = preset.method(method)  # the preset offers this method
     prompts = cfg.protocol_prompts()
+    if cfg.head_box is not None:  # a box off the canvas, or no ControlNet: said now, not by every actor
+        from facegen.control import check_head_box
+
+        check_head_box(cfg.head_box, cfg.width or section.sampling.width, cfg.height or section.sampling.height)
+        if not section.controlnet.model:
+            raise ConfigError(f"eval.head_box needs a ControlNet: set methods.{method}.controlnet.model")
     faces = read_faces(faces_uri)
     if model_uri and not Storage.open(model_uri).is_file("config.json"):
         raise ConfigError(f"--model {model_uri}: not an exported model (no config.json; use <train output>/model)")
@@ -128,14 +145,15 @@ def run_evaluation(method: str, preset: Preset, out: Storage, faces_uri: str, mo
                "images_per_prompt": cfg.images_per_prompt,
                "seeds": [cfg.seed + i for i in range(cfg.images_per_prompt)], "person_words": preset.clip.person_words,
                "prompts": [{"category": p.category, "prompt": p.prompt} for p in prompts],
-               "skipped_faces": skipped, "grid_rows": [p.prompt for p in prompts]}
+               "skipped_faces": skipped, "grid_rows": [p.prompt for p in prompts], "head_box": cfg.head_box}
     out.write_atomic(PLOT_FILE, scatter_png(metrics["per_prompt"], f"{method}: one point per prompt"))
     out.write_json("scores.json", rows_to_json(rows))
     out.write_json("metrics.json", _finite(metrics))
     out.write_atomic("report.md", report_markdown(metrics, grids, PLOT_FILE).encode())
     o = metrics["overall"]
+    iou = f" · head-box IoU {o['head_box_iou']:.3f}" if "head_box_iou" in o else ""
     print(f"evaluate: face similarity {o['face_similarity']:.4f} · text alignment {o['text_alignment']:.2f} · "
-          f"no face {o['no_face']}/{o['images']}", flush=True)
+          f"no face {o['no_face']}/{o['images']}{iou}", flush=True)
     return {"counts": {"faces": len(scored), "skipped_faces": len(skipped), "prompts": len(prompts),
                        "images": len(rows), "no_face": o["no_face"]},
             "metrics": out.uri_of("metrics.json")}

@@ -65,6 +65,11 @@ def report_markdown(metrics: dict, grids: dict[str, str], plot: str) -> str:
     for face, m in metrics["per_face"].items():
         lines.append(f"| {face} | {m['face_similarity']:.4f} | {m['text_alignment']:.2f} | "
                      f"{m['no_face']}/{m['images']} | [{grids[face]}]({grids[face]}) |")
+    if "head_box_iou" in o:
+        box = ", ".join(f"{v:g}" for v in metrics.get("head_box") or [])
+        lines += ["", f"Scene switch: head box [{box}] — mean IoU with the detected face "
+                      f"{o['head_box_iou']:.3f} (per face: " + ", ".join(
+                          f"{face} {m['head_box_iou']:.3f}" for face, m in metrics["per_face"].items()) + ")"]
     if metrics.get("skipped_faces"):
         lines += ["", "Skipped test faces (no face found in the input): " + ", ".join(metrics["skipped_faces"])]
     lines += ["", f"![face similarity vs text alignment]({plot})", "",
