@@ -298,7 +298,8 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 @pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
                     reason="Debian's chromium + chromium-driver are not installed (make test installs them as root)")
 def test_web_page_in_headless_chromium(service, photos, tmp_path):
-    """The page at / in a real browser: choose a photo, type the key, click Generate, and a PNG appears."""
+    """The page at / in a real browser: choose a photo, type the key, drag a head box on the canvas, click Generate,
+    and a PNG drawn with that box appears."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -315,6 +316,17 @@ def test_web_page_in_headless_chromium(service, photos, tmp_path):
         driver.get(service + "/")
         driver.find_element(By.ID, "photo").send_keys(str(photos["astronaut"]))
         driver.find_element(By.ID, "apikey").send_keys(KEY)
+        # Drag a head box on the canvas (it stands for the 256×256 output): from (64, 48) to (160, 176).
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        canvas = driver.find_element(By.ID, "canvas")
+        driver.set_window_size(1200, 1600)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        assert (canvas.size["width"], canvas.size["height"]) == (258, 258)  # 256 + the border
+        ActionChains(driver).move_to_element_with_offset(canvas, 64 - 128, 48 - 128).click_and_hold() \
+            .move_by_offset(96, 128).release().perform()
+        box = [int(v) for v in driver.find_element(By.ID, "headbox").get_attribute("value").split(",")]
+        assert all(abs(a - b) <= 2 for a, b in zip(box, [64, 48, 96, 128])), box
         driver.find_element(By.ID, "go").click()
         WebDriverWait(driver, 240).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#images img") or "error" in d.find_element(By.ID, "status").get_attribute("class"))
@@ -323,7 +335,7 @@ def test_web_page_in_headless_chromium(service, photos, tmp_path):
         assert len(images) == 1, status
         assert images[0].get_attribute("src").startswith("data:image/png;base64,")
         assert driver.execute_script("return arguments[0].naturalWidth", images[0]) == 256
-        assert status.startswith("seed ")
+        assert status.startswith("seed ") and f"head box {','.join(map(str, box))}" in status  # sent as control
         # A mistake is shown on the page, not swallowed: the same click without the key.
         driver.find_element(By.ID, "apikey").clear()
         driver.find_element(By.ID, "go").click()

@@ -390,7 +390,8 @@ class Ingress:
     @app.get("/", response_class=HTMLResponse)
     async def page(self):
         options = "\n".join(
-            f'      <option value="{m}" data-placeholder="{"yes" if REGISTRY[m].needs_placeholder else "no"}">'
+            f'      <option value="{m}" data-placeholder="{"yes" if REGISTRY[m].needs_placeholder else "no"}" '
+            f'data-width="{self.model_info[m]["default_size"][0]}" data-height="{self.model_info[m]["default_size"][1]}">'
             f'{REGISTRY[m].title}{" (write S* where the person goes)" if REGISTRY[m].needs_placeholder else ""}</option>'
             for m in self.methods)
         html = resources.files("facegen.serving").joinpath("index.html").read_text()
