@@ -1,6 +1,7 @@
 """`make demo`: the whole platform on the tiny preset on a local Ray, each step through its real entry point:
 
     build_data → train_m2 and train_faceclip (a few steps) → evaluate (both) → generate (both methods)
+    → a scene-switch grid (the head in three boxes, through the ControlNet)
 
 Inputs are the face photos that ship with scikit-image and insightface. Each job's output lands in
 out/demo/<job>/, the pictures in out/demo/. The jobs run as their own processes (`python jobs/NAME.py …`), as
@@ -112,6 +113,41 @@ def draw(out: Path, preset: str) -> list[Path]:
     return written
 
 
+SCENE_BOXES = {"left": (8, 24, 56, 72), "centre": (36, 20, 56, 72), "right": (64, 40, 56, 72)}  # on 128×128
+
+
+def scene_switch_grid(out: Path, preset: str) -> Path:
+    """Scene switch with the trained M²: the astronaut's head placed in three boxes, posed as Tom Hanks's face; row 1
+    the keypoint maps the ControlNet reads, row 2 the pictures (same prompt and seed)."""
+    import PIL.Image
+    import torch
+
+    from facegen.__main__ import _quiet
+    from facegen.config import load_preset
+    from facegen.control import head_control_image
+    from facegen.face.images import load_image
+    from facegen.methods import load_pipeline
+
+    _quiet(argparse.Namespace(verbose=False))
+    photos = shipped_photos()
+    pipe = load_pipeline("dreamidentity", load_preset(preset), out / "train_m2" / "model")
+    pipe.set_progress_bar_config(disable=True)
+    identity = pipe.encode_identity(photos["astronaut"])
+    _, pose = pipe.face_analyzer.largest(photos["tom_hanks"])
+    w, h = pipe.config.width, pipe.config.height
+    cells = []
+    for box in SCENE_BOXES.values():
+        cells.append(head_control_image(w, h, box, (pose.kps, pose.bbox), pipe.control_config.render))
+        cells.append(pipe("S* as a chef, looking at the camera", identity=identity, head_box=box,
+                          pose_image=load_image(photos["tom_hanks"]), generator=torch.Generator().manual_seed(0)).images[0])
+    grid = PIL.Image.new("RGB", (w * len(SCENE_BOXES), h * 2), "white")
+    for i, cell in enumerate(cells):
+        grid.paste(cell.convert("RGB"), ((i // 2) * w, (i % 2) * h))
+    target = out / "scene_switch_grid.png"
+    grid.save(target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/demo")
@@ -122,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = run_jobs(out, args.preset)
     t = time.time()
     pictures = draw(out, args.preset)
+    pictures.append(scene_switch_grid(out, args.preset))
     timings["generate"] = time.time() - t
     print(f"\ndemo done in {time.time() - start:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     print(f"  dataset        {out / 'build_data'}/  (selfaug/*.parquet, ffhq/*.parquet, manifest.json)")
@@ -130,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for job in ("evaluate_m2", "evaluate_faceclip"):
         print(f"  {job:<14} {out / job}/report.md  (metrics.json, grids/, plot)")
     print(f"  pictures       {len(pictures)} in {out}/  (e.g. {pictures[0].name})")
+    print(f"  scene switch   {pictures[-1]}  (head boxes left/centre/right: keypoint maps, then pictures)")
     print("The tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
     print("see README 'Real weights' for the real presets.")
     return 0
