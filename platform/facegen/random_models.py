@@ -1,5 +1,6 @@
 """Random weights in the exact shapes of the public base models, for the real-shape test tier and the GPU benchmark.
 
+"random:controlnet-sd21-base" / "random:controlnet-sdxl-base" are ControlNets made from those UNets.
 "random:sd21-base" has the configs of stabilityai/stable-diffusion-2-1-base (UNet, VAE, OpenCLIP-H text encoder,
 tokenizer, PNDM scheduler) and "random:sdxl-base" those of stabilityai/stable-diffusion-xl-base-1.0 (UNet, VAE,
 CLIP-L and OpenCLIP-bigG text encoders, tokenizers, Euler scheduler). Built offline and seeded, saved once in the
@@ -17,7 +18,7 @@ import torch
 from facegen.errors import ModelNotFound
 
 RANDOM_VERSION = "v2"  # bump when a config below changes, so caches rebuild
-KINDS = ("sd21-base", "sdxl-base")
+KINDS = ("sd21-base", "sdxl-base", "controlnet-sd21-base", "controlnet-sdxl-base")
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 steps_offset=1)
 
@@ -33,11 +34,23 @@ def build_random(kind: str) -> Path:
         try:
             torch.set_default_dtype(torch.float16)
             with torch.random.fork_rng(devices=[]):
-                (_sd21_base if kind == "sd21-base" else _sdxl_base)(tmp)
+                builders = {"sd21-base": _sd21_base, "sdxl-base": _sdxl_base,
+                            "controlnet-sd21-base": lambda out: _controlnet("sd21-base", out),
+                            "controlnet-sdxl-base": lambda out: _controlnet("sdxl-base", out)}
+                builders[kind](tmp)
         finally:
             torch.set_default_dtype(default)
 
     return build_once("random", f"{kind}-{RANDOM_VERSION}", build)
+
+
+def _controlnet(base: str, out: Path) -> None:
+    """A ControlNet made from the random base model's UNet (diffusers' `from_unet`, the public OpenPose ControlNets'
+    shapes: the UNet's encoder half, the default conditioning embedding)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(build_random(base) / "unet", torch_dtype=torch.float16)
+    ControlNetModel.from_unet(unet).to(torch.float16).save_pretrained(out, safe_serialization=True)
 
 
 def _vae(seed: int, sample_size: int, scaling_factor: float, force_upcast: bool):
