@@ -41,7 +41,7 @@ def plain_loop(method: str, preset, data: str, steps: int) -> float:
     """The task's loss and an AdamW step over the kept self-aug rows, in this process (no Ray, no DDP).
     Returns samples/s after the first step (model loading and the first step's warm-up excluded)."""
     from facegen.methods import get_method
-    from facegen.train.data import DecodeBatch
+    from facegen.train.data import decode_batch
 
     cfg = preset.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,9 +50,10 @@ def plain_loop(method: str, preset, data: str, steps: int) -> float:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     table = pd.concat([pq.read_table(p).to_pandas() for p in Storage.open(data).list("selfaug", suffixes=(".parquet",))])
     table = table[table["kept"]].rename(columns={"edited_image": "target"})
-    decode = DecodeBatch(cfg.resolution, preset.method(method).encoder.vit.img_size)
     columns = ("source_face", "face_embedding", "prompt", "target")
-    rows = {k: np.asarray(v) for k, v in decode({c: table[c].tolist() for c in columns}).items()}
+    decoded = decode_batch({c: table[c].tolist() for c in columns}, cfg.resolution,
+                           preset.method(method).encoder.vit.img_size)
+    rows = {k: np.asarray(v) for k, v in decoded.items()}
     n = len(rows["prompt"])
     start, samples = None, 0
     for step in range(steps + 1):

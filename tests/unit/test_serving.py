@@ -46,6 +46,19 @@ def test_token_round_trip_tampering_expiry_and_rotation():
         tokens.token_keys("x")
 
 
+def test_the_largest_identity_token_is_accepted_back():
+    """The published FaceCLIP's identity (a row per branch: 2×512 and 2×144×768) sealed into a token that
+    /v1/generate accepts as identity_token (the request's size limits let it through)."""
+    from facegen.serving.api import GenerateRequest
+
+    keys = tokens.token_keys("k" * 40)
+    arrays = {"face_embedding": np.zeros((2, 512), np.float32), "face_tokens": np.zeros((2, 144, 768), np.float32)}
+    token = tokens.seal(keys, "faceclip", "faceclip-official", arrays)
+    req = GenerateRequest(method="faceclip", identity_token=token, prompt="a chef")
+    opened = tokens.open_token(keys, req.identity_token, "faceclip", "faceclip-official")
+    assert opened["face_tokens"].shape == (2, 144, 768) and len(token) > 1_000_000
+
+
 def test_group_compatible_keeps_order_and_caps_images():
     def job(steps=30, n=1, w=256):
         return GenerationJob(prompt="S*", identity={}, seed=0, num_images=n, steps=steps, width=w, height=w)

@@ -36,8 +36,9 @@ class _Request(BaseModel):
     face_image: str | None = Field(None, description="base64 PNG/JPEG/WebP of the person", max_length=20_000_000)
     face_images: list[str] | None = Field(None, description="several base64 photos of one person (averaged)",
                                           min_length=1, max_length=MAX_FACE_IMAGES)
+    # The largest identity is the published FaceCLIP's (2×512 + 2×144×768 float32): its token is ~1.6 MB.
     identity_token: str | None = Field(None, description="a token from /v1/encode, instead of photos",
-                                       max_length=1_000_000)
+                                       max_length=4_000_000)
 
     @model_validator(mode="after")
     def _one_face_source(self):

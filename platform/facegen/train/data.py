@@ -39,30 +39,26 @@ def _rows(storage: Storage, paths: list[str]) -> int:
     return sum(pq.read_metadata(p, filesystem=storage.fs).num_rows for p in paths)
 
 
-class DecodeBatch:
+def decode_batch(batch: dict, resolution: int, face_size: int) -> dict:
     """PNG bytes → face (3×S×S, S = the face ViT's input) and target (3×R×R) float32 in [-1, 1], the stored
-    face_embedding as float32; cached latents when they fit R."""
+    face_embedding as float32; cached latents when they fit R. A plain function: it holds no model, so Ray Data runs
+    it as tasks on already-started workers instead of starting an actor for it."""
+    import PIL.Image
 
-    def __init__(self, resolution: int, face_size: int):
-        self.resolution, self.face_size = resolution, face_size
+    from facegen.face.images import decode_image
 
-    def __call__(self, batch: dict) -> dict:
-        import PIL.Image
-
-        from facegen.face.images import decode_image
-
-        r, s = self.resolution, self.face_size
-        out = {"prompt": np.asarray(batch["prompt"], dtype=object)}
-        out["face"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(decode_image(b)).resize((s, s), PIL.Image.BICUBIC)))
-                                for b in batch["source_face"]])
-        out["face_embedding"] = np.stack([np.asarray(e, np.float32) for e in batch["face_embedding"]])
-        out["target"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(decode_image(b)).resize((r, r), PIL.Image.BICUBIC)))
-                                  for b in batch["target"]])
-        if "latents" in batch:
-            lat = [decode_latents(d, sh) if len(d) else None for d, sh in zip(batch["latents"], batch["latents_shape"])]
-            if all(x is not None and x.shape[-1] == r // 8 for x in lat):
-                out["latents"] = np.stack(lat)
-        return out
+    r, s = resolution, face_size
+    out = {"prompt": np.asarray(batch["prompt"], dtype=object)}
+    out["face"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(decode_image(b)).resize((s, s), PIL.Image.BICUBIC)))
+                            for b in batch["source_face"]])
+    out["face_embedding"] = np.stack([np.asarray(e, np.float32) for e in batch["face_embedding"]])
+    out["target"] = np.stack([_to_unit(np.asarray(PIL.Image.fromarray(decode_image(b)).resize((r, r), PIL.Image.BICUBIC)))
+                              for b in batch["target"]])
+    if "latents" in batch:
+        lat = [decode_latents(d, sh) if len(d) else None for d, sh in zip(batch["latents"], batch["latents_shape"])]
+        if all(x is not None and x.shape[-1] == r // 8 for x in lat):
+            out["latents"] = np.stack(lat)
+    return out
 
 
 def _to_unit(rgb: np.ndarray) -> np.ndarray:
@@ -124,8 +120,8 @@ def training_dataset(uri: str, preset: Preset, method: str):
     else:
         ds = parts[0][0]
     face_size = preset.method(method).encoder.vit.img_size
-    ds = ds.map_batches(DecodeBatch, fn_constructor_args=(cfg.resolution, face_size),
-                        batch_size=16, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"resolution": cfg.resolution, "face_size": face_size},
+                        batch_size=16, num_cpus=0.25)
     if not cfg.materialize:
         return ds
     ds.context.execution_options.preserve_order = True  # blocks in read order, whatever finishes first

@@ -31,6 +31,7 @@ def train_loop_per_worker(config: dict) -> None:
     from facegen.train.strategies import STRATEGIES
     from facegen.workers import quiet_worker
 
+    os.environ.update(config.get("env", {}))  # before DeepSpeed is imported (TORCH_EXTENSIONS_DIR, DS_ACCELERATOR)
     quiet_worker()
     preset = config["preset"]
     cfg = preset.train

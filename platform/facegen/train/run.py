@@ -30,6 +30,16 @@ def _torch_extensions_cache() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
 
 
+def prebuild_deepspeed_ops() -> None:
+    """Build DeepSpeed's CPU communication op into the cache now (`make install` calls this), so the first DeepSpeed
+    run does not spend a minute compiling it inside its workers."""
+    _torch_extensions_cache()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_workers: int, strategy: str,
                  max_steps: int | None) -> dict:
     import ray
@@ -62,7 +72,10 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
     dataset = training_dataset(data_uri, preset, method)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"preset": preset, "method": method, "strategy": strategy, "max_steps": cfg.max_steps},
+        # The workers' environment travels with their config: on a running cluster they were started before this
+        # driver set it (DeepSpeed's accelerator and op cache must reach them).
+        train_loop_config={"preset": preset, "method": method, "strategy": strategy, "max_steps": cfg.max_steps,
+                           "env": env},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(name=RUN_NAME, storage_path=out.path("checkpoints"),  # a path inside storage_filesystem
