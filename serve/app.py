@@ -50,6 +50,11 @@ class _AppArgs(BaseModel):
                              f"(it offers: {', '.join(offered) or 'none'})")
         if not self.methods:
             raise ValueError("methods: nothing to serve")
+        for m in self.methods:
+            try:
+                getattr(preset.method(m), "check_model", lambda model: None)(getattr(self, m))
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
         for m in NAMES:
             directory = getattr(self, m)
             if directory and m not in self.methods:

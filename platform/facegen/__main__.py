@@ -124,7 +124,8 @@ def cmd_generate(args) -> int:
     paths = output_paths(args.out, args.num_images)
     preset = load_preset(args.preset, args.set)
     method = get_method(args.method or (preset.method_names or NAMES)[0])
-    preset.method(method.name)  # the preset offers it
+    section = preset.method(method.name)  # the preset offers it
+    getattr(section, "check_model", lambda model: None)(args.model)
     # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
     from facegen.methods.pipeline_utils import as_prompts, check_common_inputs
 

@@ -110,7 +110,7 @@ def test_convert_the_published_faceclip_then_generate_with_it(photos, official_c
     assert Image.open(out).size == (72, 40)
 
 
-@pytest.mark.parametrize("case", ["not_an_image", "no_face", "bad_size", "bad_model_dir"])
+@pytest.mark.parametrize("case", ["not_an_image", "no_face", "bad_size", "bad_model_dir", "official_without_model"])
 def test_faceclip_bad_input(case, photos, tmp_path):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"\x89PNG but not really")
@@ -123,6 +123,8 @@ def test_faceclip_bad_input(case, photos, tmp_path):
         extra = ["--height", "1001"]
     elif case == "bad_model_dir":
         extra = ["--model", tmp_path]
+    elif case == "official_without_model":  # the published architecture has no fresh weights: convert first
+        extra = ["--preset", "faceclip-official"]
     out = tmp_path / "out.png"
     r = run("generate", "--method", "faceclip", "--face", face, "--prompt", "a chef", "--out", out, "--steps", "2", *extra)
     assert r.returncode != 0 and "Traceback" not in r.stderr

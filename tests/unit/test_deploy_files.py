@@ -68,7 +68,8 @@ def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path):
              ({"colour": "red"}, "colour: unknown serve.app:deploy argument"),
              ({"methods": "flux"}, "unknown method 'flux'"),
              ({"preset": "dreamidentity-sd21", "methods": "faceclip"}, "does not configure 'faceclip'"),
-             ({"methods": "faceclip", "dreamidentity": str(tmp_path)}, "is not served")]
+             ({"methods": "faceclip", "dreamidentity": str(tmp_path)}, "is not served"),
+             ({"preset": "faceclip-official"}, "give the converted checkpoint")]
     for args, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             app.deploy(args)

@@ -98,3 +98,11 @@ class FaceCLIPConfig:
         guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
     controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
     train: FaceCLIPTrainConfig = field(default_factory=FaceCLIPTrainConfig)
+
+    def check_model(self, model: str | None) -> None:
+        """The official architecture has no fresh initialisation: a converted checkpoint must be named (said before
+        anything loads, by the CLI and the service builder)."""
+        if self.encoder.architecture == "official" and not (model or self.model):
+            raise ConfigError("methods.faceclip.encoder.architecture is 'official': give the converted checkpoint "
+                              "(--model DIR, or faceclip=DIR when serving; see `python -m facegen convert "
+                              "faceclip-official --help`)")
