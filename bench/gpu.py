@@ -7,7 +7,11 @@ It measures, on the same random real-shape weights:
   - DreamIdentity 512² and FaceCLIP-SDXL 1024², 30 steps: seconds per image, ours vs diffusers' stock
     StableDiffusionPipeline / StableDiffusionXLPipeline (ratio), eager and with torch.compile on the UNet;
   - M² and FaceCLIP face encoding: ms per face at batch 1 and 16;
-  - M² training: samples/s/GPU at 512², batch 8, bf16, cached latents (the paper reports ≈ 5.6 on its GPUs).
+  - M² training: samples/s/GPU at 512², batch 8, bf16, cached latents (the paper reports ≈ 5.6 on its GPUs);
+  - the published FaceCLIP's encoder (official architecture, full size, random weights): ms per conditioning
+    (positive + negative) at batch 1 and 4, and its GPU memory;
+  - scene switch: DreamIdentity 512² with a head box through a ControlNet in the public OpenPose one's shapes,
+    seconds per image ÷ without control.
 It needs neither Ray nor insightface (neither travels to the lent GPU machine): faces are random aligned tensors and
 identities come from the encoders directly. The HTTP round trip ÷ direct call is bench/serve.py's (it needs Ray).
 """
@@ -140,6 +144,54 @@ def bench_m2_training(dry: bool, device) -> dict:
     return {"resolution": resolution, "batch_size": batch, "samples_per_s": round(batch / seconds, 3)}
 
 
+def bench_official_faceclip(dry: bool, device) -> dict:
+    """The official FaceCLIP encoder at the published sizes (the tiny preset's in a dry run), random weights."""
+    from facegen.config import load_preset
+    from facegen.methods.faceclip.config import OfficialFaceCLIPConfig
+    from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
+
+    config = load_preset("tiny").method("faceclip").encoder.official if dry else OfficialFaceCLIPConfig()
+    with torch.device("meta"):
+        encoder = OfficialFaceCLIPEncoder(config)
+    encoder = encoder.to_empty(device=device).eval()  # fp32 weights, bf16 autocast on CUDA (as the pipeline holds it)
+    with torch.no_grad():
+        for name, t in encoder.state_dict().items():
+            t.fill_(1.0) if "running_var" in name else t.normal_(0, 0.02) if t.is_floating_point() else t.zero_()
+    result = {"parameters": sum(p.numel() for p in encoder.parameters())}
+    if device.type == "cuda":
+        result["memory_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    for batch in (1, 4):
+        pixels = torch.rand(batch, 3, 112, 112, device=device)
+
+        def condition(pixels=pixels, batch=batch):
+            with torch.no_grad():
+                e, t = encoder.read_pixels(pixels)
+                encoder(["a woman in a denim shirt on a desert plateau"] * batch, e, t)
+                encoder.encode_negative(["blurry"] * batch)
+
+        result[f"ms_per_conditioning_batch{batch}"] = round(1000 * timed(condition, device, 3) / batch, 2)
+    return result
+
+
+def bench_scene_switch(dry: bool, steps: int, device) -> dict:
+    """DreamIdentity with a head box (ControlNet) ÷ without, same prompt, seed and size."""
+    from facegen.methods import load_pipeline
+
+    _, _, size = (TINY if dry else REAL)["dreamidentity"]
+    preset = preset_for("dreamidentity", dry)
+    if not dry:
+        preset.method("dreamidentity").controlnet.model = "random:controlnet-sd21-base"
+    pipe = load_pipeline("dreamidentity", preset, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    identity = identity_of(pipe, "dreamidentity", device)
+    common = dict(num_inference_steps=steps, width=size, height=size, output_type="latent", identity=identity)
+    box = (size // 4, size // 8, size // 2, size // 2)
+    plain = timed(lambda: pipe("S* as a chef", **common), device, 2)
+    control = timed(lambda: pipe("S* as a chef", head_box=box, **common), device, 2)
+    return {"size": size, "steps": steps, "plain_s_per_image": round(plain, 4), "control_s_per_image": round(control, 4),
+            "control_over_plain": round(control / plain, 3)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: check the script, not the GPU")
@@ -156,6 +208,8 @@ def main(argv=None) -> int:
     for method in ("dreamidentity", "faceclip"):
         result[method] = bench_generation(method, args.dry_run, steps, not args.no_compile, device)
     result["m2_training"] = bench_m2_training(args.dry_run, device)
+    result["faceclip_official_encoder"] = bench_official_faceclip(args.dry_run, device)
+    result["scene_switch"] = bench_scene_switch(args.dry_run, steps, device)
     result["http_over_direct"] = "bench/serve.py (needs Ray, which does not travel to the lent GPU machine)"
     result["seconds"] = round(time.perf_counter() - start, 1)
     record("gpu" if not args.dry_run else "gpu_dry_run", result)
