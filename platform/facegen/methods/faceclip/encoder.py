@@ -271,24 +271,15 @@ def load_encoder(directory: str | os.PathLike, torch_dtype: torch.dtype | None =
 
 
 def load_face_reader(directory: str | os.PathLike | None, config: FaceCLIPEncoderConfig) -> nn.Module:
-    """The face side alone (photos' aligned crops → face condition) of an export, or of a fresh encoder."""
+    """The face side alone (photos' aligned crops → face condition) of an export, or of a fresh encoder (ours: the
+    official architecture has none, which FaceCLIPConfig.check_model says before this is reached)."""
     if directory is None:
-        if config.architecture == "official":
-            raise_needs_checkpoint()
         return FaceReader(fresh_face_vit(config))
     if architecture_of(directory) == "official":
         from facegen.methods.faceclip.official import exported_face_reader
 
         return exported_face_reader(directory)
     return FaceReader(exported_face_vit(directory))
-
-
-def raise_needs_checkpoint():
-    from facegen.errors import ConfigError
-
-    raise ConfigError("methods.faceclip.encoder.architecture is 'official': it has no fresh initialisation, give the "
-                      "converted checkpoint (--model DIR or methods.faceclip.model; see `python -m facegen convert "
-                      "faceclip-official --help`)")
 
 
 def fresh_face_vit(config: FaceCLIPEncoderConfig) -> FaceViT:

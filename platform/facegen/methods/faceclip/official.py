@@ -235,11 +235,6 @@ class OfficialBranch(nn.Module):
         side = v.img_size // v.patch_size
         self.grid = (side, side)
 
-    def read_face(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """B×3×112×112 in [0, 1] → (normalised identity B×512, patch tokens B×144×D)."""
-        out = self.face_encoder(pixels)
-        return F.normalize(out.identity, dim=-1), out.patch_tokens
-
     def forward(self, ids, id_mask, identity, patch_tokens) -> tuple[torch.Tensor, torch.Tensor]:
         """ids B×77, id_mask B×77 (the "id" slot), identity B×512 (normalised), patch_tokens B×144×Dv →
         (fused text B×77×D, pooled B×D)."""

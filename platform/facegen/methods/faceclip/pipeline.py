@@ -20,7 +20,7 @@ from facegen.errors import BadPrompt
 from facegen.face.align import align_face
 from facegen.face.analyzer import FaceAnalyzer
 from facegen.face.images import ImageInput
-from facegen.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader, raise_needs_checkpoint
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader
 from facegen.methods.pipeline_utils import (
     ControlComponent,
     FaceAnalyzerComponent,
@@ -147,8 +147,7 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
         # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
         # loaded for nothing), and a fully trained UNet replaces the base one (10 GB in fp32).
         skip = ()
-        if not weights and section.encoder.architecture == "official":
-            raise_needs_checkpoint()
+        section.check_model(weights)
         if weights:
             skip = ("text_encoder", "text_encoder_2") + (("unet",) if has_trained_unet(weights) else ())
         c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
@@ -176,6 +175,7 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
         p = as_preset(preset)
         section = p.method(METHOD_NAME)
         weights = model or section.model
+        section.check_model(weights)
         if weights:
             verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
         reader = load_face_reader(weights, section.encoder)

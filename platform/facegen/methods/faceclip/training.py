@@ -11,7 +11,7 @@ from torch import nn
 
 from facegen.errors import ConfigError
 from facegen.methods.faceclip.config import FaceCLIPTrainConfig
-from facegen.methods.faceclip.encoder import FaceCLIPEncoder, architecture_of, load_encoder, raise_needs_checkpoint
+from facegen.methods.faceclip.encoder import FaceCLIPEncoder, architecture_of, load_encoder
 from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE, METHOD_NAME, has_trained_unet, load_trained_unet
 from facegen.methods.training_utils import (
     diffusion_loss,
@@ -49,8 +49,7 @@ def check_official_training(section) -> None:
     t = section.train
     if architecture(section) != "official":
         return
-    if not section.model:
-        raise_needs_checkpoint()
+    section.check_model(None)
     if t.stage != "diffusion" or t.align_weight:
         raise ConfigError("fine-tuning the official FaceCLIP encoder: set methods.faceclip.train.stage=diffusion and "
                           "methods.faceclip.train.align_weight=0 (its alignment-loss heads are not published)")
