@@ -127,20 +127,28 @@ def cmd_generate(args) -> int:
     section = preset.method(method.name)  # the preset offers it
     getattr(section, "check_model", lambda model: None)(args.model)
     # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
-    from facegen.methods.pipeline_utils import as_prompts, check_common_inputs
+    from facegen.prompts import as_prompts, check_common_inputs
 
     check_common_inputs(as_prompts(args.prompt), args.negative_prompt or "", args.height, args.width,
                         needs_placeholder=method.needs_placeholder)
-    for face in args.face:  # an unreadable photo fails now, not after the models have loaded
-        load_image(face)
     control = control_arguments(args, preset.method(method.name))
+    # An unreadable or faceless photo fails now (in a second or two), not after the models have loaded; the pipeline
+    # reuses this analyzer, and names the photos as it does.
+    from facegen.face.analyzer import FaceAnalyzer
+    from facegen.methods.pipeline_utils import photo_name
+
+    analyzer = FaceAnalyzer(preset.face)
+    for i, face in enumerate(args.face):
+        analyzer.largest(load_image(face), photo_name(face, i))
+    if control.get("pose_image"):
+        analyzer.largest(load_image(control["pose_image"]), "the pose photo")
     import torch
 
     from facegen.methods import load_pipeline
 
     _quiet(args)
 
-    pipe = load_pipeline(method.name, preset, args.model)
+    pipe = load_pipeline(method.name, preset, args.model, face_analyzer=analyzer)
     if not args.verbose:
         pipe.set_progress_bar_config(disable=True)
     identity = pipe.encode_identity(args.face)  # several --face photos of one person are averaged

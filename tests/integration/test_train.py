@@ -1,5 +1,6 @@
 """jobs/train_m2.py and jobs/train_faceclip.py through their real entry points on a real local Ray: overfitting
-with 2 DDP workers, a DeepSpeed ZeRO-2 run, a killed worker, --resume, export round trips and bad input."""
+with 2 DeepSpeed ZeRO-2 workers and with 2 DDP workers, a killed worker and --resume (which must continue alike),
+export round trips and bad input."""
 import json
 import os
 import signal
@@ -31,16 +32,17 @@ def latest_checkpoint(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def m2_run(train_data, load_job, tmp_path_factory):
-    """2 DDP workers overfit the 4 self-aug rows (fixed per-row noise, so the loss is a function of the weights)."""
+    """2 DeepSpeed ZeRO-2 workers on the CPU overfit the 4 self-aug rows (fixed per-row noise, so the loss is a
+    function of the weights). The suite's one DeepSpeed run; DDP is what every other training test runs."""
     out = tmp_path_factory.mktemp("m2") / "run"
     rc = load_job("train_m2").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
-                                    "--max-steps", "10", "--set", "train.fixed_noise=true", "--set", "train.lr=1e-2",
-                                    "--set", "train.ffhq_ratio=0"])
+                                    "--strategy", "deepspeed", "--max-steps", "10", "--set", "train.fixed_noise=true",
+                                    "--set", "train.lr=1e-2", "--set", "train.ffhq_ratio=0"])
     assert rc == 0
     return out
 
 
-def test_m2_loss_falls_with_two_ddp_workers(m2_run):
+def test_m2_loss_falls_with_two_deepspeed_workers(m2_run):
     curve = losses(m2_run)
     assert steps(m2_run) == list(range(1, 11))
     assert curve[-1] < curve[0] and min(curve[5:]) < min(curve[:2])
@@ -50,17 +52,22 @@ def test_m2_loss_falls_with_two_ddp_workers(m2_run):
 
 
 def test_m2_export_round_trip(m2_run, photos, analyzer):
-    """The exported model = the model at the end of training (the last checkpoint), and the pipeline/CLI load it."""
+    """The exported model = the trained weights ZeRO sharded over the 2 ranks, merged (Ray Train's checkpoint holds
+    one shard per rank; frozen ViT weights are not stored), and the pipeline/CLI load it."""
     from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline
-    from facegen.methods.training_utils import load_trained_weights
-    from safetensors.torch import load_file
+    from facegen.train.strategies import DeepSpeedStrategy
 
+    ckpt = latest_checkpoint(m2_run)
+    assert len(list(ckpt.glob("zero/*optim_states.pt"))) == 2  # one ZeRO shard per rank, merged by Ray Train
     exported = M2Encoder.from_pretrained(m2_run / "model")
+    consolidated = DeepSpeedStrategy.consolidate(str(ckpt))
+    assert any(k.startswith("projectors.") for k in consolidated)
+    assert not any(k.startswith("vit.") and k.endswith("weight") for k in consolidated)
+    exported_state = exported.state_dict()
+    for key, value in consolidated.items():
+        assert torch.equal(exported_state[key], value.float()), key
     config = with_token_dim(load_preset("tiny").method("dreamidentity").encoder, 32)
-    trained = M2Encoder.from_config_random(config)
-    load_trained_weights(trained, load_file(latest_checkpoint(m2_run) / "model.safetensors"))  # no pickle
     face = analyzer.aligned(photos["astronaut"], 112)
-    assert torch.equal(exported.encode_aligned(face), trained.encode_aligned(face))
     fresh = M2Encoder.from_config_random(config)
     assert not torch.allclose(fresh.encode_aligned(face), exported.encode_aligned(face))
     pipe = DreamIdentityPipeline.from_preset("tiny", model=m2_run / "model")
@@ -115,25 +122,6 @@ def test_faceclip_diffusion_stage_fine_tunes_the_published_model_with_lora(train
     torch.testing.assert_close(pipe.unet.conv_out.bias, official_checkpoint["unet_state"]["conv_out.bias"])
 
 
-def test_deepspeed_zero2_two_cpu_workers(train_data, load_job, tmp_path):
-    from facegen.train.strategies import DeepSpeedStrategy
-
-    out = tmp_path / "ds"
-    rc = load_job("train_m2").main(["--data", str(train_data), "--output", str(out), "--num-workers", "2",
-                                    "--strategy", "deepspeed", "--max-steps", "3"])
-    assert rc == 0
-    assert steps(out) == [1, 2, 3]
-    ckpt = latest_checkpoint(out)
-    assert len(list(ckpt.glob("zero/*optim_states.pt"))) == 2  # one ZeRO shard per rank, merged by Ray Train
-    exported = M2Encoder.from_pretrained(out / "model")
-    consolidated = DeepSpeedStrategy.consolidate(str(ckpt))  # trained weights (+ buffers); frozen ViT weights are not stored
-    assert any(k.startswith("projectors.") for k in consolidated)
-    assert not any(k.startswith("vit.") and k.endswith("weight") for k in consolidated)
-    exported_state = exported.state_dict()
-    for key, value in consolidated.items():
-        assert torch.equal(exported_state[key], value.float()), key
-
-
 def _train_worker_pids() -> list[int]:
     """Ray names each actor process after its class: Ray Train's workers are "ray::RayTrainWorker…"."""
     import psutil
@@ -146,13 +134,20 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
-def test_killed_worker_resumes_from_checkpoint(train_data, load_job, tmp_path):
-    """SIGKILL one of 2 DDP workers after the first checkpoint: Ray Train restarts the group from that checkpoint
-    (FailureConfig) and the run finishes with one continuous step series."""
-    out = tmp_path / "fault"
+# 2 DDP workers with random noise and timesteps, one row per batch: 2 batches per worker per epoch, and a checkpoint
+# every 3 steps, so runs stop and restart mid-epoch. The same arguments for every run below, whatever interrupts it.
+RESTART_ARGS = ["--num-workers", "2", "--max-steps", "16", "--set", "train.batch_size=1",
+                "--set", "train.checkpoint_every=3", "--set", "train.max_failures=2", "--set", "train.ffhq_ratio=0",
+                "--set", "train.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def restarted_run(train_data, load_job, tmp_path_factory):
+    """A run with one of its 2 DDP workers SIGKILLed after the first checkpoint: Ray Train restarts the group from
+    that checkpoint (FailureConfig) and every worker restores its data position and random generators."""
+    out = tmp_path_factory.mktemp("restarted") / "run"
     result = {}
-    argv = ["--data", str(train_data), "--output", str(out), "--num-workers", "2", "--max-steps", "16",
-            "--set", "train.checkpoint_every=4", "--set", "train.max_failures=2", "--set", "train.ffhq_ratio=0"]
+    argv = ["--data", str(train_data), "--output", str(out), *RESTART_ARGS]
     job = threading.Thread(target=lambda: result.update(rc=load_job("train_m2").main(argv)))
     job.start()
     deadline, killed = time.time() + 300, None
@@ -166,47 +161,50 @@ def test_killed_worker_resumes_from_checkpoint(train_data, load_job, tmp_path):
     job.join(600)
     assert killed is not None, "no checkpoint appeared before the run ended"
     assert result["rc"] == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    return out
+
+
+def test_killed_worker_resumes_from_checkpoint(restarted_run):
+    """The restarted run finishes with one continuous step series."""
+    manifest = json.loads((restarted_run / "manifest.json").read_text())
     assert manifest["resumed"] >= 1 and manifest["counts"]["steps"] == 16
-    assert steps(out) == list(range(1, 17))  # steps before the checkpoint kept, lost ones redone, none twice
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps(restarted_run) == list(range(1, 17))  # steps before the checkpoint kept, lost ones redone, none twice
+    history = [json.loads(line) for line in (restarted_run / "metrics.jsonl").read_text().splitlines()]
     resumed_at = [h["step"] for h in history if h.get("event") == "resumed"]
-    assert resumed_at and all(s % 4 == 0 and 0 < s < 16 for s in resumed_at)
+    assert resumed_at and all(s % 3 == 0 and 0 < s < 16 for s in resumed_at)
+    state = torch.load(latest_checkpoint(restarted_run) / "optimizer.pt", weights_only=True)  # loads without pickle
+    assert state["scheduler"]["last_epoch"] == 16
 
 
-def test_stopped_and_resumed_run_equals_an_uninterrupted_one(train_data, load_job, tmp_path, s3_endpoint):
-    """2 DDP workers with random noise and timesteps, 2 batches per worker per epoch: a run stopped mid-epoch at step
-    3 and continued with --resume (its checkpoints on S3) draws the same batches and noise as an uninterrupted run,
-    so the loss curve and the trained weights are the same."""
+def test_stopped_and_resumed_run_equals_the_restarted_one(restarted_run, train_data, load_job, s3_endpoint):
+    """The same run stopped mid-epoch at step 15 (its checkpoints on S3) and continued with --resume draws the same
+    batches, noise and timesteps as the run restarted after its killed worker: the loss curves and the trained weights
+    are the same. The two continue from different checkpoints (15 here, the first one after the kill there), so a restore
+    that lost any state would set them apart."""
     import boto3
     from facegen.data.storage import Storage
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="facegen-resume")
-    common = ["--data", str(train_data), "--num-workers", "2", "--set", "train.batch_size=1",
-              "--set", "train.checkpoint_every=3", "--set", "train.ffhq_ratio=0", "--set", "train.lr=1e-2"]
     job = load_job("train_m2")
-    whole = tmp_path / "whole"
-    assert job.main([*common, "--output", str(whole), "--max-steps", "6"]) == 0
+    common = ["--data", str(train_data), *RESTART_ARGS]
     parted = "s3://facegen-resume/run"
-    assert job.main([*common, "--output", parted, "--max-steps", "3"]) == 0
-    assert job.main([*common, "--output", parted, "--max-steps", "6"]) == 2  # an existing run is not overwritten
-    assert job.main([*common, "--output", parted, "--max-steps", "6", "--resume"]) == 0
+    assert job.main([*common, "--output", parted, "--max-steps", "15"]) == 0
+    assert job.main([*common, "--output", parted]) == 2  # an existing run is not overwritten
+    assert job.main([*common, "--output", parted, "--resume"]) == 0
 
     storage = Storage.open(parted)
     rows = [json.loads(line) for line in storage.read_bytes(storage.path("metrics.jsonl")).decode().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == steps(whole) == list(range(1, 7))
-    assert [r["step"] for r in rows if r.get("event") == "resumed"] == [3]
-    assert torch.allclose(torch.tensor([r["loss"] for r in rows if "loss" in r]), torch.tensor(losses(whole)),
+    assert [r["step"] for r in rows if "loss" in r] == steps(restarted_run) == list(range(1, 17))
+    assert [r["step"] for r in rows if r.get("event") == "resumed"] == [15]
+    assert torch.allclose(torch.tensor([r["loss"] for r in rows if "loss" in r]), torch.tensor(losses(restarted_run)),
                           rtol=1e-5, atol=1e-6)
     assert storage.read_json("manifest.json")["resumed"] == 1
     with Storage.open(f"{parted}/model").local_copy() as model_dir:
         resumed = M2Encoder.from_pretrained(model_dir).state_dict()
-    uninterrupted = M2Encoder.from_pretrained(whole / "model").state_dict()
-    assert resumed.keys() == uninterrupted.keys()
-    for key, value in uninterrupted.items():
+    restarted = M2Encoder.from_pretrained(restarted_run / "model").state_dict()
+    assert resumed.keys() == restarted.keys()
+    for key, value in restarted.items():
         assert torch.allclose(resumed[key], value, rtol=1e-5, atol=1e-6), key
-    state = torch.load(latest_checkpoint(whole) / "optimizer.pt", weights_only=True)  # loads without pickle
-    assert state["scheduler"]["last_epoch"] == 6
 
 
 def test_a_declared_gpu_that_cuda_cannot_see_trains_on_cpu(ray_cluster):

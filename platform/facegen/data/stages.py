@@ -19,7 +19,7 @@ from facegen.errors import FacegenError
 from facegen.face.align import align_face
 from facegen.face.analyzer import FaceAnalyzer, cosine
 from facegen.face.images import decode_image, png_bytes
-from facegen.models.tokens import PLACEHOLDER
+from facegen.prompts import PLACEHOLDER
 from facegen.seeds import stable_seed
 from facegen.workers import actor_device, quiet_worker
 

@@ -20,10 +20,12 @@ def get_method(name: str) -> Method:
     return REGISTRY[name]
 
 
-def load_pipeline(name: str, preset, model=None, torch_dtype=None, device=None):
+def load_pipeline(name: str, preset, model=None, torch_dtype=None, device=None, face_analyzer=None):
     """The pipeline of method `name` as preset (name, file or Preset) configures it; `model` = an encoder exported
-    by a training job, replacing the preset's; dtype/device as `facegen.devices.resolve` decides unless given."""
-    return get_method(name).pipeline_class().from_preset(preset, model=model, torch_dtype=torch_dtype, device=device)
+    by a training job, replacing the preset's; dtype/device as `facegen.devices.resolve` decides unless given;
+    `face_analyzer` = one already built from the preset's `face` section, reused rather than loaded again."""
+    return get_method(name).pipeline_class().from_preset(preset, model=model, torch_dtype=torch_dtype, device=device,
+                                                         face_analyzer=face_analyzer)
 
 
 __all__ = ["NAMES", "REGISTRY", "Method", "get_method", "load_pipeline"]

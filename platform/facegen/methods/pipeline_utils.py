@@ -13,7 +13,6 @@ import numpy as np
 from facegen.errors import BadPrompt, ConfigError
 from facegen.face.analyzer import DetectedFace, FaceAnalyzer
 from facegen.face.images import ImageInput, load_image
-from facegen.models.tokens import PLACEHOLDER
 
 
 def make_scheduler(name: str, current):
@@ -44,35 +43,6 @@ def in_dtype(module, dtype):
     """The whole module in `dtype` — FaceCLIP's encoder holds SDXL's text towers, loaded in the UNet's dtype — moved only
     when some weight differs (diffusers warns on every .to(dtype) of a ModelMixin)."""
     return module if all(p.dtype == dtype for p in module.parameters()) else module.to(dtype)
-
-
-def as_prompts(prompt) -> list[str]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-    if not prompts:
-        raise BadPrompt("no prompt given")
-    if not all(isinstance(p, str) for p in prompts):
-        raise BadPrompt("prompt must be a text or a list of texts")
-    return prompts
-
-
-def check_common_inputs(prompts: list[str], negative_prompt, height: int | None, width: int | None,
-                        needs_placeholder: bool) -> list[str]:
-    """The checks every pipeline runs before drawing (and the CLI and HTTP layer run before queueing):
-    sizes, the placeholder rule, negative prompts. Returns the negative prompts, one per prompt."""
-    for name, size in (("width", width), ("height", height)):
-        if size is not None and (not isinstance(size, int) or size <= 0 or size % 8):
-            raise BadPrompt(f"{name} must be a positive multiple of 8, got {size}")
-    if needs_placeholder:
-        for text in prompts:
-            if PLACEHOLDER not in text:
-                raise BadPrompt(f'prompt "{text}" has no "{PLACEHOLDER}": write where the person goes, '
-                                f'e.g. "{PLACEHOLDER} as a chef"')
-    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-    if len(negatives) != len(prompts):
-        raise BadPrompt(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
-    if not all(isinstance(n, str) for n in negatives):
-        raise BadPrompt("negative_prompt must be a text or a list of texts")
-    return negatives
 
 
 def photo_list(image) -> list:

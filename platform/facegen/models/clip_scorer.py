@@ -62,7 +62,7 @@ class ClipScorer(nn.Module):
 
     def reading(self, prompt: str) -> str:
         """The prompt as it is scored: "S*" read as `person_words`."""
-        from facegen.models.tokens import PLACEHOLDER
+        from facegen.prompts import PLACEHOLDER
 
         return prompt.replace(PLACEHOLDER, self.config.person_words)
 

@@ -34,4 +34,4 @@ class ClipScorerConfig:
     seed: int = 0
     # What "S*" reads as wherever a prompt is scored or used as a text target (data filter, CLIP-T, FaceCLIP's
     # text alignment): one setting, so every score reads the same words.
-    person_words: str = "a person"  # = facegen.models.tokens.PERSON_WORDS
+    person_words: str = "a person"  # = facegen.prompts.PERSON_WORDS

@@ -9,11 +9,7 @@ import logging
 import torch
 
 from facegen.errors import BadPrompt
-
-PLACEHOLDER = "S*"
-# What S* reads as where a method has no pseudo-word for it (FaceCLIP reads the face from its own slot) and, by
-# default, wherever a prompt is scored (ClipScorerConfig.person_words).
-PERSON_WORDS = "a person"
+from facegen.prompts import PLACEHOLDER
 
 
 @contextlib.contextmanager

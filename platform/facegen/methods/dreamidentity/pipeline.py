@@ -26,8 +26,6 @@ from facegen.methods.pipeline_utils import (
     ControlComponent,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    as_prompts,
-    check_common_inputs,
     control_kwargs,
     fit_vae_to,
     make_scheduler,
@@ -35,7 +33,8 @@ from facegen.methods.pipeline_utils import (
 from facegen.methods.pipeline_utils import (
     in_dtype as _in_dtype,
 )
-from facegen.models.tokens import PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
+from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders
+from facegen.prompts import PLACEHOLDER, as_prompts, check_common_inputs
 
 METHOD_NAME = "dreamidentity"
 
@@ -119,9 +118,11 @@ class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPi
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None, device=None) -> DreamIdentityPipeline:
+                    torch_dtype: torch.dtype | None = None, device=None,
+                    face_analyzer: FaceAnalyzer | None = None) -> DreamIdentityPipeline:
         """Base model, face stack and M² encoder as the preset's `methods.dreamidentity` names them, placed on
-        `device` in the section's dtype (`facegen.devices.resolve`); `model` = an exported M² directory."""
+        `device` in the section's dtype (`facegen.devices.resolve`); `model` = an exported M² directory;
+        `face_analyzer` = one already built from the preset's `face` section (the CLI's, which checked the photos)."""
         from facegen import devices
         from facegen.config import as_preset
         from facegen.weights import load_sd21_components
@@ -133,7 +134,8 @@ class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPi
         m2 = load_m2_encoder(section, model, components["text_encoder"].get_input_embeddings().embedding_dim)
         s = section.sampling
         components["scheduler"] = make_scheduler(s.scheduler, components["scheduler"])
-        pipe = cls(**components, m2_encoder=_in_dtype(m2, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
+        pipe = cls(**components, m2_encoder=_in_dtype(m2, place.encoder_dtype),
+                   face_analyzer=face_analyzer or FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                    negative_prompt=s.negative_prompt)
         pipe.control_config = section.controlnet

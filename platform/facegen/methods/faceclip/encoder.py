@@ -26,7 +26,8 @@ from torch import nn
 from facegen.methods.faceclip.config import FaceCLIPEncoderConfig
 from facegen.models.export import load_export_weights, read_export, save_export
 from facegen.models.face_vit import FaceViT, faces_to_tensor, load_arcface_checkpoint
-from facegen.models.tokens import PERSON_WORDS, PLACEHOLDER, token_embedding_override, tokenize_with_placeholders
+from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders
+from facegen.prompts import PERSON_WORDS, PLACEHOLDER
 
 TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 

@@ -31,7 +31,7 @@ from torch import nn
 from facegen.methods.faceclip.config import OfficialFaceCLIPConfig, OfficialFuserConfig, OfficialTextTowerConfig
 from facegen.models.export import load_export_weights, read_export, save_export
 from facegen.models.face_vit import FaceViT
-from facegen.models.tokens import PERSON_WORDS, PLACEHOLDER
+from facegen.prompts import PERSON_WORDS, PLACEHOLDER
 
 BRANCHES = ("face_clip_l", "face_clip_g")
 VIT_SIZE = 112

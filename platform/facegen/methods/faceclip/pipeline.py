@@ -25,8 +25,6 @@ from facegen.methods.pipeline_utils import (
     ControlComponent,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    as_prompts,
-    check_common_inputs,
     control_kwargs,
     fit_vae_to,
     make_scheduler,
@@ -35,6 +33,7 @@ from facegen.methods.pipeline_utils import (
     in_dtype as _in_dtype,
 )
 from facegen.pins import verify_sha256
+from facegen.prompts import as_prompts, check_common_inputs
 
 METHOD_NAME = "faceclip"
 LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
@@ -132,9 +131,11 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None, device=None) -> FaceCLIPSDXLPipeline:
+                    torch_dtype: torch.dtype | None = None, device=None,
+                    face_analyzer: FaceAnalyzer | None = None) -> FaceCLIPSDXLPipeline:
         """SDXL UNet/VAE/scheduler as the preset's `methods.faceclip` names them; the encoder from `model` (an
-        exported one, with its trained UNet when there is one) or fresh from SDXL's own text encoders."""
+        exported one, with its trained UNet when there is one) or fresh from SDXL's own text encoders;
+        `face_analyzer` = one already built from the preset's `face` section (the CLI's, which checked the photos)."""
         from facegen import devices
         from facegen.config import as_preset
         from facegen.weights import load_sdxl_components
@@ -160,7 +161,8 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
         s = section.sampling
         unet = load_trained_unet(weights, c["unet"], dtype) if weights else c["unet"]
         pipe = cls(unet=unet, vae=c["vae"], scheduler=make_scheduler(s.scheduler, c["scheduler"]),
-                   faceclip_encoder=_in_dtype(encoder, place.encoder_dtype), face_analyzer=FaceAnalyzer(p.face),
+                   faceclip_encoder=_in_dtype(encoder, place.encoder_dtype),
+                   face_analyzer=face_analyzer or FaceAnalyzer(p.face),
                    num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                    negative_prompt=s.negative_prompt)
         pipe.control_config = section.controlnet
