@@ -27,7 +27,7 @@ browser:
 
 # The fast tier (tiny models), then the real-shape tier (random weights in SD2.1-base / SDXL-base shapes).
 test: install browser
-	$(PY) -m pytest -q -m "not realshape" tests
+	$(PY) -m pytest -q -m "not realshape" --durations=20 tests
 	$(PY) -m pytest -q -m realshape tests
 
 bench: install
