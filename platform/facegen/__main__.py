@@ -115,7 +115,6 @@ def save_images_atomically(images, paths: list[Path]) -> None:
 
 def cmd_generate(args) -> int:
     from facegen.config import load_preset
-    from facegen.face.images import load_image
 
     if not 1 <= args.num_images <= 16:
         raise FacegenError("--num-images must be between 1 and 16")
@@ -133,15 +132,14 @@ def cmd_generate(args) -> int:
                         needs_placeholder=method.needs_placeholder)
     control = control_arguments(args, preset.method(method.name))
     # An unreadable or faceless photo fails now (in a second or two), not after the models have loaded; the pipeline
-    # reuses this analyzer, and names the photos as it does.
+    # reuses this analyzer, and its face encoder turns these detections into the identity (as the service does).
     from facegen.face.analyzer import FaceAnalyzer
-    from facegen.methods.pipeline_utils import photo_name
+    from facegen.methods.pipeline_utils import detect_faces
 
     analyzer = FaceAnalyzer(preset.face)
-    for i, face in enumerate(args.face):
-        analyzer.largest(load_image(face), photo_name(face, i))
+    detections = detect_faces(analyzer, args.face)
     if control.get("pose_image"):
-        analyzer.largest(load_image(control["pose_image"]), "the pose photo")
+        analyzer.largest(control["pose_image"], "the pose photo")
     import torch
 
     from facegen.methods import load_pipeline
@@ -151,7 +149,7 @@ def cmd_generate(args) -> int:
     pipe = load_pipeline(method.name, preset, args.model, face_analyzer=analyzer)
     if not args.verbose:
         pipe.set_progress_bar_config(disable=True)
-    identity = pipe.encode_identity(args.face)  # several --face photos of one person are averaged
+    identity = pipe.face_encoder.from_detections(detections)  # several --face photos of one person are averaged
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", ControlImageResized)
         out = pipe(prompt=args.prompt, identity=identity, negative_prompt=args.negative_prompt,

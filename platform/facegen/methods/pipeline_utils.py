@@ -56,19 +56,20 @@ def photo_name(photo, i: int) -> str:
     return str(photo) if isinstance(photo, (str, os.PathLike)) else f"photo {i + 1}"
 
 
+def detect_faces(face_analyzer: FaceAnalyzer, image: ImageInput | Sequence[ImageInput]) -> list[tuple[np.ndarray, DetectedFace]]:
+    """(RGB, largest face) per photo (one, or a list of one person's); NoFaceFound names the photo without one."""
+    return [face_analyzer.largest(load_image(p), photo_name(p, i)) for i, p in enumerate(photo_list(image))]
+
+
 class FaceIdentityEncoder:
     """Photos of one person → the method's identity. Subclasses turn detections into the identity."""
 
     def __init__(self, face_analyzer: FaceAnalyzer):
         self.face_analyzer = face_analyzer
 
-    def detect(self, image: ImageInput | Sequence[ImageInput]) -> list[tuple[np.ndarray, DetectedFace]]:
-        """(RGB, largest face) per photo; NoFaceFound names the photo without one."""
-        return [self.face_analyzer.largest(load_image(p), photo_name(p, i)) for i, p in enumerate(photo_list(image))]
-
     def encode_identity(self, image: ImageInput | Sequence[ImageInput]):
         """One photo, or several of one person (averaged)."""
-        return self.from_detections(self.detect(image))
+        return self.from_detections(detect_faces(self.face_analyzer, image))
 
     def from_detections(self, detections: list[tuple[np.ndarray, DetectedFace]]):
         raise NotImplementedError
