@@ -29,9 +29,18 @@ def selfaug_rows(out) -> "pd.DataFrame":  # noqa: F821
 
 
 @pytest.fixture(scope="module")
-def tiny_build(ray_cluster, load_job, tmp_path_factory):
-    out = tmp_path_factory.mktemp("build") / "data"
-    rc = load_job("build_data").main(["--preset", "tiny", "--output", str(out), "--num-identities", "6", *FAST])
+def tiny_build(ray_cluster, load_job, photos, s3_endpoint) -> str:
+    """The module's build, all through s3:// on the local S3 server: 6 identities × 3 prompts written to a bucket, and
+    an FFHQ folder read from one (two faces and a faceless photo)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="facegen-test")
+    for name in ("astronaut", "tom_hanks", "no_face"):
+        s3.upload_file(str(photos[name]), "facegen-test", f"faces/{name}{photos[name].suffix}")
+    out = "s3://facegen-test/build"
+    rc = load_job("build_data").main(["--preset", "tiny", "--output", out, "--num-identities", "6",
+                                      "--ffhq", "s3://facegen-test/faces", *FAST])
     assert rc == 0
     return out
 
@@ -59,10 +68,23 @@ def test_selfaug_rows_schema_prompts_and_top_fraction(tiny_build):
         n_keep = math.ceil(len(group) * 0.25)
         assert group["kept"].sum() == n_keep
         assert group[group["kept"]]["rank"].min() >= group[~group["kept"]]["rank"].max()  # exactly the top
-    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    manifest = Storage.open(tiny_build).read_json("manifest.json")
     c = manifest["counts"]
     assert (c["generated"], c["scored"], c["kept"], c["no_face"], c["too_small"]) == (6, 18, 6, 0, 0)
     assert manifest["preset"] == "tiny" and "generate" in manifest["throughput"]
+
+
+def test_s3_input_and_output(tiny_build, s3_endpoint):
+    """The build read its FFHQ photos from S3 and wrote every shard, the kept marks and the manifest there."""
+    import boto3
+
+    counts = Storage.open(tiny_build).read_json("manifest.json")["counts"]
+    assert (counts["ffhq_in"], counts["ffhq_kept"], counts["ffhq_no_face"]) == (3, 2, 1)
+    listed = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="facegen-test", Prefix="build/")
+    keys = [o["Key"] for o in listed["Contents"]]
+    assert "build/manifest.json" in keys and any(k.startswith("build/ffhq/part-") for k in keys)
+    assert any(k.startswith("build/selfaug/part-") for k in keys)
+    assert not any("/." in k or k.endswith(".tmp") for k in keys), keys  # no temporary names left behind
 
 
 def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path):
@@ -155,23 +177,6 @@ def test_resume_after_sigkill_equals_uninterrupted_run(ray_cluster, tiny_build, 
     assert a["kept"].tolist() == b["kept"].tolist()
 
 
-def test_s3_input_and_output(ray_cluster, load_job, photos, s3_endpoint):
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="facegen-test")
-    for name in ("astronaut", "tom_hanks", "no_face"):
-        s3.upload_file(str(photos[name]), "facegen-test", f"faces/{name}{photos[name].suffix}")
-    rc = load_job("build_data").main(["--output", "s3://facegen-test/run1", "--num-identities", "2",
-                                      "--ffhq", "s3://facegen-test/faces", *FAST])
-    assert rc == 0
-    storage = Storage.open("s3://facegen-test/run1")
-    counts = storage.read_json("manifest.json")["counts"]
-    assert (counts["scored"], counts["ffhq_in"], counts["ffhq_kept"], counts["ffhq_no_face"]) == (6, 3, 2, 1)
-    rows = storage.read_parquet(storage.list("selfaug", suffixes=(".parquet",))).to_pandas()
-    assert len(rows) == 6 and rows["kept"].sum() == 3
-
-
 def test_bad_input_is_refused_before_any_work(ray_cluster, load_job, tmp_path, capsys):
     job = load_job("build_data")
     empty = tmp_path / "empty.txt"
@@ -197,10 +202,11 @@ def test_bad_input_is_refused_before_any_work(ray_cluster, load_job, tmp_path, c
 
 
 def test_existing_output_needs_resume(tiny_build, load_job, capsys):
-    before = sorted(p.name for p in (tiny_build / "selfaug").iterdir())
-    assert load_job("build_data").main(["--output", str(tiny_build), "--num-identities", "6"]) == 2
+    storage = Storage.open(tiny_build)
+    before = storage.list("selfaug")
+    assert load_job("build_data").main(["--output", tiny_build, "--num-identities", "6"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert sorted(p.name for p in (tiny_build / "selfaug").iterdir()) == before
+    assert storage.list("selfaug") == before
 
 
 def test_too_small_and_no_face_sources_are_counted(photos):

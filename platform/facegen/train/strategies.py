@@ -92,6 +92,20 @@ def deepspeed_config(stage: int, batch_size: int, lr: float, weight_decay: float
     return cfg
 
 
+SHARED_MEMORY_ALLREDUCE_OP = "deepspeed_shm_comm"
+
+
+def skip_shared_memory_allreduce_build() -> None:
+    """On the CPU accelerator, DeepSpeed's communication backend JIT-compiles its shared-memory all-reduce (C++ with
+    OpenMP: ~70 s on 2 cores, again whenever the venv's path changes) when the engine starts. Only tensor-parallel
+    inference (`inference_all_reduce`) calls it; ZeRO training reduces through the gloo process group either way.
+    Marking the op incompatible in DeepSpeed's probe table (a module-level dict, read when the backend starts) skips
+    the build and changes nothing the training computes."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHARED_MEMORY_ALLREDUCE_OP] = False
+
+
 class DeepSpeedStrategy:
     """A DeepSpeed engine (ZeRO-2/3 configs shipped in facegen/train/deepspeed/); every rank writes its shard."""
 
@@ -104,6 +118,8 @@ class DeepSpeedStrategy:
         import deepspeed
 
         c = self.cfg
+        if self.device.type == "cpu":
+            skip_shared_memory_allreduce_build()
         ds_cfg = deepspeed_config(c.deepspeed_stage, c.batch_size, c.lr, c.weight_decay, c.grad_clip,
                                   self.device.type == "cuda")
         # The engine steps (and checkpoints) the scheduler itself; it builds it around its own inner optimizer.
