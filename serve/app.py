@@ -10,10 +10,9 @@ facegen/serving/deployments.py.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from facegen.errors import ConfigError
+from facegen.errors import ConfigError, ModelNotFound
 from facegen.methods import NAMES
+from facegen.models.export import check_export
 from facegen.serving.api import DEFAULT_MAX_BODY
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
@@ -59,8 +58,11 @@ class _AppArgs(BaseModel):
             directory = getattr(self, m)
             if directory and m not in self.methods:
                 raise ValueError(f"{m}={directory}: method '{m}' is not served (methods={','.join(self.methods)})")
-            if directory and not (Path(directory) / "config.json").is_file():
-                raise ValueError(f"{m}={directory}: not an exported model (no config.json; use <train output>/model)")
+            if directory:
+                try:
+                    check_export(directory)
+                except ModelNotFound as e:
+                    raise ValueError(f"{m}={e}") from None
         return self
 
 

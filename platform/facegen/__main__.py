@@ -125,6 +125,10 @@ def cmd_generate(args) -> int:
     method = get_method(args.method or (preset.method_names or NAMES)[0])
     section = preset.method(method.name)  # the preset offers it
     getattr(section, "check_model", lambda model: None)(args.model)
+    if args.model:
+        from facegen.models.export import check_export
+
+        check_export(args.model)
     # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
     from facegen.prompts import as_prompts, check_common_inputs
 

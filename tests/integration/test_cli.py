@@ -129,4 +129,6 @@ def test_faceclip_bad_input(case, photos, tmp_path):
     r = run("generate", "--method", "faceclip", "--face", face, "--prompt", "a chef", "--out", out, "--steps", "2", *extra)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len([x for x in r.stderr.splitlines() if x.strip()]) == 1 and r.stderr.startswith("error: ")
+    if case == "bad_model_dir":  # said before any model loads
+        assert f"{tmp_path}: not an exported model (no config.json" in r.stderr
     assert not out.exists()

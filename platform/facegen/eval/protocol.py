@@ -26,6 +26,7 @@ from facegen.eval.metrics import (
 )
 from facegen.eval.report import face_grid, report_markdown, scatter_png
 from facegen.face.images import png_bytes
+from facegen.models.export import CONFIG_NAME, not_an_export
 
 PLOT_FILE = "face_similarity_vs_text_alignment.png"
 
@@ -115,8 +116,8 @@ def run_evaluation(method: str, preset: Preset, out: Storage, faces_uri: str, mo
         if not section.controlnet.model:
             raise ConfigError(f"eval.head_box needs a ControlNet: set methods.{method}.controlnet.model")
     faces = read_faces(faces_uri)
-    if model_uri and not Storage.open(model_uri).is_file("config.json"):
-        raise ConfigError(f"--model {model_uri}: not an exported model (no config.json; use <train output>/model)")
+    if model_uri and not Storage.open(model_uri).is_file(CONFIG_NAME):
+        raise ConfigError("--model " + not_an_export(model_uri))
     for name, data in faces:  # unreadable files are a user's mistake: say which, before any actor starts
         try:
             PIL.Image.open(io.BytesIO(data)).verify()

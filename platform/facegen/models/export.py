@@ -1,6 +1,7 @@
 """facegen's export format for trained encoders: config.json (the dataclass config) + model.safetensors.
 
-Both files are written under temporary names and renamed, so a reader never sees half an export.
+Both files are written under temporary names and renamed, so a reader never sees half an export. Torch loads only
+when weights are read or written: the CLI and the service builder check a model directory before anything heavy.
 """
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING
 
 from facegen.errors import ModelNotFound
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -25,6 +27,8 @@ def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
 
 def write_export(directory: str | os.PathLike, state: dict[str, torch.Tensor], config, class_name: str) -> Path:
     """An export from a state dict: config.json (`config` as a dict, `_class_name` first) + model.safetensors."""
+    from safetensors.torch import save_file
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(config)
@@ -40,9 +44,23 @@ def write_export(directory: str | os.PathLike, state: dict[str, torch.Tensor], c
     return d
 
 
+def not_an_export(directory) -> str:
+    """What to say of a model directory (or storage URI) that holds no export."""
+    return f"{directory}: not an exported model (no {CONFIG_NAME}; use <train output>/model)"
+
+
+def check_export(directory: str | os.PathLike) -> None:
+    """A local model directory given by a user holds an export: said before any model loads (a base model takes
+    seconds to minutes to load, and a service replica would fail only after it)."""
+    if not (Path(directory).expanduser() / CONFIG_NAME).is_file():
+        raise ModelNotFound(not_an_export(directory))
+
+
 def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: str, weights: bool = True):
     """(directory, typed config, state dict — or None with weights=False) of an export; ModelNotFound if it is not
     one."""
+    from safetensors.torch import load_file
+
     from facegen.typed import from_dict
 
     d = Path(directory).expanduser()
@@ -56,6 +74,7 @@ def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: 
 def load_export_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """An export's weights into `model`, strictly (same keys, same shapes), one tensor at a time: peak memory is the
     model plus its largest tensor, not twice the model (an SDXL-sized FaceCLIP encoder is 4 GB in fp32)."""
+    import torch
     from safetensors import safe_open
 
     file = Path(directory).expanduser() / WEIGHTS_NAME
