@@ -9,7 +9,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -e '.[dev]'
-	$(PY) -c "from facegen.train.run import prebuild_deepspeed_ops as b; b()" || echo "note: DeepSpeed's CPU op did not build now; its first run will build it"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -70,19 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _quiet(args) -> None:
-    """Library chatter off unless --verbose. Called just before models load: importing diffusers takes seconds, and a
-    mistake in the arguments should be reported without waiting for it."""
+    """Library chatter off unless --verbose."""
     if args.verbose:
         return
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import diffusers
-    import transformers
+    from facegen.workers import quiet_libraries
 
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+    quiet_libraries()
 
 
 def output_paths(out: str, n: int) -> list[Path]:

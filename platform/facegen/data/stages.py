@@ -21,7 +21,7 @@ from facegen.face.analyzer import FaceAnalyzer, cosine
 from facegen.face.images import decode_image, png_bytes
 from facegen.prompts import PLACEHOLDER
 from facegen.seeds import stable_seed
-from facegen.workers import actor_device, quiet_worker
+from facegen.workers import actor_device, quiet_libraries
 
 OK = "ok"
 
@@ -44,7 +44,7 @@ class _Generator:
         from facegen.methods.pipeline_utils import make_scheduler
         from facegen.weights import load_sd21_components
 
-        quiet_worker()
+        quiet_libraries()
         self.preset, self.cfg = preset, preset.data
         section = preset.method(self.cfg.method)
         self.device, dtype = actor_device(section.dtype, key=f"methods.{self.cfg.method}.dtype")
@@ -78,7 +78,7 @@ class AlignStage:
     """source_image → source_face (aligned crop) + face_embedding, or status no_face / too_small."""
 
     def __init__(self, preset: Preset):
-        quiet_worker()
+        quiet_libraries()
         self.cfg = preset.data
         self.analyzer = FaceAnalyzer(preset.face)
 
@@ -149,7 +149,7 @@ class ScoreStage:
     def __init__(self, preset: Preset):
         from facegen.models.clip_scorer import ClipScorer
 
-        quiet_worker()
+        quiet_libraries()
         self.cfg = preset.data
         self.analyzer = FaceAnalyzer(preset.face)
         self.device, _ = actor_device()
@@ -185,7 +185,7 @@ class LatentStage:
 
         from facegen.weights import resolve_model
 
-        quiet_worker()
+        quiet_libraries()
         section = preset.method(preset.data.method)
         self.device, self.dtype = actor_device(section.dtype, key=f"methods.{preset.data.method}.dtype")
         path = resolve_model(section.base_model, section.sha256)
@@ -224,7 +224,7 @@ class FFHQStage:
     def __init__(self, preset: Preset, source_uri: str):
         from facegen.data.storage import Storage
 
-        quiet_worker()
+        quiet_libraries()
         self.cfg = preset.data
         self.analyzer = FaceAnalyzer(preset.face)
         self.storage = Storage.open(source_uri)

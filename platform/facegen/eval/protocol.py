@@ -38,9 +38,9 @@ class FaceEvaluator:
         from facegen.face.analyzer import FaceAnalyzer
         from facegen.methods import load_pipeline
         from facegen.models.clip_scorer import ClipScorer
-        from facegen.workers import actor_device, quiet_worker
+        from facegen.workers import actor_device, quiet_libraries
 
-        quiet_worker()
+        quiet_libraries()
         self.cfg, self.method = preset.eval, method
         self.device, _ = actor_device()
         if model_uri:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from ray import serve
@@ -42,14 +41,9 @@ from facegen.serving.api import (
     read_body,
 )
 from facegen.serving.batching import BatchingConfig, GenerationJob, draw_groups
+from facegen.workers import quiet_libraries
 
 log = logging.getLogger("facegen.serve")
-
-
-def _quiet() -> None:
-    from facegen.workers import quiet_worker
-
-    quiet_worker()
 
 
 def public_name(ref: str | None) -> str:
@@ -73,7 +67,7 @@ class FaceEncoder:
     replica's GPU when it has one."""
 
     def __init__(self, preset: str, models: dict, keys: list[bytes], token_ttl_s: float):
-        _quiet()
+        quiet_libraries()
         self.preset, self.models, self.keys, self.token_ttl_s = preset, models, keys, token_ttl_s
         self.encoders = {}
         for name, model in models.items():
@@ -108,7 +102,7 @@ class Generator:
     max_images = 8
 
     def __init__(self, method: str, preset: str, model: str | None, keys: list[bytes]):
-        _quiet()
+        quiet_libraries()
         from facegen.config import load_preset
         from facegen.methods import load_pipeline
 
@@ -176,7 +170,7 @@ class Generator:
 
     def _draw(self, jobs: list[GenerationJob]) -> list:
         """One pipeline call for a compatible group: every image its own prompt, identity and seeded generator."""
-        import PIL.Image
+        import torch  # here, not at the top: the ingress replicas import this module and never need torch
 
         prompts, identities, gens, controls = [], [], [], []
         for job in jobs:

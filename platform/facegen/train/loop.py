@@ -29,10 +29,10 @@ def train_loop_per_worker(config: dict) -> None:
     from facegen.methods import get_method
     from facegen.methods.training_utils import set_rng_state
     from facegen.train.strategies import STRATEGIES
-    from facegen.workers import quiet_worker
+    from facegen.workers import quiet_libraries
 
     os.environ.update(config.get("env", {}))  # before DeepSpeed is imported (TORCH_EXTENSIONS_DIR, DS_ACCELERATOR)
-    quiet_worker()
+    quiet_libraries()
     preset = config["preset"]
     cfg = preset.train
     ctx = ray.train.get_context()

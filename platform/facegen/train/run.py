@@ -24,20 +24,11 @@ RUN_NAME = "run"
 
 
 def _torch_extensions_cache() -> None:
-    # DeepSpeed JIT-builds a small CPU op on first use; keep the build across runs and test sessions.
+    # Should DeepSpeed JIT-build an op (its CPU shared-memory all-reduce is skipped: strategies.py), keep the build
+    # across runs and test sessions.
     from facegen.cache import cache_dir
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-
-
-def prebuild_deepspeed_ops() -> None:
-    """Build DeepSpeed's CPU communication op into the cache now (`make install` calls this), so the first DeepSpeed
-    run does not spend a minute compiling it inside its workers."""
-    _torch_extensions_cache()
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.comm.torch import build_shm_op
-
-    build_shm_op()
 
 
 def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_workers: int, strategy: str,
