@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import platform as _platform  # the standard library's (facegen's source root is never a package)
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 
 from facegen.config import Preset, load_preset
 from facegen.data.storage import Storage
 from facegen.errors import ConfigError, FacegenError
+from facegen.workers import quiet_libraries
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -60,8 +59,7 @@ def prepare_output(uri: str, resume: bool) -> Storage:
 def run_job(name: str, args: argparse.Namespace, body: Callable[[Preset, Storage, argparse.Namespace], dict]) -> int:
     """Load the preset, check the output, run `body` (which returns the manifest's counts and extras), and write
     manifest.json last. A FacegenError prints one line and exits 2; nothing half-written is left behind."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_libraries()  # the job prints its own progress; model loads in this driver (export) stay silent
     start = time.perf_counter()
     try:
         preset = load_preset(args.preset, args.set)
