@@ -1,5 +1,5 @@
-"""What every Ray worker that loads models does first (data stages, training workers, evaluators, replicas); the CLI
-shares the quieting."""
+"""What every Ray worker that loads models does first (data stages, training workers, evaluators, replicas); the CLI and
+the job drivers share the quieting."""
 from __future__ import annotations
 
 
