@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test bench bench-gpu lint clean
+.PHONY: install browser demo test learn bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ browser:
 test: install browser
 	$(PY) -m pytest -q -m "not realshape" --durations=20 tests
 	$(PY) -m pytest -q -m realshape tests
+
+# Does training make the person appear? The miniature world on the CPU (≈ 40 min on 2 cores; not part of `make test`).
+learn: install
+	$(PY) bench/learn.py
 
 bench: install
 	$(PY) bench/build_data.py --identities 16

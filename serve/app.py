@@ -26,6 +26,10 @@ class _AppArgs(BaseModel):
     keys: list[str] | None = Field(None, description="API keys (default: FACEGEN_API_KEYS)")
     token_ttl_s: float = Field(24 * 3600, gt=0, description="how long an identity token stays valid, seconds")
     options: dict[str, dict] = Field(default_factory=dict, description="deployment name → .options(...)")
+    # Safe defaults for a real (non-tiny) preset: a service with untrained encoders, or open to anyone, starts only
+    # when its config says so in words.
+    allow_fresh_encoders: bool = Field(False, description="serve a method with no trained encoder (a real preset)")
+    allow_open: bool = Field(False, description="serve with no API keys (a real preset)")
 
     @field_validator("methods", "cors", mode="before")
     @classmethod
@@ -54,6 +58,16 @@ class _AppArgs(BaseModel):
                 getattr(preset.method(m), "check_model", lambda model: None)(getattr(self, m))
             except ConfigError as e:
                 raise ValueError(str(e)) from None
+        if not preset.allow_tiny:  # a real preset: what a real user would reach
+            fresh = [m for m in self.methods if not (getattr(self, m) or preset.method(m).model)]
+            if fresh and not self.allow_fresh_encoders:
+                raise ValueError(f"{fresh[0]}: no trained encoder given for preset '{self.preset}' (its pictures would "
+                                 f"not look like the person): give {fresh[0]}=DIR (a training job's <output>/model), or "
+                                 "set allow_fresh_encoders=true to serve it untrained")
+            if not (self.keys or _env_keys()) and not self.allow_open:
+                raise ValueError("keys: no API keys for preset '" + self.preset + "': set FACEGEN_API_KEYS where the "
+                                 "application runs (serve/config.yaml's runtime_env; see README \"API keys\"), or "
+                                 "set allow_open=true to serve without keys")
         for m in NAMES:
             directory = getattr(self, m)
             if directory and m not in self.methods:
@@ -64,6 +78,12 @@ class _AppArgs(BaseModel):
                 except ModelNotFound as e:
                     raise ValueError(f"{m}={e}") from None
         return self
+
+
+def _env_keys() -> list[str]:
+    from facegen.serving.api import api_keys
+
+    return api_keys()
 
 
 # One optional field per registered method: the encoder a training job exported for it.

@@ -12,14 +12,15 @@ def cache_dir() -> Path:
     return path
 
 
-def build_once(kind: str, name: str, build) -> Path:
-    """<cache>/<kind>/<name>, built by `build(tmp_dir)` the first time: written under a temporary name and renamed,
-    so concurrent Ray workers never see half a model (a process that loses the race keeps the identical winner's)."""
+def build_once(kind: str, name: str, build, marker: str = "model_index.json") -> Path:
+    """<cache>/<kind>/<name>, built by `build(tmp_dir)` the first time (done once it holds `marker`): written under a
+    temporary name and renamed, so concurrent Ray workers never see half a model (a process that loses the race
+    keeps the identical winner's)."""
     import shutil
     import tempfile
 
     target = cache_dir() / kind / name
-    if (target / "model_index.json").is_file():
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

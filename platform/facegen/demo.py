@@ -170,7 +170,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  scene switch   {pictures[-1]}  (head boxes left/centre/right: keypoint maps, then pictures)")
     print("The tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
     print("see README 'Real weights' for the real presets.")
+    show_learn(out, Path(os.environ.get("FACEGEN_BENCH_OUT", "out/bench")))
     return 0
+
+
+def show_learn(out: Path, bench: Path) -> None:
+    """Pictures in which the person appears: the miniature world's, when `make learn` has been run."""
+    import json
+
+    record, grid = bench / "learn.json", bench / "learn_grid.png"
+    if not (record.is_file() and grid.is_file()):
+        print("\nThe miniature world, where training makes the person appear, has not been run here: `make learn`")
+        print("(~40 min on 2 cores) trains both encoders on real faces and writes its pictures; `make demo` shows them then.")
+        return
+    r = json.loads(record.read_text())
+    shutil.copyfile(grid, out / "learn_grid.png")
+    print(f"\nThe miniature world (`make learn`, {r['identities']} people, chance {r['chance']:.2f}) — {out / 'learn_grid.png'}:")
+    print("  reference | fresh encoder | trained | base model with the person's name, plain and \"in black and white\"")
+    for method in ("dreamidentity", "faceclip"):
+        for group in ("held_in", "held_out"):
+            m = r.get(method, {}).get(group)
+            if m:
+                print(f"  {method:<13} {group:<8} identification {m['identification']:.2f}, face sim {m['face_sim']:.2f} "
+                      f"(fresh {m['face_sim_fresh']:.2f}, ceiling {m['face_sim_ceiling']:.2f}), edit obeyed "
+                      f"{m['edit_obeyed']:.2f}")
 
 
 if __name__ == "__main__":

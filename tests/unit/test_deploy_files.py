@@ -29,8 +29,14 @@ def test_cluster_yaml_is_consistent():
     assert base == image
     assert any("pip install -e" in c for c in cfg["setup_commands"])
     # The dashboard / Jobs API (no auth of their own) never listen on every interface: only via an SSH tunnel.
-    (head_start,) = [c for c in cfg["head_start_ray_commands"] if c.startswith("ray start")]
+    (head_start,) = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+    # Ray's token authentication on every node, the token mounted from the launching machine, and the checkout
+    # synced without the venv, git history or secrets.
+    (worker_start,) = [c for c in cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert head_start.startswith("RAY_AUTH_MODE=token ") and worker_start.startswith("RAY_AUTH_MODE=token ")
+    assert "/home/ray/.ray/auth_token" in cfg["file_mounts"]
+    assert {".venv", ".git", ".env"} <= set(cfg["rsync_exclude"])
 
 
 def _serve_app():
@@ -42,13 +48,27 @@ def _serve_app():
     return app
 
 
-def test_serve_config_names_real_deployments_and_builder_args():
+def args_methods(app) -> list[str]:
+    return [m.strip() for m in app["args"]["methods"].split(",")]
+
+
+def test_serve_config_names_real_deployments_and_builder_args(tmp_path_factory, monkeypatch):
     from facegen.serving import deployments
 
     cfg = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     (app,) = cfg["applications"]
     assert app["import_path"] == "serve.app:deploy"
-    args = _serve_app().parse_args(app["args"])  # the builder accepts the file's own arguments
+    # Safe by default: the shipped config names trained encoders and takes its keys from the environment.
+    assert not app["args"].get("allow_fresh_encoders") and not app["args"].get("allow_open")
+    assert app["runtime_env"]["env_vars"]["FACEGEN_API_KEYS"] == "${FACEGEN_API_KEYS}"
+    exports = tmp_path_factory.mktemp("exports")
+    for m in args_methods(app):
+        assert app["args"][m], f"serve/config.yaml serves {m} with no trained encoder"
+        (exports / m).mkdir()
+        (exports / m / "config.json").write_text("{}")
+    monkeypatch.setenv("FACEGEN_API_KEYS", "k1")
+    # the builder accepts the file's own arguments (with its encoder directories present on this node)
+    args = _serve_app().parse_args({**app["args"], **{m: str(exports / m) for m in args_methods(app)}})
     graph = deployments.build_app(args)
     names = {graph._bound_deployment.name, "FaceEncoder", *(deployments.generator_deployment(m).name for m in args.methods)}
     assert {d["name"] for d in app["deployments"]} == names
@@ -57,7 +77,7 @@ def test_serve_config_names_real_deployments_and_builder_args():
             assert d["autoscaling_config"]["min_replicas"] >= 1 and d["max_queued_requests"] > 0
 
 
-def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path):
+def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path, monkeypatch):
     """`serve run serve.app:deploy …` mistakes fail in the builder, naming the argument, before any replica starts."""
     import pytest
     from facegen.errors import ConfigError
@@ -74,5 +94,14 @@ def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             app.deploy(args)
     assert app.deploy({"preset": "tiny"}) is not None  # builds the graph (replicas start only under serve.run)
+    # A real preset starts only with trained encoders and keys, unless its config says otherwise in words.
+    monkeypatch.delenv("FACEGEN_API_KEYS", raising=False)
+    with pytest.raises(ConfigError, match="no trained encoder given .* allow_fresh_encoders"):
+        app.parse_args({"preset": "dreamidentity-sd21"})
+    with pytest.raises(ConfigError, match="keys: no API keys .* allow_open"):
+        app.parse_args({"preset": "dreamidentity-sd21", "allow_fresh_encoders": True})
+    assert app.parse_args({"preset": "dreamidentity-sd21", "allow_fresh_encoders": True, "allow_open": True})
+    monkeypatch.setenv("FACEGEN_API_KEYS", "k1")
+    assert app.parse_args({"preset": "dreamidentity-sd21", "allow_fresh_encoders": True})
     assert app.parse_args({"preset": "tiny", "methods": "faceclip"}).methods == ["faceclip"]
     assert app.parse_args({"preset": "tiny"}).methods == ["dreamidentity", "faceclip"]

@@ -8,11 +8,12 @@ from PIL import Image
 
 
 def test_group_photo_has_six_faces(analyzer, photos):
-    faces = analyzer.detect(photos["group"])
+    faces = analyzer.detect(photos["group"], embed="all")
     assert len(faces) == 6
     areas = [f.area for f in faces]
     assert areas == sorted(areas, reverse=True)  # largest first
     assert all(f.embedding.shape == (512,) and abs(np.linalg.norm(f.embedding) - 1) < 1e-4 for f in faces)
+    assert analyzer.detect(photos["group"])[1].embedding is None  # by default only the largest is embedded
 
 
 def test_astronaut_has_one_face(analyzer, photos):
@@ -29,7 +30,7 @@ def test_same_person_beats_different_people(analyzer, photos):
     rgb = load_image(photos["astronaut"])
     flipped = Image.fromarray(rgb[:, ::-1]).resize((rgb.shape[1] * 3 // 4, rgb.shape[0] * 3 // 4))
     a, b = analyzer.face_embedding(rgb), analyzer.face_embedding(flipped)
-    group = [f.embedding for f in analyzer.detect(photos["group"])]
+    group = [f.embedding for f in analyzer.detect(photos["group"], embed="all")]
     same = cosine(a, b)
     different = max(cosine(a, g) for g in group)
     strangers = max(cosine(group[i], group[j]) for i in range(6) for j in range(i + 1, 6))
@@ -105,3 +106,87 @@ def test_hostile_images_are_refused_clearly_and_cheaply(analyzer):
     assert grown_mb < 600, f"detection on 8-16 MP strips grew the process by {grown_mb:.0f} MB"  # unbounded: ~10 GB
     with pytest.raises(NoFaceFound, match="degenerate"):
         align_face(np.zeros((100, 100, 3), np.uint8), np.full((5, 2), 50.0), 112)
+
+
+def _progressive_scan_bomb(scans: int) -> bytes:
+    """A grayscale progressive JPEG whose last AC scan is repeated `scans` times: each repeat makes a decoder walk the
+    whole coefficient buffer again (seconds of CPU per 100 KiB), the attack of issue 25."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), np.uint8)).save(
+        buf, format="JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last_sos = data.rindex(b"\xff\xda")
+    eoi = data.rindex(b"\xff\xd9")
+    return data[:eoi] + data[last_sos:eoi] * scans + data[eoi:]
+
+
+def test_jpeg_scan_bomb_is_refused_before_decoding():
+    import time
+
+    from facegen.face.images import MAX_JPEG_SCANS, jpeg_scans
+
+    bomb = _progressive_scan_bomb(2000)
+    assert jpeg_scans(bomb) > 2000
+    start = time.perf_counter()
+    with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_SCANS} scans"):
+        load_image(bomb)
+    assert time.perf_counter() - start < 2  # refused from the markers, not after decoding (minutes of CPU)
+    ordinary = _progressive_scan_bomb(0)  # a real progressive JPEG (Pillow's, ~10 scans) still decodes
+    assert load_image(ordinary).shape == (256, 256, 3)
+
+
+def test_malformed_exif_is_ignored_never_an_error():
+    """Fuzzed EXIF blocks in PNG and WebP files: the image loads (as stored) or is refused as invalid — never another
+    exception (which the service would answer with a 5xx)."""
+    import io
+
+    from PIL import Image
+
+    base = Image.new("RGB", (32, 24), (200, 100, 50))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate
+    exif[0x010F] = "facegen"
+    blob = bytearray(exif.tobytes())
+    rng = np.random.default_rng(0)
+    outcomes = {"loaded": 0, "invalid": 0}
+    for i in range(300):
+        mutated = bytearray(blob)
+        for pos in rng.integers(6, len(mutated), size=int(rng.integers(1, 6))):
+            mutated[pos] = int(rng.integers(0, 256))
+        buf = io.BytesIO()
+        base.save(buf, format="PNG" if i % 2 else "WEBP", exif=bytes(mutated))
+        try:
+            assert load_image(buf.getvalue()).ndim == 3
+            outcomes["loaded"] += 1
+        except InvalidImage:
+            outcomes["invalid"] += 1
+    assert outcomes["loaded"] > 0
+
+
+def test_a_grid_of_faces_runs_the_recognizer_once(analyzer, photos):
+    """Face-grid amplification: a photo of hundreds of faces is detected (capped) but only its largest face is
+    embedded."""
+    from facegen.face.analyzer import MAX_FACES
+    from PIL import Image
+
+    face = np.asarray(Image.open(photos["tom_hanks"]).convert("RGB").resize((48, 48)))
+    grid = np.tile(np.pad(face, ((8, 8), (8, 8), (0, 0)), constant_values=255), (12, 12, 1))  # 144 faces
+    rec = analyzer.app.models["recognition"]
+    calls = []
+    original = rec.get_feat
+    rec.get_feat = lambda imgs: calls.append(len(imgs)) or original(imgs)
+    try:
+        faces = analyzer.detect(grid)
+    finally:
+        rec.get_feat = original
+    assert 1 < len(faces) <= MAX_FACES
+    assert calls == [1] and faces[0].embedding is not None and all(f.embedding is None for f in faces[1:])
+    # the embedding is the same the full insightface pipeline gives for that face
+    ours = analyzer.detect(photos["astronaut"])[0]
+    (theirs,) = analyzer.app.get(np.ascontiguousarray(np.asarray(Image.open(photos["astronaut"]).convert("RGB"))[..., ::-1]))
+    assert abs(float(ours.embedding @ theirs.normed_embedding) - 1) < 1e-4
+    np.testing.assert_allclose(ours.kps, theirs.kps, atol=1e-3)

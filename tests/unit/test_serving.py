@@ -147,13 +147,17 @@ def test_a_failing_batch_is_retried_one_request_at_a_time():
     assert calls == [["a", "big", "b"], ["a"], ["big"], ["b"]]
     assert results[0] == (["a0"], 1) and results[2] == (["b0"], 1)
     assert isinstance(results[1], GenerationFailed) and results[1].code == "generation_failed"
-    # A user error is the same answer for the whole group, not retried.
+    # Batch poisoning: a request only the model can refuse (S* past the tokenizer's 77 tokens) fails alone; the
+    # requests batched with it are drawn.
     from facegen.errors import BadPrompt
 
-    def bad(group):
-        raise BadPrompt("no S*")
+    def poisoned(group):
+        if any(j.prompt == "big" for j in group):
+            raise BadPrompt("S* is past token 77")
+        return [f"{j.prompt}{n}" for j in group for n in range(j.num_images)]
 
-    assert all(isinstance(r, BadPrompt) for r in draw_groups(jobs, 8, bad))
+    results = draw_groups(jobs, 8, poisoned)
+    assert results[0] == (["a0"], 1) and results[2] == (["b0"], 1) and isinstance(results[1], BadPrompt)
 
 
 def test_dtype_and_device_decisions_without_a_gpu():

@@ -30,7 +30,7 @@ class DetectedFace:
     bbox: np.ndarray  # x1, y1, x2, y2 in image pixels
     score: float
     kps: np.ndarray  # 5×2 landmarks
-    embedding: np.ndarray  # the face_embedding: L2-normalised recognizer vector (512-d for insightface's)
+    embedding: np.ndarray | None  # the face_embedding: L2-normalised recognizer vector (512-d); None if not asked for
 
     @property
     def area(self) -> float:
@@ -69,6 +69,8 @@ def _embedded_buffalo_s(root: Path) -> Path:
 # sane aspect ratio, shrunk to this side first, so the retry's memory is bounded whatever the upload.
 PAD_RETRY_SIDE = 1024
 PAD_RETRY_MAX_SIDE = 8  # long side ÷ short side
+# Faces kept per photo, largest first: a grid of hundreds of faces is a photo of a crowd, not of the person.
+MAX_FACES = 32
 
 
 class FaceAnalyzer:
@@ -121,15 +123,18 @@ class FaceAnalyzer:
             return self._app
 
     # -- detection ----------------------------------------------------------------------------------------------
-    def detect(self, image: ImageInput) -> list[DetectedFace]:
-        """All faces in the image, largest first. Tight crops (e.g. already aligned 112×112 faces) are padded and
-        tried again, since the detector needs some context around a face."""
+    def detect(self, image: ImageInput, embed: str = "largest") -> list[DetectedFace]:
+        """Faces in the image, largest first (at most MAX_FACES). Only the largest is embedded unless embed="all"
+        (a photo of a crowd costs one recognizer run, not hundreds); the others have embedding None. Tight crops
+        (e.g. already aligned 112×112 faces) are padded and tried again, since the detector needs some context."""
         rgb = load_image(image)
         faces = self._detect(rgb)
         h, w = rgb.shape[:2]
         if not faces and max(h, w) <= PAD_RETRY_MAX_SIDE * min(h, w):
             faces = self._detect_padded(rgb)
-        return sorted(faces, key=lambda f: f.area, reverse=True)
+        faces = sorted(faces, key=lambda f: f.area, reverse=True)[:MAX_FACES]
+        self._embed(rgb, faces if embed == "all" else faces[:1])
+        return faces
 
     def _detect_padded(self, rgb: np.ndarray) -> list[DetectedFace]:
         # The padded copy is bounded: the image is first shrunk so its long side is at most PAD_RETRY_SIDE (a tight
@@ -149,19 +154,30 @@ class FaceAnalyzer:
         return faces
 
     def _detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        """The detector alone (boxes, scores, landmarks): the recognizer runs later, only on the faces asked for."""
         bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
         with warnings.catch_warnings():  # insightface calls a scikit-image API deprecated in 0.26
             warnings.simplefilter("ignore", FutureWarning)
-            found = self.app.get(bgr)
-        return [
-            DetectedFace(
-                bbox=np.asarray(f.bbox, np.float32),
-                score=float(f.det_score),
-                kps=np.asarray(f.kps, np.float32),
-                embedding=np.asarray(f.normed_embedding, np.float32),
-            )
-            for f in found
-        ]
+            boxes, kpss = self.app.det_model.detect(bgr, max_num=0, metric="default")
+        if boxes is None or len(boxes) == 0:
+            return []
+        return [DetectedFace(bbox=np.asarray(b[:4], np.float32), score=float(b[4]), kps=np.asarray(k, np.float32),
+                             embedding=None) for b, k in zip(boxes, kpss)]
+
+    def _embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> None:
+        """Each face's embedding, from the recognizer on its ArcFace-aligned crop (insightface's own norm_crop)."""
+        if not faces:
+            return
+        from insightface.utils import face_align
+
+        rec = self.app.models["recognition"]
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        with warnings.catch_warnings():  # insightface calls a scikit-image API deprecated in 0.26
+            warnings.simplefilter("ignore", FutureWarning)
+            crops = [face_align.norm_crop(bgr, landmark=f.kps, image_size=rec.input_size[0]) for f in faces]
+        feats = np.asarray(rec.get_feat(crops), np.float32).reshape(len(crops), -1)
+        for f, e in zip(faces, feats):
+            f.embedding = e / max(float(np.linalg.norm(e)), 1e-12)
 
     def largest(self, image: ImageInput, name: str = "the photo") -> tuple[np.ndarray, DetectedFace]:
         """(RGB image, its largest face); NoFaceFound if there is none."""
@@ -216,6 +232,20 @@ class FaceAnalyzer:
 
         data = json.loads((Path(directory) / "config.json").read_text())
         return cls(from_dict(FaceAnalyzerConfig, data, "face_analyzer"))
+
+
+def crop_to_face(rgb: np.ndarray, face: DetectedFace, margin: float = 1.0) -> tuple[np.ndarray, DetectedFace]:
+    """The region around a face (its box grown by `margin` × its size on each side) and the face in that region's
+    coordinates: what alignment needs, without the rest of a large photo."""
+    x1, y1, x2, y2 = (float(v) for v in face.bbox)
+    pad = margin * max(x2 - x1, y2 - y1)
+    h, w = rgb.shape[:2]
+    left, top = max(0, int(x1 - pad)), max(0, int(y1 - pad))
+    right, bottom = min(w, int(np.ceil(x2 + pad))), min(h, int(np.ceil(y2 + pad)))
+    shift = np.array([left, top], np.float32)
+    moved = DetectedFace(bbox=face.bbox - np.tile(shift, 2), score=face.score, kps=face.kps - shift,
+                         embedding=face.embedding)
+    return np.ascontiguousarray(rgb[top:bottom, left:right]), moved
 
 
 def _as_list(images) -> list:

@@ -39,11 +39,40 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     raise InvalidImage(f"cannot read an image from a {type(src).__name__}")
 
 
+# A progressive JPEG may repeat scans: each makes the decoder walk the whole coefficient buffer again, so a small file
+# of thousands of scans costs minutes of CPU (a "scan bomb"). Real encoders write at most a dozen or so.
+MAX_JPEG_SCANS = 64
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The number of scans (SOS markers) in JPEG bytes, counted from the marker structure without decoding."""
+    data = bytes(data) if not isinstance(data, bytes) else data
+    i, n, scans = 2, len(data), 0
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            i = data.find(b"\xff", i)  # entropy-coded data between markers: jump to the next 0xFF
+            if i < 0:
+                break
+            continue
+        marker = data[i + 1]
+        if marker in (0xFF, 0x00) or 0xD0 <= marker <= 0xD7:  # fill, stuffed byte, restart: no length field
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if marker == 0xDA:
+            scans += 1
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return scans
+
+
 def _open(fp, name: str) -> Image.Image:
     try:
         img = Image.open(fp, formats=FORMATS)
         if img.width * img.height > MAX_PIXELS:
             raise ImageTooLarge(f"{name}: {img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels")
+        if img.format == "JPEG" and isinstance(fp, io.BytesIO) and jpeg_scans(fp.getvalue()) > MAX_JPEG_SCANS:
+            raise InvalidImage(f"{name} is a JPEG of more than {MAX_JPEG_SCANS} scans: re-save it as an ordinary JPEG")
         img.load()
         return img
     except InvalidImage:
@@ -62,7 +91,10 @@ def _from_pil(img: Image.Image, max_pixels: int) -> np.ndarray:
     if max(img.width, img.height) > MAX_ASPECT * min(img.width, img.height):
         raise InvalidImage(f"image of {img.width}×{img.height} is too elongated to be a photo of a face "
                            f"(at most {MAX_ASPECT}:1)")
-    img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with an EXIF rotation
+    try:
+        img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with an EXIF rotation
+    except Exception:  # noqa: BLE001 — a malformed EXIF block: the pixels are fine, use them as stored
+        pass
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 

@@ -61,6 +61,20 @@ def detect_faces(face_analyzer: FaceAnalyzer, image: ImageInput | Sequence[Image
     return [face_analyzer.largest(load_image(p), photo_name(p, i)) for i, p in enumerate(photo_list(image))]
 
 
+def resize_faces(faces: np.ndarray, size: int) -> np.ndarray:
+    """Aligned face crops (N×S×S×3 uint8) at size×size (the template scales with the crop)."""
+    import cv2
+
+    faces = np.asarray(faces)
+    if faces.ndim == 3:
+        faces = faces[None]
+    if faces.shape[1] == size and faces.shape[2] == size:
+        return faces
+    shrink = faces.shape[1] > size
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+                     for f in faces])
+
+
 class FaceIdentityEncoder:
     """Photos of one person → the method's identity. Subclasses turn detections into the identity."""
 
@@ -72,6 +86,11 @@ class FaceIdentityEncoder:
         return self.from_detections(detect_faces(self.face_analyzer, image))
 
     def from_detections(self, detections: list[tuple[np.ndarray, DetectedFace]]):
+        raise NotImplementedError
+
+    def from_aligned(self, faces: np.ndarray):
+        """Faces already aligned on the ArcFace template (N×S×S×3 uint8, any S), of one person (averaged): no
+        detection — for pre-aligned datasets and the miniature world's drawings."""
         raise NotImplementedError
 
     def to(self, device):

@@ -41,7 +41,8 @@ def tokenize_with_placeholders(tokenizer, prompt: str, num_tokens: int) -> tuple
             # Any id but end-of-text (CLIP pools at the first EOS; its unk token IS EOS): the hook overwrites it anyway.
             ids += [tokenizer.bos_token_id] * num_tokens
     if len(ids) + 1 > max_len:
-        logging.getLogger(__name__).warning("prompt longer than %d tokens was truncated: %r", max_len, prompt)
+        # Its length only: a prompt can hold personal data, and logs outlive requests.
+        logging.getLogger(__name__).warning("a prompt of %d tokens was truncated to %d", len(ids) + 1, max_len)
         ids = ids[: max_len - 1]
         if any(s >= max_len - 1 for s in slots):
             raise BadPrompt(f"prompt is too long: '{PLACEHOLDER}' falls beyond the {max_len}-token limit")

@@ -2,9 +2,9 @@
 
 `@serve.batch` hands a generator replica a list of queued requests; `group_compatible` splits it into groups that
 run as one pipeline call each (same sampling settings; prompts, identities and seeds stacked), keeping each request's
-place. `draw_groups` runs the groups; a group whose call fails (a CUDA out-of-memory, or any error from the model) is
-retried one request at a time, so only a request that still fails alone gets an error and the others in its batch
-succeed.
+place. `draw_groups` runs the groups; a group whose call fails — for any reason: a CUDA out-of-memory, an error from the
+model, or one request's input that only the model can refuse — is retried one request at a time, so only a request
+that still fails alone gets an error and the others in its batch succeed.
 """
 from __future__ import annotations
 
@@ -73,19 +73,17 @@ def draw_groups(jobs: list[GenerationJob], max_images: int,
         members = [jobs[i] for i in group]
         try:
             images = draw(members)
-        except FacegenError as e:  # the user's input: the same answer for every member
-            for i in group:
-                results[i] = e
-            continue
-        except Exception as e:  # noqa: BLE001 — the model failed (OOM, …): isolate the request that causes it
-            if len(group) == 1:
-                log.error("generation failed: %s", e)
+        except Exception as e:  # noqa: BLE001 — one request's error must never reach the others in its batch
+            if len(group) > 1:  # isolate the request that causes it: each is drawn alone
+                log.warning("a batch of %d failed (%s): drawing its requests one at a time", len(group), type(e).__name__)
+                for i in group:
+                    results[i] = draw_groups([jobs[i]], max_images, draw)[0]
+            elif isinstance(e, FacegenError):  # the user's input
+                results[group[0]] = e
+            else:  # the model failed on it alone (out of memory, …)
+                log.error("generation failed: %s", type(e).__name__)
                 results[group[0]] = GenerationFailed(f"the model could not draw this request ({type(e).__name__}): "
                                                      f"retry, or ask for fewer or smaller images")
-                continue
-            log.warning("a batch of %d failed (%s): drawing its requests one at a time", len(group), type(e).__name__)
-            for i in group:
-                results[i] = draw_groups([jobs[i]], max_images, draw)[0]
             continue
         for i, job in zip(group, members):
             results[i] = (images[:job.num_images], len(group))

@@ -80,12 +80,20 @@ class FaceEncoder:
         start = time.perf_counter()
         enc = self.encoders[method]
         names = ["face_image"] if len(images) == 1 else [f"face_images[{i}]" for i in range(len(images))]
-        detections = [enc.face_analyzer.largest(img, name) for img, name in zip(images, names)]
+        from facegen.face.analyzer import crop_to_face
+
+        # One photo at a time, each cut down to its face at once: eight 40 MP photos are never in memory together.
+        found, detections = [], []
+        for img, name in zip(images, names):
+            rgb, face = enc.face_analyzer.largest(img, name)
+            found.append(face)  # its box in the photo's coordinates, for the answer
+            detections.append(crop_to_face(rgb, face))
+            del rgb
         identity = enc.from_detections(detections)
         token = tokens.seal(self.keys, method, encoder_id(self.preset, method, self.models[method]), identity.to_arrays(),
                             self.token_ttl_s)
-        return {"identity_token": token, "faces": [face.to_json() for _, face in detections],
-                "pose": pose_of(detections[0][1]), "ms": round((time.perf_counter() - start) * 1000, 1)}
+        return {"identity_token": token, "faces": [face.to_json() for face in found],
+                "pose": pose_of(found[0]), "ms": round((time.perf_counter() - start) * 1000, 1)}
 
     def pose(self, method: str, image: bytes) -> dict:
         """The largest face of a pose photo: its keypoints and box (for a head box's keypoint map)."""
@@ -115,7 +123,7 @@ class Generator:
         cfg = self.pipe.config
         # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
         self.default_size = (max(cfg.width, watermark.MIN_SIDE), max(cfg.height, watermark.MIN_SIDE))
-        self.batch_sizes: list[int] = []
+        self.batches, self.max_batch_size = 0, 0  # counters, not a list that grows with every request
 
     def model_ids(self) -> dict:
         """What this replica loaded, by name (no server paths)."""
@@ -128,6 +136,7 @@ class Generator:
     def job(self, req: dict) -> GenerationJob:
         eid = encoder_id(self.preset, self.method.name, self.model)
         arrays = tokens.open_token(self.keys, req["identity_token"], self.method.name, eid)
+        self.pipe.check_prompt_tokens([req["prompt"]])  # alone, before it shares a batch with others
         cfg = self.pipe.config
         return GenerationJob(prompt=req["prompt"], identity=arrays, seed=req["seed"], num_images=req["num_images"],
                              steps=req.get("steps") or cfg.num_inference_steps,
@@ -162,7 +171,8 @@ class Generator:
                 results[i] = out
                 continue
             images, batch_size = out
-            self.batch_sizes.append(batch_size)
+            self.batches += 1
+            self.max_batch_size = max(self.max_batch_size, batch_size)
             results[i] = {"arrays": [np.asarray(img, dtype=np.uint8) for img in images], "seed": job.seed,
                           "info": {**info, "prompt": job.prompt}, "batch_size": batch_size,
                           "ms": round(seconds * 1000, 1)}
@@ -189,7 +199,7 @@ class Generator:
                          generator=gens, **control).images
 
     def stats(self) -> dict:
-        return {"batches": len(self.batch_sizes), "max_batch_size": max(self.batch_sizes, default=0)}
+        return {"batches": self.batches, "max_batch_size": self.max_batch_size}
 
 
 def generator_deployment(method: str):
@@ -230,6 +240,12 @@ class KeyMiddleware:
                 await JSONResponse(error_body(e.code, e.message), status_code=e.status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _control_image(data: str, width: int, height: int):
+    """A client's control image (base64) → (the image at the canvas size, a note if it was resized)."""
+    return fit_control_image(PIL.Image.fromarray(load_image(decode_base64_image(data, "control.control_image"))),
+                             width, height)
 
 
 def _unwrap(exc: Exception) -> Exception:
@@ -325,7 +341,10 @@ class Ingress:
             if req.control.head_box is not None:
                 check_head_box(req.control.head_box, width, height)
             if req.control.control_image is not None:
-                control_image = load_image(decode_base64_image(req.control.control_image, "control.control_image"))
+                # Decoding user bytes is CPU work of unbounded cost: on the thread pool, never in this event loop
+                # (which answers /healthz and every other request), and shrunk to the canvas at once.
+                control_image, note = await asyncio.get_running_loop().run_in_executor(
+                    self.image_pool, _control_image, req.control.control_image, width, height)
         encoded = await self._encode(req) if req.identity_token is None else None
         token = encoded["identity_token"] if encoded else req.identity_token
         seed = req.seed if req.seed is not None else int.from_bytes(np.random.bytes(4), "little") & 0x7FFFFFFF
@@ -339,7 +358,7 @@ class Ingress:
                 face = (np.array(pose["kps"]), np.array(pose["bbox"])) if pose else None
                 image = head_control_image(width, height, c.head_box, face, info["control"]["render"])
             else:
-                image, note = fit_control_image(PIL.Image.fromarray(control_image), width, height)
+                image = control_image
                 notes += [note] if note else []
             d = info["control"]
             scale, start, end = (d[k] if getattr(c, k) is None else getattr(c, k) for k in ("scale", "start", "end"))

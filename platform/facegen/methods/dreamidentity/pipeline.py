@@ -29,6 +29,7 @@ from facegen.methods.pipeline_utils import (
     control_kwargs,
     fit_vae_to,
     make_scheduler,
+    resize_faces,
 )
 from facegen.methods.pipeline_utils import (
     in_dtype as _in_dtype,
@@ -77,6 +78,11 @@ class M2FaceEncoder(FaceIdentityEncoder):
     def from_detections(self, detections) -> IdTokens:
         size = self.m2_encoder.face_size
         faces = np.stack([align_face(rgb, face.kps, size) for rgb, face in detections])
+        return IdTokens(self.m2_encoder.encode_aligned(faces).mean(dim=0))
+
+    @torch.no_grad()
+    def from_aligned(self, faces: np.ndarray) -> IdTokens:
+        faces = resize_faces(faces, self.m2_encoder.face_size)
         return IdTokens(self.m2_encoder.encode_aligned(faces).mean(dim=0))
 
     def to(self, device):
@@ -162,6 +168,12 @@ class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPi
     def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
         """Every prompt has "S*"; sizes are positive multiples of 8; one negative prompt per prompt (returned)."""
         return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=True)
+
+    def check_prompt_tokens(self, prompt: str | list[str]) -> None:
+        """Every S* within the tokenizer's length (BadPrompt otherwise): the check only the tokenizer can make, run by
+        the service per request before requests share a batch."""
+        for text in as_prompts(prompt):
+            tokenize_with_placeholders(self.tokenizer, text, self.m2_encoder.m2_config.num_tokens)
 
     def encode_prompt_with_identity(self, prompt: str | list[str], identity: IdTokens | torch.Tensor,
                                     require_placeholder: bool = True) -> torch.Tensor:

@@ -28,6 +28,7 @@ from facegen.methods.pipeline_utils import (
     control_kwargs,
     fit_vae_to,
     make_scheduler,
+    resize_faces,
 )
 from facegen.methods.pipeline_utils import (
     in_dtype as _in_dtype,
@@ -107,6 +108,14 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
         faces = np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections])
         embeddings = torch.from_numpy(np.stack([face.embedding for _, face in detections]))
         face_embedding, face_tokens = self.reader(torch.from_numpy(faces), embeddings)
+        return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
+                                       for e, t in zip(face_embedding, face_tokens)])
+
+    @torch.no_grad()
+    def from_aligned(self, faces: np.ndarray) -> FaceCLIPCondition:
+        embeddings = torch.from_numpy(self.face_analyzer.embed_aligned(list(faces)))
+        crops = torch.from_numpy(resize_faces(faces, self.reader.crop_size))
+        face_embedding, face_tokens = self.reader(crops, embeddings)
         return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
                                        for e, t in zip(face_embedding, face_tokens)])
 
@@ -192,6 +201,11 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
     def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
         """Sizes are positive multiples of 8; one negative prompt per prompt (returned). S* is optional."""
         return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=False)
+
+    def check_prompt_tokens(self, prompt: str | list[str]) -> None:
+        """Nothing to refuse: the face's slot is in the prefix, always within the tokenizer's length (a long prompt is
+        truncated after it)."""
+        as_prompts(prompt)
 
     def encode_negative(self, negative_prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The negative (and unconditional) conditioning: the encoder on the all-zero face with the negative

@@ -1,0 +1,21 @@
+"""The miniature world's settings (`bench/learn.py --set world.KEY=VALUE`). Plain data: importing it loads no torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class WorldConfig:
+    identities: int = 10  # people in the world (0 = every one found)
+    held_out: int = 2  # the last ones: known to the base models by name, never shown to an identity encoder
+    views: int = 24  # augmented views per person the base models (and, all but the evaluation view, the encoders) see
+    size: int = 64  # image side; latents are size/4
+    latent_channels: int = 16
+    seed: int = 0
+    vae_steps: int = 300
+    base_steps: int = 1000  # per base model (SD2.1 and SDXL layouts)
+    batch_size: int = 16
+    lr: float = 1e-3
+    edit_share: float = 0.3  # of base-model training prompts, the edited ("in black and white") ones
+    uncond_share: float = 0.1  # dropped prompts, for classifier-free guidance
+    min_face: int = 56  # px: smaller faces in the photos are not used
