@@ -66,6 +66,7 @@ def parse(argv=None):
     cfg = LearnConfig()
     if args.quick:
         cfg = dataclasses.replace(cfg, m2_steps=4, faceclip_steps=4, samples=1, steps=2, curve_points=1, ablation=False,
+                                  batch_size=2, ffhq_ratio=0.5,
                                   world=dataclasses.replace(cfg.world, identities=4, held_out=1, views=3, vae_steps=2,
                                                             base_steps=2))
     return args, with_overrides(cfg, args.set)
@@ -173,6 +174,9 @@ def learn(args, cfg) -> int:
         log(f"{method}: " + json.dumps(learn_record(world, {method: s})[method]))
     timings["evaluate_s"] = round(time.perf_counter() - t, 1)
 
+    np.savez_compressed(out / "drawings.npz", **{f"{m}/{c}/{p}/{n}": x for m, d in drawings.items()
+                                                 for c, by_prompt in d.items() for p, by_name in by_prompt.items()
+                                                 for n, x in by_name.items()})
     bench_out = Path(os.environ.get("FACEGEN_BENCH_OUT", "out/bench"))
     bench_out.mkdir(parents=True, exist_ok=True)
     grid = bench_out / "learn_grid.png"
@@ -209,7 +213,7 @@ def write_grid(path: Path, world, drawings: dict, prompts) -> None:
     blocks = []
     for method, d in drawings.items():
         for prompt in prompts:
-            title = f"{method} — \"{prompt}\": reference | fresh encoder | trained | base model with the name"
+            title = f"{method}: \"{prompt}\""
             rows = []
             for name in world.names:
                 ref = world.at_size(world.eval_view(name)[None])[0]
@@ -217,8 +221,11 @@ def write_grid(path: Path, world, drawings: dict, prompts) -> None:
                 gap = np.full((size, 4, 3), 255, np.uint8)
                 rows.append(np.concatenate([cells[0], gap, *[x for c in cells[1:] for x in (c, gap)]], axis=1))
             block = np.concatenate(rows, axis=0)
-            header = PIL.Image.new("RGB", (block.shape[1], 14), "white")
-            PIL.ImageDraw.Draw(header).text((2, 1), title[: block.shape[1] // 6], fill="black")
+            header = PIL.Image.new("RGB", (block.shape[1], 26), "white")
+            draw = PIL.ImageDraw.Draw(header)
+            draw.text((2, 1), title, fill="black")
+            for i, label in enumerate(("photo", "fresh", "trained", "base+name")):
+                draw.text((i * (size + 4) + 2, 13), label, fill="black")
             blocks.append(np.concatenate([np.asarray(header), block], axis=0))
     sep = [np.full((blocks[0].shape[0], 12, 3), 255, np.uint8)]
     grid = np.concatenate([x for b in blocks for x in (b, *sep)][:-1], axis=1)

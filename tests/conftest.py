@@ -65,3 +65,24 @@ def official_checkpoint(tmp_path_factory) -> dict:
                  str(d / "unet.pt"), "--out", str(d / "model"), "--preset", "tiny"]) == 0
     return {"dir": d, "model": d / "model", "encoder_pt": d / "face_clip_encoder.pt", "unet_pt": d / "unet.pt",
             "unet_state": unet_state, "fixture": z}
+
+
+def progressive_scan_bomb(scans: int, side: int = 256) -> bytes:
+    """A grayscale progressive JPEG whose last AC scan is repeated `scans` times: each repeat makes a decoder walk the
+    whole coefficient buffer again (seconds of CPU per 100 KiB: the attack of issue 25)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side), np.uint8)).save(
+        buf, format="JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last_sos, eoi = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:eoi] + data[last_sos:eoi] * scans + data[eoi:]
+
+
+@pytest.fixture(scope="session")
+def scan_bomb():
+    return progressive_scan_bomb

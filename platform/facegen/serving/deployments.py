@@ -27,7 +27,7 @@ from facegen.control import check_control_params, check_head_box, fit_control_im
 from facegen.errors import FacegenError
 from facegen.face.images import load_image
 from facegen.methods import REGISTRY, get_method
-from facegen.methods.base import work_budget
+from facegen.methods.base import request_work, work_budget
 from facegen.serving import tokens, watermark
 from facegen.serving.api import (
     ApiError,
@@ -120,6 +120,8 @@ class Generator:
         self.identity_cls = self.method.identity_class()
         self.pipe = load_pipeline(method, preset, model)
         self.pipe.set_progress_bar_config(disable=True)
+        if self.section.controlnet.model:  # at start: a ControlNet that cannot load fails the replica, not a request
+            self.pipe.load_controlnet()
         cfg = self.pipe.config
         # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
         self.default_size = (max(cfg.width, watermark.MIN_SIDE), max(cfg.height, watermark.MIN_SIDE))
@@ -300,10 +302,12 @@ class Ingress:
         """One request may not hold a GPU for minutes: width × height × steps × images within the method's budget."""
         info = self.model_info[req.method]
         width, height = req.width or info["default_size"][0], req.height or info["default_size"][1]
-        work = width * height * (req.steps or info["steps"]) * req.num_images / 1e6
+        work = request_work(width, height, req.steps or info["steps"], req.num_images, info["native_pixels"],
+                            req.control is not None)
         if work > info["max_megapixel_steps"]:
             raise ApiError(422, "validation",
-                           f"this request asks for {work:.0f} megapixel-steps (width × height × steps × num_images); "
+                           f"this request asks for {work:.0f} megapixel-steps (width × height × steps × num_images, more for canvases "
+                           f"over {info['native_pixels'] / 1e6:.2g} MP and with control); "
                            f"{req.method} allows at most {info['max_megapixel_steps']:g} here: ask for fewer or "
                            f"smaller images or fewer steps")
 
@@ -442,7 +446,7 @@ def model_info(preset: str, models: dict) -> dict:
                         "encoder": public_name(model), "dtype": section.dtype,
                         "default_size": [max(s.width, watermark.MIN_SIDE), max(s.height, watermark.MIN_SIDE)],
                         "steps": s.steps, "guidance_scale": s.guidance_scale,
-                        "max_megapixel_steps": work_budget(section),
+                        "max_megapixel_steps": work_budget(section), "native_pixels": section.NATIVE_PIXELS,
                         "control": {"model": public_name(section.controlnet.model) if section.controlnet.model else None,
                                     "render": section.controlnet.render, "scale": section.controlnet.scale,
                                     "start": section.controlnet.start, "end": section.controlnet.end}}

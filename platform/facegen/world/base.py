@@ -8,7 +8,8 @@ so every pipeline and job loads them through the same `from_pretrained` path as 
   2. an SD2.1-layout model (CLIP text encoder + UNet, DDIM) for DreamIdentity;
   3. an SDXL-layout model (two text encoders read at their penultimate layer, pooled text + size conditioning,
      Euler) for FaceCLIP.
-The text encoders train with the UNets (their token embeddings learn the names). One prompt in `uncond_share` is
+The text encoders train with the UNets (their token embeddings learn the names); the UNets predict v (as SD 2.1-768
+does: stable sampling for a small model, where predicting the noise diverges at high noise). One prompt in `uncond_share` is
 dropped, as SD trains for classifier-free guidance: "" for SD2.1, zeros for SDXL (its `force_zeros_for_empty_prompt`).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from facegen.world.config import WorldConfig
 
+TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
 PROMPT = "a photo of {}"
 # The edit, in the phrasings the base model learns (the self-augmented set asks for each; scoring uses the first).
 EDITS = ("a photo of {} in black and white", "a black and white photo of {}", "a photo of {}, black and white")
@@ -60,7 +62,7 @@ def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == cfg.vae_steps - 1:
-            log(f"  vae step {step + 1}/{cfg.vae_steps}: loss {float(loss):.4f} ({time.perf_counter() - start:.0f}s)")
+            log(f"  vae step {step + 1}/{cfg.vae_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     vae.eval()
     vae.register_to_config(scaling_factor=1.0)
     with torch.no_grad():
@@ -71,7 +73,7 @@ def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
 
 def _noise_schedule() -> dict:
     return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                steps_offset=1, prediction_type="epsilon", timestep_spacing="leading")
+                steps_offset=1, prediction_type="v_prediction", timestep_spacing="leading")
 
 
 def _text_encoder(hidden: int, projection: int | None, seed: int):
@@ -81,7 +83,10 @@ def _text_encoder(hidden: int, projection: int | None, seed: int):
                             num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
                             hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
     torch.manual_seed(seed)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    with torch.no_grad():  # CLIP's 0.02-std token table makes every name nearly the same vector at the start: the
+        model.get_input_embeddings().weight.mul_(TOKEN_INIT_SCALE)  # names must differ before the UNet can use them
+    return model
 
 
 def _tokenizer(work: Path, pad: str):
@@ -124,9 +129,14 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**_noise_schedule())
-    params = [*unet.parameters(), *(p for te in text_encoders for p in te.parameters())]
+    import math
+
+    modules = [unet, *text_encoders]
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    # warm-up, then cosine decay to zero: a small model samples far better from a decayed end point
+    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.base_steps)))
+
     g = torch.Generator().manual_seed(cfg.seed + 2)
     unet.train()
     for te in text_encoders:
@@ -137,14 +147,14 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
         pred = unet(scheduler.add_noise(latents, noise, t), t, **condition(prompts, dropped)).sample
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr.step()
         if step % 200 == 0 or step == cfg.base_steps - 1:
-            log(f"  {label} step {step + 1}/{cfg.base_steps}: loss {float(loss):.4f} ({time.perf_counter() - start:.0f}s)")
+            log(f"  {label} step {step + 1}/{cfg.base_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     unet.eval()
     for te in text_encoders:
         te.eval()

@@ -13,7 +13,7 @@ class WorldConfig:
     latent_channels: int = 16
     seed: int = 0
     vae_steps: int = 300
-    base_steps: int = 1000  # per base model (SD2.1 and SDXL layouts)
+    base_steps: int = 1200  # per base model (SD2.1 and SDXL layouts)
     batch_size: int = 16
     lr: float = 1e-3
     edit_share: float = 0.3  # of base-model training prompts, the edited ("in black and white") ones

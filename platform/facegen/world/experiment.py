@@ -29,8 +29,8 @@ METHODS = ("dreamidentity", "faceclip")
 @dataclass
 class LearnConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
-    m2_steps: int = 600  # training steps of DreamIdentity's M² (jobs/train_m2.py)
-    faceclip_steps: int = 600  # of the FaceCLIP encoder (jobs/train_faceclip.py, diffusion stage, frozen UNet)
+    m2_steps: int = 500  # training steps of DreamIdentity's M² (jobs/train_m2.py)
+    faceclip_steps: int = 500  # of the FaceCLIP encoder (jobs/train_faceclip.py, diffusion stage, frozen UNet)
     lr: float = 1e-3
     batch_size: int = 16
     samples: int = 4  # K: images per person and prompt
@@ -38,7 +38,7 @@ class LearnConfig:
     guidance: float = 5.0
     curve_points: int = 4  # checkpoints scored for the metric-over-steps plot
     ablation: bool = True  # also train M² without the self-augmented rows (the edit's before/after)
-    ffhq_ratio: float = 0.8  # share of the encoders' training rows that are the people's own views
+    ffhq_ratio: float = 0.85  # share of the encoders' training rows that are the people's own views
 
 
 def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
@@ -63,7 +63,7 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
             "edit_prompts": [e.format("S*") for e in EDITS],
             "max_prompts": None,
             "steps": cfg.steps, "guidance_scale": cfg.guidance, **size,
-            "keep_fraction": 0.5,
+            "keep_fraction": 0.67,
             "min_face_size": w.size // 2,  # the drawn image is the aligned face (assume_aligned, from tiny)
             "clip_weight": 0.0,  # the tiny CLIP scorer is random: keep by identity alone
             "ffhq_size": w.size,

@@ -151,19 +151,20 @@ def views(person: Person, count: int, size: int, seed: int) -> np.ndarray:
         matrix = np.vstack([alignment_matrix(kps, 112), [0, 0, 1]])
         plain = i < len(person.photos)
         if not plain:
-            jitter = cv2.getRotationMatrix2D((56, 56), rng.uniform(-8, 8), rng.uniform(0.93, 1.07))
-            jitter[:, 2] += rng.uniform(-4, 4, 2)
+            # Mild: a view is still the aligned frame the recognizer reads (the drawings are scored without detection).
+            jitter = cv2.getRotationMatrix2D((56, 56), rng.uniform(-5, 5), rng.uniform(0.95, 1.05))
+            jitter[:, 2] += rng.uniform(-2.5, 2.5, 2)
             matrix = np.vstack([jitter, [0, 0, 1]]) @ matrix
         crop = cv2.warpAffine(rgb, matrix[:2], (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         img = PIL.Image.fromarray(crop)
         if not plain:
-            if rng.random() < 0.5:
+            if rng.random() < 0.25:
                 img = img.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-            img = PIL.ImageEnhance.Brightness(img).enhance(rng.uniform(0.85, 1.15))
-            img = PIL.ImageEnhance.Contrast(img).enhance(rng.uniform(0.85, 1.15))
-            img = PIL.ImageEnhance.Color(img).enhance(rng.uniform(0.8, 1.2))
-            if rng.random() < 0.3:
-                img = img.filter(PIL.ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+            img = PIL.ImageEnhance.Brightness(img).enhance(rng.uniform(0.9, 1.1))
+            img = PIL.ImageEnhance.Contrast(img).enhance(rng.uniform(0.9, 1.1))
+            img = PIL.ImageEnhance.Color(img).enhance(rng.uniform(0.85, 1.15))
+            if rng.random() < 0.2:
+                img = img.filter(PIL.ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
         out.append(np.asarray(img.resize((size, size), PIL.Image.Resampling.LANCZOS)))
     return np.stack(out)
 

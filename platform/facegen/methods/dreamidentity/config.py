@@ -26,6 +26,7 @@ class DreamIdentityTrainConfig:
 @dataclass
 class DreamIdentityConfig:
     MAX_MEGAPIXEL_STEPS = 80.0  # one request's default work budget: e.g. 4 images of 768² at 30 steps
+    NATIVE_PIXELS = 768 * 768  # SD 2.1's largest native canvas: larger ones cost more than their pixels (attention), see request_work
     # An SD2.1-layout model: a hub id, a local diffusers directory, "tiny:sd21" or "random:sd21-base".
     base_model: str = "tiny:sd21"
     sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)

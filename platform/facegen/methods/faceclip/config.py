@@ -87,6 +87,7 @@ class FaceCLIPTrainConfig:
 @dataclass
 class FaceCLIPConfig:
     MAX_MEGAPIXEL_STEPS = 220.0  # one request's default work budget: 4 images of 1024² at 50 steps
+    NATIVE_PIXELS = 1024 * 1024  # SDXL's native canvas: larger ones cost more than their pixels (attention), see request_work
     # An SDXL-layout model: a hub id, a local diffusers directory, "tiny:sdxl" or "random:sdxl-base".
     base_model: str = "tiny:sdxl"
     sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
