@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "platform"
 # The platform layer: Ray, storage and the jobs. Each package's config.py is plain data that presets parse: core.
 PLATFORM = ("facegen.data", "facegen.train", "facegen.eval", "facegen.serving", "facegen.jobs", "facegen.demo",
-            "facegen.workers", "facegen.plots")
+            "facegen.workers", "facegen.plots", "facegen.world")
 CORE_CONFIG = ("facegen.data.config", "facegen.train.config", "facegen.eval.config")
 PLATFORM_LIBS = ("ray", "pandas", "pyarrow")
 

@@ -44,3 +44,34 @@ def test_export_is_published_whole_or_not_at_all(tmp_path, monkeypatch):
         out.write_tree("model", str(first))
     assert (model / "config.json").read_text() == "v2" and not (model / "old_only.txt").exists()  # untouched
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["model"]  # no half-written copy left behind
+
+
+def test_replacing_an_export_never_leaves_a_moment_without_one(tmp_path):
+    """A service replica (or --model) reading <output>/model while a job publishes a new one finds a whole export,
+    the old or the new, at every instant: the directories are exchanged in one step."""
+    import json
+    import os
+    import threading
+
+    from facegen.data.storage import Storage
+
+    storage, src = Storage.open(str(tmp_path / "out")), tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"v": 0}')
+    storage.write_tree("model", str(src))
+    config, missing, done = tmp_path / "out" / "model" / "config.json", [], threading.Event()
+
+    def reader():
+        while not done.is_set():
+            if not config.is_file():
+                missing.append(1)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(1, 100):
+        (src / "config.json").write_text(json.dumps({"v": i}))
+        storage.write_tree("model", str(src))
+    done.set()
+    thread.join()
+    assert missing == [] and json.loads(config.read_text()) == {"v": 99}
+    assert os.listdir(tmp_path / "out") == ["model"]  # no temporary or old copies left behind

@@ -116,3 +116,21 @@ def test_bad_photo_folders_are_one_clear_error(analyzer, tmp_path, photos):
     PIL.Image.open(photos["tom_hanks"]).transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT).save(person / "2.png")
     people = find_people(analyzer, tmp_path, 0)
     assert len(people) == 2 and len(people[1].photos) == 2  # a folder is one person, each photo a source
+
+
+def test_demo_shows_the_worlds_pictures_once_learn_has_run(tmp_path, capsys):
+    import json
+
+    from facegen.demo import show_learn
+
+    bench, out = tmp_path / "bench", tmp_path / "demo"
+    bench.mkdir()
+    out.mkdir()
+    show_learn(out, bench)
+    assert "make learn" in capsys.readouterr().out and not (out / "learn_grid.png").exists()
+    group = {"identification": 0.9, "face_sim": 0.2, "face_sim_fresh": 0.0, "face_sim_ceiling": 0.25, "edit_obeyed": 1.0}
+    (bench / "learn.json").write_text(json.dumps({"identities": 10, "chance": 0.1, "dreamidentity": {"held_in": group}}))
+    PIL.Image.new("RGB", (8, 8)).save(bench / "learn_grid.png")
+    show_learn(out, bench)
+    printed = capsys.readouterr().out
+    assert (out / "learn_grid.png").is_file() and "dreamidentity" in printed and "identification 0.90" in printed

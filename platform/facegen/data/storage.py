@@ -180,9 +180,12 @@ class Storage:
         old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
         try:
             shutil.copytree(local_dir, tmp, copy_function=shutil.copy2)
-            if os.path.exists(final):
-                os.replace(final, old)
-            os.replace(tmp, final)
+            if os.path.exists(final) and _exchange(tmp, final):
+                old = tmp  # the earlier version now sits under the temporary name
+            else:
+                if os.path.exists(final):  # no atomic exchange here (not Linux): a moment without an export
+                    os.replace(final, old)
+                os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
@@ -225,3 +228,21 @@ def safe_destination(target: str, relpath: str) -> str:
     if os.path.isabs(relpath) or os.path.commonpath([os.path.abspath(target), os.path.abspath(dest)]) != os.path.abspath(target):
         raise ConfigError(f"object key '{relpath}' points outside its prefix: refusing to copy it")
     return dest
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE), so a reader of `b` always finds a whole
+    directory, the old or the new one; False where the system has no such call."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+

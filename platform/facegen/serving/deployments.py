@@ -60,7 +60,10 @@ def encoder_id(preset: str, method: str, model: str | None) -> str:
     return f"{preset}:{method}:{model or 'fresh'}"
 
 
-@serve.deployment(name="FaceEncoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+# Every deployment queues a bounded number of requests (more: 503 overloaded), so a burst costs memory once, not per
+# waiting request without end.
+@serve.deployment(name="FaceEncoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8,
+                  max_queued_requests=64)
 class FaceEncoder:
     """Photos → a served method's identity token, and the detected faces (bbox, score). Loads each method's face
     encoder alone (the face stack + M² / the FaceCLIP face ViT) — never a diffusion model or text tower — on the
@@ -207,7 +210,7 @@ class Generator:
 def generator_deployment(method: str):
     """The deployment of one method's generator, named <Title>Generator (serve/config.yaml names it so)."""
     return serve.deployment(Generator, name=f"{get_method(method).title}Generator",
-                            ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8,
+                            ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8, max_queued_requests=64,
                             user_config=asdict(BatchingConfig()))
 
 
@@ -254,7 +257,7 @@ def _unwrap(exc: Exception) -> Exception:
     return getattr(exc, "cause", None) or exc  # Ray wraps a replica's exception; keep the user's message
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=100, max_queued_requests=200)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, encoder, generators: dict, preset: str, max_body: int, model_info: dict,

@@ -64,11 +64,23 @@ def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             log(f"  vae step {step + 1}/{cfg.vae_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     vae.eval()
+    deterministic_posterior(vae)
     vae.register_to_config(scaling_factor=1.0)
     with torch.no_grad():
         std = float(encode_images(vae, images[:: max(1, len(images) // 256)]).std())
     vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 gives its VAE
     return vae.requires_grad_(False)
+
+
+def deterministic_posterior(vae) -> None:
+    """Make the encoder's posterior a point (log-variance −20): the decoder learned to read noisy samples, but the
+    world's latents are its means — for the base models (trained on means) and for the methods' training jobs, which
+    draw `latent_dist.sample()` (an untouched posterior's noise, σ ≈ 0.9 of the signal, would drown their targets)."""
+    with torch.no_grad():
+        conv = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+        c = vae.config.latent_channels
+        conv.weight[c:] = 0.0
+        conv.bias[c:] = -20.0
 
 
 def _noise_schedule() -> dict:
