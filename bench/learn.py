@@ -106,7 +106,6 @@ def main(argv=None) -> int:
 
 def learn(args, cfg) -> int:
     import ray
-
     from facegen.face.analyzer import FaceAnalyzer
     from facegen.world.build import build_world
     from facegen.world.experiment import (

@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
-
 from facegen.world.build import build_world
 from facegen.world.config import WorldConfig
 from facegen.world.people import WorldError, colourfulness, find_people, grayscale, views
@@ -69,7 +68,6 @@ def test_scoring_identifies_the_references(world, analyzer):
 
 def test_world_base_models_load_through_the_real_paths(world, tmp_path, analyzer):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     from facegen.world.experiment import LearnConfig, write_job_inputs, write_preset
 
     assert world.held_out == [world.names[-1]] and len(world.held_in) == 2

@@ -8,7 +8,6 @@ A user mistake never yields a 5xx. The `method` enum is the method registry's.
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import binascii
 import functools

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from facegen.world.config import WorldConfig
 
 TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
@@ -102,9 +101,8 @@ def _text_encoder(hidden: int, projection: int | None, seed: int):
 
 
 def _tokenizer(work: Path, pad: str):
-    from transformers import CLIPTokenizer
-
     from facegen.tiny import write_clip_tokenizer
+    from transformers import CLIPTokenizer
 
     write_clip_tokenizer(work, pad_token=pad)
     return CLIPTokenizer.from_pretrained(work)

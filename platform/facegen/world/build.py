@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from facegen.world.config import WorldConfig
 from facegen.world.people import Person, find_people, grayscale, views
 
@@ -92,7 +91,6 @@ def build_base_models(all_views: dict[str, np.ndarray], cfg: WorldConfig, log=pr
 
     def build(out: Path) -> None:
         import torch
-
         from facegen.world.base import build_sd21, build_sdxl, encode_images, train_vae
 
         torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from facegen.world.base import EDITS, PROMPT
 from facegen.world.build import World
 from facegen.world.config import WorldConfig
@@ -134,7 +133,6 @@ class Evaluator:
     def draw_ceiling(self, method: str, names: list[str], prompts=(PLAIN_PROMPT, EDIT_PROMPT)) -> dict:
         """The base model itself, prompted with each person's own word (diffusers' pipeline, the preset's sampling)."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
         from facegen.config import load_preset
         from facegen.methods.pipeline_utils import make_scheduler
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from facegen.errors import FacegenError
 
 # Words the world's base model learns as the people's names, as SD learned celebrities' names: each one CLIP BPE
@@ -139,7 +138,6 @@ def views(person: Person, count: int, size: int, seed: int) -> np.ndarray:
     import PIL.Image
     import PIL.ImageEnhance
     import PIL.ImageFilter
-
     from facegen.face.align import alignment_matrix
     from facegen.seeds import stable_seed
 

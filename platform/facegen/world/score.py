@@ -9,7 +9,6 @@ protocol's rule for aligned crops. For each image of person i:
 from __future__ import annotations
 
 import numpy as np
-
 from facegen.world.people import colourfulness
 
 
