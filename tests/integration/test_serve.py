@@ -229,9 +229,9 @@ def test_no_face_bad_prompt_auth_and_size(service, photos):
     assert err.value.code == 413 and json.loads(err.value.read())["error"]["code"] == "too_large"
 
 
-def test_a_client_that_stops_mid_body_reads_its_413_at_once(service):
-    """An over-size chunked body: the 413 is sent as soon as the cap is passed, before the body ends — a client that
-    stops sending mid-body (or keeps sending) reads it; the server drains for a bounded time only."""
+def test_a_client_that_stops_mid_body_still_reads_its_413(service):
+    """An over-size chunked body whose client stops sending mid-body: the server drains for a bounded time
+    (api.DRAIN_SECONDS), then answers 413 — it no longer waits for a body that never ends."""
     import socket
     import urllib.parse
 
@@ -242,7 +242,7 @@ def test_a_client_that_stops_mid_body_reads_its_413_at_once(service):
         chunk = b"A" * 65536
         for _ in range(40):  # 2.5 MB, over the 2 MB cap; then silence, no final chunk
             sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-        sock.settimeout(20)
+        sock.settimeout(30)
         answer = sock.recv(65536)
     assert answer.split(b"\r\n")[0].split()[1] == b"413", answer[:200]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import hmac
 import logging
 import os
@@ -101,9 +100,8 @@ class GenerateRequest(_Request):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, after=None):
+    def __init__(self, status: int, code: str, message: str):
         self.status, self.code, self.message = status, code, message
-        self.after = after  # a coroutine function to run once the answer is sent (the over-size body's drain)
 
 
 def error_body(code: str, message: str) -> dict:
@@ -143,13 +141,14 @@ async def read_body(request: Request, model: type[BaseModel], max_body: int) -> 
         raise ApiError(415, "unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_body:
-        raise ApiError(413, "too_large", f"request body over {max_body} bytes", after=functools.partial(_drain, request, 0))
+        await _drain(request, 0)
+        raise ApiError(413, "too_large", f"request body over {max_body} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_body:
-            raise ApiError(413, "too_large", f"request body over {max_body} bytes",
-                           after=functools.partial(_drain, request, len(body)))
+            await _drain(request, len(body))
+            raise ApiError(413, "too_large", f"request body over {max_body} bytes")
     try:
         return model.model_validate_json(bytes(body))
     except ValueError as e:
@@ -165,9 +164,10 @@ DRAIN_SECONDS = 10.0
 
 
 async def _drain(request: Request, seen: int) -> None:
-    """After the 413 is sent: read (and drop) what is left of the over-size body, for at most DRAIN_SECONDS and
-    DRAIN_LIMIT bytes in all (nginx's lingering close), so a client still writing it reads the 413 instead of a
-    connection reset — and one that stopped mid-body has its answer already."""
+    """Before the 413: read (and drop) what is left of the over-size body, for at most DRAIN_SECONDS and DRAIN_LIMIT
+    bytes in all, so a client still writing it reads the 413 instead of a connection reset (Serve's proxy closes the
+    connection once the answer is out, so the drain cannot follow the answer), and one that stopped mid-body gets its
+    answer when the time is up rather than never."""
     async def drop(seen: int) -> None:
         async for chunk in request.stream():
             seen += len(chunk)
@@ -183,11 +183,7 @@ async def _drain(request: Request, seen: int) -> None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):
-        from starlette.background import BackgroundTask
-
-        # The answer first; what must still happen (draining an over-size body) runs after it is sent.
-        after = BackgroundTask(exc.after) if exc.after else None
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, background=after)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
 
     @app.exception_handler(FacegenError)
     async def _facegen_error(_request, exc: FacegenError):
