@@ -199,8 +199,17 @@ def service(method: str, model: Path, port: int):
     spec = importlib.util.spec_from_file_location("serve_app", REPO / "serve" / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # Without ControlNets: a generator loads its configured one when it starts, and an SDXL-sized ControlNet in fp32
+    # (~5 GB) beside the SDXL-sized generator would not fit this box (scene switch at real shapes: the CLI test).
+    import tempfile
+
+    import yaml
+
+    preset = Path(tempfile.mkdtemp()) / "realshape-serve.yaml"
+    preset.write_text(yaml.safe_dump({"extends": [PRESET], "name": "realshape", "methods": {
+        m: {"controlnet": {"model": None}} for m in ("dreamidentity", "faceclip")}}))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(module.deploy({"preset": PRESET, "methods": method, method: str(model), "keys": ["k"]}),
+    serve.run(module.deploy({"preset": str(preset), "methods": method, method: str(model), "keys": ["k"]}),
               name="realshape", route_prefix="/", blocking=False)
     try:
         yield f"http://127.0.0.1:{port}"
