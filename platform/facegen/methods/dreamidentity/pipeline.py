@@ -77,8 +77,7 @@ class M2FaceEncoder(FaceIdentityEncoder):
     @torch.no_grad()
     def from_detections(self, detections) -> IdTokens:
         size = self.m2_encoder.face_size
-        faces = np.stack([align_face(rgb, face.kps, size) for rgb, face in detections])
-        return IdTokens(self.m2_encoder.encode_aligned(faces).mean(dim=0))
+        return self.from_aligned(np.stack([align_face(rgb, face.kps, size) for rgb, face in detections]))
 
     @torch.no_grad()
     def from_aligned(self, faces: np.ndarray) -> IdTokens:

@@ -106,16 +106,16 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
     @torch.no_grad()
     def from_detections(self, detections) -> FaceCLIPCondition:
         faces = np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections])
-        embeddings = torch.from_numpy(np.stack([face.embedding for _, face in detections]))
-        face_embedding, face_tokens = self.reader(torch.from_numpy(faces), embeddings)
-        return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
-                                       for e, t in zip(face_embedding, face_tokens)])
+        return self._condition(faces, np.stack([face.embedding for _, face in detections]))
 
     @torch.no_grad()
     def from_aligned(self, faces: np.ndarray) -> FaceCLIPCondition:
-        embeddings = torch.from_numpy(self.face_analyzer.embed_aligned(list(faces)))
-        crops = torch.from_numpy(resize_faces(faces, self.reader.crop_size))
-        face_embedding, face_tokens = self.reader(crops, embeddings)
+        embeddings = self.face_analyzer.embed_aligned(list(faces))
+        return self._condition(resize_faces(faces, self.reader.crop_size), embeddings)
+
+    def _condition(self, crops: np.ndarray, embeddings: np.ndarray) -> FaceCLIPCondition:
+        """Aligned crops at the reader's size + their recognizer embeddings → the mean condition of one person."""
+        face_embedding, face_tokens = self.reader(torch.from_numpy(crops), torch.from_numpy(embeddings))
         return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
                                        for e, t in zip(face_embedding, face_tokens)])
 
