@@ -1,4 +1,4 @@
-"""`python -m facegen generate | faces | convert | watermark …` (see the README).
+"""`python -m facegen generate | faces | convert | watermark …` (see docs/usage.md).
 
 User mistakes (FacegenError) print one line and exit with status 2; nothing is written unless generation succeeds.
 """
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--preset", default="tiny")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--verbose", action="store_true")
-    c = sub.add_parser("convert", help="convert published weights into facegen's export format (see the README)")
+    c = sub.add_parser("convert", help="convert published weights into facegen's export format (see docs/models.md)")
     c.add_argument("what", choices=["faceclip-official"],
                    help="faceclip-official: ByteDance's FaceCLIP-SDXL (hub ByteDance/FaceCLIP, model/*.pt; CC-BY-NC-4.0)")
     c.add_argument("--encoder", required=True, help="face_clip_encoder.pt")

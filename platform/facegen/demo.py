@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  pictures       {len(pictures)} in {out}/  (e.g. {pictures[0].name})")
     print(f"  scene switch   {pictures[-1]}  (head boxes left/centre/right: keypoint maps, then pictures)")
     print("The tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
-    print("see README 'Real weights' for the real presets.")
+    print("see docs/models.md 'Real weights' for the real presets.")
     show_learn(out, Path(os.environ.get("FACEGEN_BENCH_OUT", "out/bench")))
     return 0
 

@@ -276,6 +276,31 @@ def test_a_poisoned_request_fails_alone_in_its_batch(service, photos):
     assert answers[1].json()["error"]["code"] == "bad_prompt" and "77" in answers[1].json()["error"]["message"]
 
 
+def test_fuzzed_exif_never_gets_a_server_error(service, photos):
+    """Photos whose EXIF block is mutated at random (PNG, WebP and JPEG, orientation tags included), sent as the face
+    photo to /v1/encode: every answer is 200 or a 4xx, never a 5xx."""
+    face = PIL.Image.open(photos["astronaut"]).convert("RGB").resize((256, 256))
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate
+    exif[0x010F] = "facegen"
+    exif[0x0110] = "fuzz"
+    blob = bytearray(exif.tobytes())
+    rng = np.random.default_rng(1)
+    bodies = []
+    for i in range(36):
+        mutated = bytearray(blob)
+        for pos in rng.integers(6, len(mutated), size=int(rng.integers(1, 8))):
+            mutated[pos] = int(rng.integers(0, 256))
+        buf = io.BytesIO()
+        face.save(buf, format=("PNG", "WEBP", "JPEG")[i % 3], exif=bytes(mutated))
+        bodies.append({"method": "dreamidentity", "face_image": base64.b64encode(buf.getvalue()).decode()})
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda b: post(service, "/v1/encode", b), bodies))
+    statuses = [a.status_code for a in answers]
+    assert all(s < 500 for s in statuses), [(s, a.text[:200]) for s, a in zip(statuses, answers) if s >= 500]
+    assert statuses.count(200) > 0 and all(s in (200, 400) for s in statuses), statuses
+
+
 def test_several_photos_of_one_person_are_averaged(service, photos):
     """face_images: the identity of several photos, on the HTTP path as in the pipeline."""
     both = [b64(photos["astronaut"]), b64(photos["tom_hanks"])]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from facegen.world.config import WorldConfig
 
+MIN_SNR_GAMMA = 5.0
 TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
 PROMPT = "a photo of {}"
 # The edit, in the phrasings the base model learns (the self-augmented set asks for each; scoring uses the first).
@@ -50,6 +52,9 @@ def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    # cosine decay to zero: at 300 constant-rate steps a round trip kept ArcFace similarity 0.40 to the original;
+    # decayed over 1,000 steps, 0.62 (identification 1.0 either way)
+    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.vae_steps)))
     g = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     for step in range(cfg.vae_steps):
@@ -60,6 +65,7 @@ def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        lr.step()
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             log(f"  vae step {step + 1}/{cfg.vae_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     vae.eval()
@@ -139,8 +145,10 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**_noise_schedule())
-    import math
-
+    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
+    # Min-SNR-γ loss weights (Hang et al., 2023; diffusers' `snr_gamma`), for v: min(SNR, γ) / (SNR + 1). The
+    # near-clean steps, which only polish texture, stop dominating the gradient: the names are learned sooner.
+    weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)
     modules = [unet, *text_encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -157,7 +165,8 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
         pred = unet(scheduler.add_noise(latents, noise, t), t, **condition(prompts, dropped)).sample
-        loss = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t))
+        per_sample = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t), reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

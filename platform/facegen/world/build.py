@@ -18,7 +18,7 @@ import numpy as np
 from facegen.world.config import WorldConfig
 from facegen.world.people import Person, find_people, grayscale, views
 
-WORLD_VERSION = "v1"  # bump when base.py's models or training change, so caches rebuild
+WORLD_VERSION = "v2"  # bump when base.py's models or training change, so caches rebuild
 ENCODER_SIZE = 112  # the side of the views written for the encoders (the ArcFace crop)
 
 

@@ -12,7 +12,7 @@ class WorldConfig:
     size: int = 64  # image side; latents are size/4
     latent_channels: int = 16
     seed: int = 0
-    vae_steps: int = 300
+    vae_steps: int = 800
     base_steps: int = 1200  # per base model (SD2.1 and SDXL layouts)
     batch_size: int = 16
     lr: float = 1e-3
