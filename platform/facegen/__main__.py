@@ -16,6 +16,10 @@ from facegen.control import ControlImageResized
 from facegen.errors import FacegenError
 from facegen.methods import NAMES, get_method
 
+# The sampling flags, as check_sampling names them in its errors.
+SAMPLING_FLAGS = {"steps": "--steps", "guidance_scale": "--guidance", "width": "--width", "height": "--height",
+                  "num_images": "--num-images"}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m facegen", description="Identity-preserving portrait generation.")
@@ -109,11 +113,10 @@ def save_images_atomically(images, paths: list[Path]) -> None:
 
 def cmd_generate(args) -> int:
     from facegen.config import load_preset
+    from facegen.methods.base import check_sampling
 
-    if not 1 <= args.num_images <= 16:
-        raise FacegenError("--num-images must be between 1 and 16")
-    if args.steps is not None and not 1 <= args.steps <= 1000:
-        raise FacegenError("--steps must be between 1 and 1000")
+    check_sampling(SAMPLING_FLAGS, steps=args.steps, guidance_scale=args.guidance, width=args.width,
+                   height=args.height, num_images=args.num_images)
     paths = output_paths(args.out, args.num_images)
     preset = load_preset(args.preset, args.set)
     method = get_method(args.method or (preset.method_names or NAMES)[0])
@@ -124,10 +127,7 @@ def cmd_generate(args) -> int:
 
         check_export(args.model)
     # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
-    from facegen.prompts import as_prompts, check_common_inputs
-
-    check_common_inputs(as_prompts(args.prompt), args.negative_prompt or "", args.height, args.width,
-                        needs_placeholder=method.needs_placeholder)
+    method.check_inputs(args.prompt, args.negative_prompt or "", args.height, args.width)
     control = control_arguments(args, preset.method(method.name))
     # An unreadable or faceless photo fails now (in a second or two), not after the models have loaded; the pipeline
     # reuses this analyzer, and its face encoder turns these detections into the identity (as the service does).

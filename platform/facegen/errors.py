@@ -26,6 +26,12 @@ class BadPrompt(FacegenError):
     code = "bad_prompt"
 
 
+class BadSampling(FacegenError):
+    """A sampling value (steps, guidance, size, number of images) outside what any caller may ask for."""
+
+    code = "validation"
+
+
 class ConfigError(FacegenError):
     code = "validation"
 

@@ -21,11 +21,12 @@ def as_prompts(prompt) -> list[str]:
 
 def check_common_inputs(prompts: list[str], negative_prompt, height: int | None, width: int | None,
                         needs_placeholder: bool) -> list[str]:
-    """The checks every pipeline runs before drawing (and the CLI and HTTP layer run before queueing):
-    sizes, the placeholder rule, negative prompts. Returns the negative prompts, one per prompt."""
-    for name, size in (("width", width), ("height", height)):
-        if size is not None and (not isinstance(size, int) or size <= 0 or size % 8):
-            raise BadPrompt(f"{name} must be a positive multiple of 8, got {size}")
+    """The checks every pipeline runs before drawing (and the CLI and HTTP layer run before queueing, through
+    `Method.check_inputs`): sizes (`check_sampling`), the placeholder rule, negative prompts. Returns the negative
+    prompts, one per prompt."""
+    from facegen.methods.base import check_sampling
+
+    check_sampling(width=width, height=height)
     if needs_placeholder:
         for text in prompts:
             if PLACEHOLDER not in text:

@@ -182,6 +182,8 @@ def test_encode_once_generate_with_token(service, photos):
     ({"method": "painting", "face_image": "AAAA", "prompt": "S*"}, 422, "validation"),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "num_images": 9}, 422, "validation"),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "width": 300}, 422, "validation"),
+    # valid for any caller (the CLI takes --steps 500) but over this service's own cap (sampling.service.max_steps)
+    ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "steps": 500}, 422, "validation"),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "surprise": 1}, 422, "validation"),
 ])
 def test_bad_requests_get_the_documented_error(service, body, status, code):
@@ -349,6 +351,7 @@ def test_health_models_and_page(service):
     di, fc = models["models"]["dreamidentity"], models["models"]["faceclip"]
     assert di["default_size"] == [256, 256] and (di["base_model"], di["encoder"]) == ("tiny:sd21", "fresh")
     assert fc["base_model"] == "tiny:sdxl" and fc["dtype"] == "auto"
+    assert di["service_caps"] == {"max_steps": 100, "max_images": 4, "max_side": 2048, "min_side": 256}
     page = requests.get(service + "/", timeout=10)
     assert page.status_code == 200 and "/v1/generate" in page.text and 'type="file"' in page.text
     schema = requests.get(service + "/openapi.json", timeout=10, headers=AUTH).json()

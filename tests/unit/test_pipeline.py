@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from facegen.errors import BadPrompt
+from facegen.errors import BadPrompt, BadSampling
 from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline, IdTokens
 from facegen.models.tokens import tokenize_with_placeholders
 
@@ -77,7 +77,7 @@ def test_defaults_come_from_the_preset():
 def test_prompt_without_placeholder_is_refused(tiny_pipe, photos):
     with pytest.raises(BadPrompt, match='no "S\\*"'):
         tiny_pipe(prompt="a chef", face_image=photos["astronaut"], num_inference_steps=2)
-    with pytest.raises(BadPrompt, match="multiple of 8"):
+    with pytest.raises(BadSampling, match="multiple of 8"):
         tiny_pipe(prompt="S* a chef", identity=word_embeddings(tiny_pipe, "tom hanks"), width=100, num_inference_steps=2)
 
 

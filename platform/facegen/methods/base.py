@@ -13,13 +13,50 @@ photos of one person) and `stack(list)` (one per image of a batch).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
+
+# What any caller may ask of a pipeline: the CLI, the Python API and the HTTP service accept exactly these values
+# (`check_sampling`), so a value one refuses the others refuse too. The service caps further per method (ServiceCaps).
+SAMPLING_BOUNDS = {"steps": (1, 1000), "guidance_scale": (0.0, 50.0), "width": (8, 4096), "height": (8, 4096),
+                   "num_images": (1, 16)}
+SIZE_MULTIPLE = 8  # latents are 1/8 of the image a side
+
+
+def check_sampling(labels: dict[str, str] | None = None, **values) -> None:
+    """Each given value (None = the default) within SAMPLING_BOUNDS, sizes multiples of SIZE_MULTIPLE; a BadSampling
+    names the value as the caller wrote it (`labels`, e.g. {"steps": "--steps"})."""
+    from facegen.errors import BadSampling
+
+    for key, value in values.items():
+        if value is None:
+            continue
+        low, high = SAMPLING_BOUNDS[key]
+        label = (labels or {}).get(key, key)
+        whole = key != "guidance_scale"
+        number = isinstance(value, int) if whole else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number or not low <= value <= high:
+            raise BadSampling(f"{label} must be a {'whole ' if whole else ''}number from {low:g} to {high:g}, got {value!r}")
+        if key in ("width", "height") and value % SIZE_MULTIPLE:
+            raise BadSampling(f"{label} must be a multiple of {SIZE_MULTIPLE}, got {value}")
+
+
+@dataclass
+class ServiceCaps:
+    """What one HTTP request may ask of this method beyond SAMPLING_BOUNDS: the service's own limits, reported by
+    `GET /v1/models` (a 422 names the one a request passes)."""
+
+    max_steps: int = 100
+    max_images: int = 4
+    max_side: int = 2048
+    min_side: int = 256  # the invisible watermark on every served image needs 256 px a side
 
 
 @dataclass
 class SamplingConfig:
-    """Sampling defaults of one method (the CLI, the Python API, evaluation and the HTTP service fall back to these)."""
+    """Sampling defaults of one method (the CLI, the Python API, evaluation and the HTTP service fall back to these,
+    through `resolve`)."""
 
     steps: int = 30
     guidance_scale: float = 7.5
@@ -30,6 +67,16 @@ class SamplingConfig:
     # The work one HTTP request may ask for: width × height × steps × num_images, in millions. It bounds how long
     # one request holds a GPU; None = the method's default (its section's MAX_MEGAPIXEL_STEPS, sized for a 24 GB GPU).
     max_megapixel_steps: float | None = None
+    service: ServiceCaps = field(default_factory=ServiceCaps)
+
+    def resolve(self, steps: int | None = None, guidance_scale: float | None = None, width: int | None = None,
+                height: int | None = None, negative_prompt: str | list[str] | None = None) -> SamplingConfig:
+        """The one point where a request's sampling values meet the defaults: each None filled in from here, the
+        result checked against SAMPLING_BOUNDS."""
+        check_sampling(steps=steps, guidance_scale=guidance_scale, width=width, height=height)
+        given = {"steps": steps, "guidance_scale": guidance_scale, "width": width, "height": height,
+                 "negative_prompt": negative_prompt}
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass
@@ -63,6 +110,14 @@ class Method:
     task: str  # "module:Class" of its training task
     needs_placeholder: bool  # prompts must say where the person goes ("S*")
     summary: str = ""
+
+    def check_inputs(self, prompt, negative_prompt: str | list[str] = "", height: int | None = None,
+                     width: int | None = None) -> list[str]:
+        """The method's input check, without torch: the pipeline's `check_inputs` is this, and the CLI and the HTTP
+        ingress run it before any model loads. Returns the negative prompts, one per prompt."""
+        from facegen.prompts import as_prompts, check_common_inputs
+
+        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, self.needs_placeholder)
 
     def pipeline_class(self):
         return _load(self.pipeline)

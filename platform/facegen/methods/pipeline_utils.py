@@ -207,3 +207,75 @@ def control_kwargs(control) -> dict:
     """A Control as diffusers' ControlNet pipelines take it."""
     return {"image": control.image, "controlnet_conditioning_scale": control.scale,
             "control_guidance_start": control.start, "control_guidance_end": control.end}
+
+
+def assemble(cls, section, device, face_analyzer: FaceAnalyzer | None, face_config, **components):
+    """A method's pipeline from its loaded components and its preset section: the sampling defaults registered in
+    its config, the face stack (`face_analyzer`, else one built from `face_config`), the ControlNet setting, placed
+    on `device` — the end every `from_preset` shares."""
+    s = section.sampling
+    pipe = cls(**components, face_analyzer=face_analyzer or FaceAnalyzer(face_config),
+               num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
+               negative_prompt=s.negative_prompt)
+    pipe.control_config = section.controlnet
+    return pipe.to(device)
+
+
+class IdentityDiffusionCall:
+    """Pipeline mixin: the `__call__` every method shares, in diffusers' numbered steps. A method supplies
+    `encode_conditioning(prompts, negatives, identity)` (its prompt embeddings, as diffusers' pipelines take them),
+    `denoiser(control)` (the diffusers pipeline that draws with them), `check_inputs` and `output_class`."""
+
+    output_class = None
+
+    @property
+    def sampling(self):
+        """The pipeline's sampling defaults (its preset section's, registered in its config) as a SamplingConfig."""
+        from facegen.methods.base import SamplingConfig
+
+        c = self.config
+        return SamplingConfig(steps=c.num_inference_steps, guidance_scale=c.guidance_scale, width=c.width,
+                              height=c.height, negative_prompt=c.negative_prompt)
+
+    def __call__(self, prompt, identity=None, face_image: ImageInput | Sequence[ImageInput] | None = None,
+                 negative_prompt: str | list[str] | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 num_images_per_prompt: int = 1, generator=None, latents=None, output_type: str = "pil",
+                 head_box=None, pose_image: ImageInput | None = None, control_image=None,
+                 control_scale: float | None = None, control_start: float | None = None,
+                 control_end: float | None = None, **kwargs):
+        """Draw the person of `identity` (from encode_identity; one, or one per prompt) or of `face_image` (one photo
+        or several of one person) into each prompt's scene. Sampling values left None are the preset's.
+        head_box=(x, y, w, h) on the output places the head (posed as pose_image's face, else face_image's, else
+        frontal) through the method's ControlNet; control_image= gives the ControlNet's image directly (one, or one
+        per prompt); control_scale / control_start / control_end: its strength and guidance window."""
+        import torch
+
+        from facegen.methods.base import check_sampling
+        from facegen.prompts import as_prompts
+
+        with torch.no_grad():
+            # 1. Check inputs, fill in the sampling defaults, and make the control image (if any).
+            prompts = as_prompts(prompt)
+            s = self.sampling.resolve(num_inference_steps, guidance_scale, width, height, negative_prompt)
+            check_sampling(num_images=num_images_per_prompt)
+            negatives = self.check_inputs(prompts, s.negative_prompt, s.height, s.width)
+            control = self.prepare_control(s.width, s.height, len(prompts), head_box, pose_image, face_image,
+                                           control_image, control_scale, control_start, control_end)
+            # 2. The identity: given, or encoded from the photos (several photos of one person are averaged).
+            if identity is None:
+                if face_image is None:
+                    raise BadPrompt("give face_image= (a photo) or identity= (from encode_identity)")
+                identity = self.encode_identity(face_image)
+            # 3. The method's conditioning: prompt embeddings carrying the person, and the negative's.
+            conditioning = self.encode_conditioning(prompts, negatives, identity)
+            # 4. Denoise with diffusers' own pipeline (its ControlNet pipeline under control), given the embeddings.
+            fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, s.height, s.width)
+            denoiser = self.denoiser(control is not None)
+            if control is not None:
+                kwargs.update(control_kwargs(control))
+            denoiser.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+            out = denoiser(**conditioning, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                           height=s.height, width=s.width, num_images_per_prompt=num_images_per_prompt,
+                           generator=generator, latents=latents, output_type=output_type, **kwargs)
+            return self.output_class(images=out.images)

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facegen.errors import FacegenError, InvalidImage
 from facegen.methods import NAMES
+from facegen.methods.base import SAMPLING_BOUNDS as BOUNDS
+from facegen.methods.base import SIZE_MULTIPLE
 
 log = logging.getLogger("facegen.serve")
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -85,12 +87,15 @@ class ControlRequest(BaseModel):
 class GenerateRequest(_Request):
     prompt: str = Field(..., min_length=1, max_length=1000)
     negative_prompt: str | None = Field(None, max_length=1000)
-    num_images: int = Field(1, ge=1, le=4)
+    # What any caller may ask (methods.base.SAMPLING_BOUNDS, as the CLI and the pipelines check it); the service's
+    # own, tighter caps per method (methods.<m>.sampling.service) are checked by the ingress and shown in /v1/models.
+    num_images: int = Field(1, ge=BOUNDS["num_images"][0], le=BOUNDS["num_images"][1])
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    steps: int | None = Field(None, ge=1, le=100)
-    guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
-    width: int | None = Field(None, ge=256, le=2048, multiple_of=8)
-    height: int | None = Field(None, ge=256, le=2048, multiple_of=8)
+    steps: int | None = Field(None, ge=BOUNDS["steps"][0], le=BOUNDS["steps"][1])
+    guidance_scale: float | None = Field(None, ge=BOUNDS["guidance_scale"][0], le=BOUNDS["guidance_scale"][1],
+                                         allow_inf_nan=False)
+    width: int | None = Field(None, ge=BOUNDS["width"][0], le=BOUNDS["width"][1], multiple_of=SIZE_MULTIPLE)
+    height: int | None = Field(None, ge=BOUNDS["height"][0], le=BOUNDS["height"][1], multiple_of=SIZE_MULTIPLE)
     format: Literal["png", "jpeg", "webp"] = Field("png", description="image format; every format carries the "
                                                    "watermark and the provenance metadata")
     # Below JPEG quality 90 the invisible watermark no longer reads back (measured: 85 → 42/48 bits, 80 → chance).

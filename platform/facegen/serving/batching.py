@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from facegen.errors import FacegenError, GenerationFailed
+from facegen.methods.base import SamplingConfig
 
 log = logging.getLogger("facegen.serve")
 
@@ -36,11 +37,12 @@ class GenerationJob:
     identity: dict  # the method's identity as arrays (Identity.to_arrays)
     seed: int
     num_images: int = 1
-    steps: int = 30
-    guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
-    negative_prompt: str = ""
+    # Filled in by the generator (SamplingConfig.resolve); the defaults here are SamplingConfig's, for tests.
+    steps: int = SamplingConfig.steps
+    guidance_scale: float = SamplingConfig.guidance_scale
+    width: int = SamplingConfig.width
+    height: int = SamplingConfig.height
+    negative_prompt: str = SamplingConfig.negative_prompt
     control: object = None  # the ControlNet's image (H×W×3 uint8), or None
     control_scale: float = 1.0
     control_start: float = 0.0

@@ -125,16 +125,14 @@ class Generator:
         self.pipe.set_progress_bar_config(disable=True)
         if self.section.controlnet.model:  # at start: a ControlNet that cannot load fails the replica, not a request
             self.pipe.load_controlnet()
-        cfg = self.pipe.config
-        # The invisible watermark needs ≥256 px a side, so the service never draws smaller images.
-        self.default_size = (max(cfg.width, watermark.MIN_SIDE), max(cfg.height, watermark.MIN_SIDE))
+        self.default_size = served_default_size(self.section.sampling)
         self.batches, self.max_batch_size = 0, 0  # counters, not a list that grows with every request
 
     def model_ids(self) -> dict:
         """What this replica loaded, by name (no server paths)."""
         return {"method": self.method.name, "preset": self.preset_name,
                 "base_model": public_name(self.section.base_model), "encoder": public_name(self.model),
-                "device": str(self.pipe.device), "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+                "device": str(self.pipe.device), "torch_dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
                 "default_size": list(self.default_size), "steps": self.pipe.config.num_inference_steps,
                 "guidance_scale": self.pipe.config.guidance_scale}
 
@@ -142,13 +140,11 @@ class Generator:
         eid = encoder_id(self.preset, self.method.name, self.model)
         arrays = tokens.open_token(self.keys, req["identity_token"], self.method.name, eid)
         self.pipe.check_prompt_tokens([req["prompt"]])  # alone, before it shares a batch with others
-        cfg = self.pipe.config
+        s = self.pipe.sampling.resolve(req.get("steps"), req.get("guidance_scale"), req.get("width") or self.default_size[0],
+                                       req.get("height") or self.default_size[1], req.get("negative_prompt"))
         return GenerationJob(prompt=req["prompt"], identity=arrays, seed=req["seed"], num_images=req["num_images"],
-                             steps=req.get("steps") or cfg.num_inference_steps,
-                             guidance_scale=cfg.guidance_scale if req.get("guidance_scale") is None else req["guidance_scale"],
-                             width=req.get("width") or self.default_size[0], height=req.get("height") or self.default_size[1],
-                             negative_prompt=cfg.negative_prompt if req.get("negative_prompt") is None else req["negative_prompt"],
-                             **(req.get("control") or {}))
+                             steps=s.steps, guidance_scale=s.guidance_scale, width=s.width, height=s.height,
+                             negative_prompt=s.negative_prompt, **(req.get("control") or {}))
 
     def reconfigure(self, user_config: dict) -> None:
         """`user_config` (serve/config.yaml, or `serve deploy` again: no redeploy): the batch size and wait."""
@@ -302,8 +298,17 @@ class Ingress:
         return get_method(method)
 
     def _check_work(self, req) -> None:
-        """One request may not hold a GPU for minutes: width × height × steps × images within the method's budget."""
+        """The service's own caps on one request (methods.<m>.sampling.service, beyond what any caller may ask),
+        and its work: width × height × steps × images within the method's budget (no GPU held for minutes)."""
         info = self.model_info[req.method]
+        caps = info["service_caps"]
+        for name, value, low, high in (("steps", req.steps, 1, caps["max_steps"]),
+                                       ("num_images", req.num_images, 1, caps["max_images"]),
+                                       ("width", req.width, caps["min_side"], caps["max_side"]),
+                                       ("height", req.height, caps["min_side"], caps["max_side"])):
+            if value is not None and not low <= value <= high:
+                raise ApiError(422, "validation", f"{name} {value}: this service allows {low}..{high} for {req.method} "
+                                                  f"(methods.{req.method}.sampling.service)")
         width, height = req.width or info["default_size"][0], req.height or info["default_size"][1]
         work = request_work(width, height, req.steps or info["steps"], req.num_images, info["native_pixels"],
                             req.control is not None)
@@ -336,8 +341,8 @@ class Ingress:
         start = time.perf_counter()
         req = await read_body(request, GenerateRequest, self.max_body)
         method = self._served(req.method)
-        # The pipeline's own input checks (S* rule, sizes), before any replica works on the request.
-        method.pipeline_class().check_inputs(req.prompt, req.negative_prompt or "", req.height, req.width)
+        # The pipeline's own input checks (S* rule, sizes), without torch, before any replica works on the request.
+        method.check_inputs(req.prompt, req.negative_prompt or "", req.height, req.width)
         self._check_work(req)
         info = self.model_info[req.method]
         width, height = req.width or info["default_size"][0], req.height or info["default_size"][1]
@@ -436,6 +441,17 @@ def build_app(args) -> object:
                                                                     info, args.cors, args.keys)
 
 
+def served_default_size(sampling) -> tuple[int, int]:
+    """The method's default canvas, raised to the service's smallest side (the watermark needs it)."""
+    caps = sampling.service
+    if caps.min_side < watermark.MIN_SIDE:
+        from facegen.errors import ConfigError
+
+        raise ConfigError(f"sampling.service.min_side must be at least {watermark.MIN_SIDE}: the invisible watermark "
+                          f"on every served image needs it")
+    return max(sampling.width, caps.min_side), max(sampling.height, caps.min_side)
+
+
 def model_info(preset: str, models: dict) -> dict:
     """Per served method, what its replicas load, by name (no server paths): `GET /v1/models`."""
     from facegen.config import load_preset
@@ -447,9 +463,10 @@ def model_info(preset: str, models: dict) -> dict:
         s = section.sampling
         info[method] = {"method": method, "preset": p.name, "base_model": public_name(section.base_model),
                         "encoder": public_name(model), "dtype": section.dtype,
-                        "default_size": [max(s.width, watermark.MIN_SIDE), max(s.height, watermark.MIN_SIDE)],
+                        "default_size": list(served_default_size(s)),
                         "steps": s.steps, "guidance_scale": s.guidance_scale,
                         "max_megapixel_steps": work_budget(section), "native_pixels": section.NATIVE_PIXELS,
+                        "service_caps": asdict(s.service),
                         "control": {"model": public_name(section.controlnet.model) if section.controlnet.model else None,
                                     "render": section.controlnet.render, "scale": section.controlnet.scale,
                                     "start": section.controlnet.start, "end": section.controlnet.end}}

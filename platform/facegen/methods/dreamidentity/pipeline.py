@@ -20,22 +20,19 @@ from diffusers.utils import BaseOutput
 from facegen.errors import BadPrompt, ConfigError
 from facegen.face.align import align_face
 from facegen.face.analyzer import FaceAnalyzer
-from facegen.face.images import ImageInput
 from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 from facegen.methods.pipeline_utils import (
     ControlComponent,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    control_kwargs,
-    fit_vae_to,
+    IdentityDiffusionCall,
+    assemble,
+    in_dtype,
     make_scheduler,
     resize_faces,
 )
-from facegen.methods.pipeline_utils import (
-    in_dtype as _in_dtype,
-)
 from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders
-from facegen.prompts import PLACEHOLDER, as_prompts, check_common_inputs
+from facegen.prompts import PLACEHOLDER, as_prompts
 
 METHOD_NAME = "dreamidentity"
 
@@ -102,7 +99,7 @@ def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
     return M2Encoder.from_config_random(with_token_dim(section.encoder, token_dim))
 
 
-class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
+class DreamIdentityPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -137,14 +134,9 @@ class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPi
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
         components = load_sd21_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
         m2 = load_m2_encoder(section, model, components["text_encoder"].get_input_embeddings().embedding_dim)
-        s = section.sampling
-        components["scheduler"] = make_scheduler(s.scheduler, components["scheduler"])
-        pipe = cls(**components, m2_encoder=_in_dtype(m2, place.encoder_dtype),
-                   face_analyzer=face_analyzer or FaceAnalyzer(p.face),
-                   num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
-                   negative_prompt=s.negative_prompt)
-        pipe.control_config = section.controlnet
-        return pipe.to(place.device)
+        components["scheduler"] = make_scheduler(section.sampling.scheduler, components["scheduler"])
+        return assemble(cls, section, place.device, face_analyzer, p.face, **components,
+                        m2_encoder=in_dtype(m2, place.encoder_dtype))
 
     @classmethod
     def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> M2FaceEncoder:
@@ -166,7 +158,9 @@ class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPi
     @staticmethod
     def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
         """Every prompt has "S*"; sizes are positive multiples of 8; one negative prompt per prompt (returned)."""
-        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=True)
+        from facegen.methods.dreamidentity import METHOD
+
+        return METHOD.check_inputs(prompt, negative_prompt, height, width)
 
     def check_prompt_tokens(self, prompt: str | list[str]) -> None:
         """Every S* within the tokenizer's length (BadPrompt otherwise): the check only the tokenizer can make, run by
@@ -202,51 +196,21 @@ class DreamIdentityPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPi
         with token_embedding_override(self.text_encoder, mask, torch.stack(values)):
             return self.text_encoder(input_ids)[0]
 
-    # -- generation --------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(self, prompt: str | list[str], identity: IdTokens | Sequence[IdTokens] | None = None,
-                 face_image: ImageInput | Sequence[ImageInput] | None = None, negative_prompt: str | list[str] | None = None,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
-                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", head_box=None, pose_image: ImageInput | None = None, control_image=None,
-                 control_scale: float | None = None, control_start: float | None = None,
-                 control_end: float | None = None, **kwargs) -> DreamIdentityPipelineOutput:
-        """head_box=(x, y, w, h) on the output places the head (posed as pose_image's face, else face_image's, else
-        frontal) through the ControlNet; control_image= gives the ControlNet's image directly (one, or one per
-        prompt); control_scale / control_start / control_end: its strength and guidance window."""
-        cfg = self.config
-        # 1. Check inputs, and make the control image (if any).
-        prompts = as_prompts(prompt)
-        height, width = height or cfg.height, width or cfg.width
-        negatives = self.check_inputs(prompts, cfg.negative_prompt if negative_prompt is None else negative_prompt,
-                                      height, width)
-        control = self.prepare_control(width, height, len(prompts), head_box, pose_image, face_image, control_image,
-                                       control_scale, control_start, control_end)
-        # 2. The identity: given, or encoded from the photos (several photos of one person are averaged).
-        if identity is None:
-            if face_image is None:
-                raise BadPrompt("give face_image= (a photo) or identity= (from encode_identity)")
-            identity = self.encode_identity(face_image)
+    # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
+    output_class = DreamIdentityPipelineOutput
+
+    def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
+        """S* filled with the id_tokens in the prompts, and in the negative prompts where they say S*."""
         if isinstance(identity, (list, tuple)):  # one identity per prompt (batched service requests)
             identity = IdTokens.stack(identity)
         tokens = identity.tokens.to(device=self._execution_device, dtype=self.text_encoder.dtype)
-        # 3. Prompt embeddings with S* filled in; the negative prompt gets the same id_tokens where it says S*.
-        prompt_embeds = self.encode_prompt_with_identity(prompts, tokens)
-        negative_embeds = self.encode_prompt_with_identity(negatives, tokens, require_placeholder=False)
-        # 4. Denoise with diffusers' own Stable Diffusion pipeline (its ControlNet pipeline under control).
-        fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
+        return {"prompt_embeds": self.encode_prompt_with_identity(prompts, tokens),
+                "negative_prompt_embeds": self.encode_prompt_with_identity(negatives, tokens, require_placeholder=False)}
+
+    def denoiser(self, control: bool):
+        """diffusers' Stable Diffusion pipeline over this pipeline's modules (its ControlNet pipeline under control)."""
         parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
                      scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        if control is not None:
-            sd = StableDiffusionControlNetPipeline(**parts, controlnet=self.controlnet)
-            kwargs.update(control_kwargs(control))
-        else:
-            sd = StableDiffusionPipeline(**parts)
-        sd.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-        out = sd(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                 num_inference_steps=num_inference_steps or cfg.num_inference_steps,
-                 guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
-                 height=height, width=width, num_images_per_prompt=num_images_per_prompt, generator=generator,
-                 latents=latents, output_type=output_type, **kwargs)
-        return DreamIdentityPipelineOutput(images=out.images)
+        if control:
+            return StableDiffusionControlNetPipeline(**parts, controlnet=self.controlnet)
+        return StableDiffusionPipeline(**parts)

@@ -19,22 +19,19 @@ from diffusers.utils import BaseOutput
 from facegen.errors import BadPrompt
 from facegen.face.align import align_face
 from facegen.face.analyzer import FaceAnalyzer
-from facegen.face.images import ImageInput
 from facegen.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader
 from facegen.methods.pipeline_utils import (
     ControlComponent,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    control_kwargs,
-    fit_vae_to,
+    IdentityDiffusionCall,
+    assemble,
+    in_dtype,
     make_scheduler,
     resize_faces,
 )
-from facegen.methods.pipeline_utils import (
-    in_dtype as _in_dtype,
-)
 from facegen.pins import verify_sha256
-from facegen.prompts import as_prompts, check_common_inputs
+from facegen.prompts import as_prompts
 
 METHOD_NAME = "faceclip"
 LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
@@ -124,7 +121,7 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
         return self
 
 
-class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
+class FaceCLIPSDXLPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -167,15 +164,10 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
         else:
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
-        s = section.sampling
         unet = load_trained_unet(weights, c["unet"], dtype) if weights else c["unet"]
-        pipe = cls(unet=unet, vae=c["vae"], scheduler=make_scheduler(s.scheduler, c["scheduler"]),
-                   faceclip_encoder=_in_dtype(encoder, place.encoder_dtype),
-                   face_analyzer=face_analyzer or FaceAnalyzer(p.face),
-                   num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
-                   negative_prompt=s.negative_prompt)
-        pipe.control_config = section.controlnet
-        return pipe.to(place.device)
+        return assemble(cls, section, place.device, face_analyzer, p.face, unet=unet, vae=c["vae"],
+                        scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
+                        faceclip_encoder=in_dtype(encoder, place.encoder_dtype))
 
     @classmethod
     def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> FaceCLIPFaceEncoder:
@@ -200,7 +192,9 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
     @staticmethod
     def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
         """Sizes are positive multiples of 8; one negative prompt per prompt (returned). S* is optional."""
-        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, needs_placeholder=False)
+        from facegen.methods.faceclip import METHOD
+
+        return METHOD.check_inputs(prompt, negative_prompt, height, width)
 
     def check_prompt_tokens(self, prompt: str | list[str]) -> None:
         """Nothing to refuse: the face's slot is in the prefix, always within the tokenizer's length (a long prompt is
@@ -226,51 +220,22 @@ class FaceCLIPSDXLPipeline(ControlComponent, FaceAnalyzerComponent, DiffusionPip
             embedding, tokens = embedding.expand(b, *embedding.shape), tokens.expand(b, *tokens.shape)
         return self.faceclip_encoder(prompts, embedding, tokens)
 
-    # -- generation --------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(self, prompt: str | list[str], identity: FaceCLIPCondition | Sequence[FaceCLIPCondition] | None = None,
-                 face_image: ImageInput | Sequence[ImageInput] | None = None, negative_prompt: str | list[str] | None = None,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
-                 generator=None, latents: torch.Tensor | None = None, output_type: str = "pil",
-                 head_box=None, pose_image: ImageInput | None = None, control_image=None,
-                 control_scale: float | None = None, control_start: float | None = None,
-                 control_end: float | None = None, **kwargs) -> FaceCLIPPipelineOutput:
-        """head_box=(x, y, w, h) on the output places the head (posed as pose_image's face, else face_image's, else
-        frontal) through the ControlNet; control_image= gives the ControlNet's image directly (one, or one per
-        prompt); control_scale / control_start / control_end: its strength and guidance window."""
-        cfg = self.config
-        # 1. Check inputs, and make the control image (if any).
-        prompts = as_prompts(prompt)
-        height, width = height or cfg.height, width or cfg.width
-        negatives = self.check_inputs(prompts, cfg.negative_prompt if negative_prompt is None else negative_prompt,
-                                      height, width)
-        control = self.prepare_control(width, height, len(prompts), head_box, pose_image, face_image, control_image,
-                                       control_scale, control_start, control_end)
-        # 2. The face condition: given, or encoded from the photos (several photos of one person are averaged).
-        if identity is None:
-            if face_image is None:
-                raise BadPrompt("give face_image= (a photo) or identity= (from encode_identity)")
-            identity = self.encode_identity(face_image)
-        # 3. SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt.
+    # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
+    output_class = FaceCLIPPipelineOutput
+
+    def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
+        """SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt."""
         embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
         neg_embeds, neg_pooled = self.encode_negative(negatives)
-        # 4. Denoise with diffusers' own SDXL pipeline (its ControlNet pipeline under control; no text encoders:
-        #    the conditioning is given).
-        fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, height, width)
+        dtype = self.unet.dtype
+        return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
+                "negative_prompt_embeds": neg_embeds.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
+
+    def denoiser(self, control: bool):
+        """diffusers' SDXL pipeline over the UNet, VAE and scheduler — no text encoders: the conditioning is given
+        (its ControlNet pipeline under control)."""
         parts = dict(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
                      unet=self.unet, scheduler=self.scheduler, add_watermarker=False)
-        if control is not None:
-            sdxl = StableDiffusionXLControlNetPipeline(**parts, controlnet=self.controlnet)
-            kwargs.update(control_kwargs(control))
-        else:
-            sdxl = StableDiffusionXLPipeline(**parts)
-        sdxl.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-        dtype = self.unet.dtype
-        out = sdxl(prompt_embeds=embeds.to(dtype), pooled_prompt_embeds=pooled.to(dtype),
-                   negative_prompt_embeds=neg_embeds.to(dtype), negative_pooled_prompt_embeds=neg_pooled.to(dtype),
-                   num_inference_steps=num_inference_steps or cfg.num_inference_steps,
-                   guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
-                   height=height, width=width, num_images_per_prompt=num_images_per_prompt, generator=generator,
-                   latents=latents, output_type=output_type, **kwargs)
-        return FaceCLIPPipelineOutput(images=out.images)
+        if control:
+            return StableDiffusionXLControlNetPipeline(**parts, controlnet=self.controlnet)
+        return StableDiffusionXLPipeline(**parts)
