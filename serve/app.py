@@ -6,7 +6,7 @@
 
 The builder's arguments are one typed (pydantic) model, `AppArgs`, with a field per registered method for its
 trained encoder; a mistake fails `serve run` at once with the argument named. The deployments live in
-facegen/serving/deployments.py.
+facegen/serving/ (replicas.py, ingress.py, app.py).
 """
 from __future__ import annotations
 
@@ -107,6 +107,6 @@ def parse_args(args: dict | None) -> BaseModel:
 
 def deploy(args: dict):
     """Ray Serve application builder: `serve run serve.app:deploy key=value ...` passes the key=value pairs here."""
-    from facegen.serving.deployments import build_app
+    from facegen.serving.app import build_app
 
     return build_app(parse_args(args))

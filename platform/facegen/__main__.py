@@ -16,6 +16,8 @@ from facegen.control import ControlImageResized
 from facegen.errors import FacegenError
 from facegen.methods import NAMES, get_method
 
+# The scene-switch flags, as control.resolve names them in its errors.
+CONTROL_FLAGS = {"head_box": "--head-box", "pose_image": "--pose-from", "control_image": "--control-image"}
 # The sampling flags, as check_sampling names them in its errors.
 SAMPLING_FLAGS = {"steps": "--steps", "guidance_scale": "--guidance", "width": "--width", "height": "--height",
                   "num_images": "--num-images"}
@@ -128,7 +130,7 @@ def cmd_generate(args) -> int:
         check_export(args.model)
     # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
     method.check_inputs(args.prompt, args.negative_prompt or "", args.height, args.width)
-    control = control_arguments(args, preset.method(method.name))
+    control = control_arguments(args, method.name, section)
     # An unreadable or faceless photo fails now (in a second or two), not after the models have loaded; the pipeline
     # reuses this analyzer, and its face encoder turns these detections into the identity (as the service does).
     from facegen.face.analyzer import FaceAnalyzer
@@ -163,29 +165,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def control_arguments(args, section) -> dict:
-    """The scene-switch flags as pipeline arguments, checked before any model loads."""
-    from facegen.control import check_control_params, check_head_box, parse_head_box
+def control_arguments(args, method: str, section) -> dict:
+    """The scene-switch flags as pipeline arguments, checked (`facegen.control.resolve`) before any model loads."""
+    from facegen.control import parse_head_box, resolve
     from facegen.face.images import load_image
 
-    if args.pose_from and not args.head_box:
-        raise FacegenError("--pose-from needs --head-box: the box on the output image where the head goes")
-    if args.head_box and args.control_image:
-        raise FacegenError("give --head-box (with an optional --pose-from) or --control-image, not both")
-    if not (args.head_box or args.control_image):
+    plan = resolve(section.controlnet, args.width or section.sampling.width, args.height or section.sampling.height,
+                   parse_head_box(args.head_box) if args.head_box else None, args.pose_from, args.control_image,
+                   args.control_scale, args.control_start, args.control_end, names=CONTROL_FLAGS,
+                   key=f"methods.{method}.controlnet")
+    if plan is None:
         return {}
-    c = section.controlnet
-    check_control_params(c.scale if args.control_scale is None else args.control_scale,
-                         c.start if args.control_start is None else args.control_start,
-                         c.end if args.control_end is None else args.control_end)
+    for photo in (args.pose_from, args.control_image):
+        if photo:
+            load_image(photo)  # unreadable now, not after the models have loaded
     out = {"control_scale": args.control_scale, "control_start": args.control_start, "control_end": args.control_end}
-    if args.head_box:
-        box = check_head_box(parse_head_box(args.head_box), args.width or section.sampling.width,
-                             args.height or section.sampling.height)
-        if args.pose_from:
-            load_image(args.pose_from)
-        return {**out, "head_box": box, "pose_image": args.pose_from}
-    load_image(args.control_image)
+    if plan.head_box is not None:
+        return {**out, "head_box": plan.head_box, "pose_image": args.pose_from}
     return {**out, "control_image": args.control_image}
 
 

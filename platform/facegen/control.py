@@ -44,6 +44,52 @@ class Control:
     end: float = 1.0
 
 
+@dataclass
+class ControlPlan:
+    """A request's scene switch once its rules are checked (`resolve`), before any image is made: a head box on the
+    canvas (posed as `pose_image`'s face, else the face photo's, else frontal) or a ready control image, and the
+    ControlNet's strength and window with the method's defaults filled in."""
+
+    head_box: tuple[int, int, int, int] | None
+    pose_image: object
+    control_image: object
+    scale: float
+    start: float
+    end: float
+
+
+class BadControl(BadPrompt):
+    """Control inputs that do not go together, or control asked of a method with no ControlNet."""
+
+    code = "validation"
+
+
+def resolve(config, width: int, height: int, head_box=None, pose_image=None, control_image=None,
+            scale: float | None = None, start: float | None = None, end: float | None = None,
+            names: dict[str, str] | None = None, key: str = "methods.<method>.controlnet") -> ControlPlan | None:
+    """The rules of scene switch, for every entry point (the CLI, the HTTP ingress, the pipelines): None without
+    control inputs; else exactly one of a head box (with an optional pose photo) and a control image, a ControlNet
+    configured (`config`: the method's ControlNetConfig, `key` its preset key), the box on the width×height canvas,
+    and the strength and window within bounds (the config's where not given). `names`: the inputs as the caller's
+    user writes them (e.g. {"head_box": "--head-box"}), for the errors."""
+    n = {"head_box": "head_box", "pose_image": "pose_image", "control_image": "control_image", **(names or {})}
+    if head_box is None and control_image is None:
+        if pose_image is not None:
+            raise BadControl(f"{n['pose_image']} needs {n['head_box']}: the box on the output image where the head goes")
+        return None
+    if head_box is not None and control_image is not None:
+        raise BadControl(f"give {n['head_box']} (with an optional {n['pose_image']}) or {n['control_image']}, not both")
+    if not config.model:
+        raise BadControl(f"no ControlNet is configured for this method, so {n['head_box']} / {n['control_image']} "
+                         f"cannot be used: set {key}.model (a hub id or a local directory)")
+    scale = config.scale if scale is None else float(scale)
+    start = config.start if start is None else float(start)
+    end = config.end if end is None else float(end)
+    check_control_params(scale, start, end)
+    box = check_head_box(head_box, width, height) if head_box is not None else None
+    return ControlPlan(box, pose_image, control_image, scale, start, end)
+
+
 def parse_head_box(text: str) -> tuple[int, int, int, int]:
     """"x,y,w,h" (the CLI's --head-box) → a tuple of ints."""
     try:

@@ -116,7 +116,7 @@ def test_the_next_batch_forms_while_a_draw_runs(service):
     import time
 
     from facegen.serving.batching import GenerationJob
-    from facegen.serving.deployments import Generator
+    from facegen.serving.replicas import Generator
     from ray import serve
 
     class SlowDrawGenerator(Generator):

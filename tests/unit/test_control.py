@@ -16,7 +16,7 @@ from facegen.control import (
     parse_head_box,
     place_keypoints,
 )
-from facegen.errors import BadPrompt, ConfigError, InvalidImage, NoFaceFound
+from facegen.errors import BadPrompt, InvalidImage, NoFaceFound
 
 
 def centroid(img: PIL.Image.Image, color) -> np.ndarray:
@@ -152,7 +152,9 @@ def test_bad_control_inputs(tiny_pipe, photos, tmp_path):
     saved = tiny_pipe.control_config
     tiny_pipe.control_config, tiny_pipe.controlnet = ControlNetConfig(model=None), None
     try:
-        with pytest.raises(ConfigError, match="controlnet.model"):
+        from facegen.control import BadControl
+
+        with pytest.raises(BadControl, match="controlnet.model"):
             tiny_pipe(**kw, head_box=(0, 0, 64, 64))
     finally:
         tiny_pipe.control_config = saved

@@ -53,7 +53,8 @@ def args_methods(app) -> list[str]:
 
 
 def test_serve_config_names_real_deployments_and_builder_args(tmp_path_factory, monkeypatch):
-    from facegen.serving import deployments
+    from facegen.serving.app import build_app
+    from facegen.serving.replicas import generator_deployment
 
     cfg = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     (app,) = cfg["applications"]
@@ -69,8 +70,8 @@ def test_serve_config_names_real_deployments_and_builder_args(tmp_path_factory, 
     monkeypatch.setenv("FACEGEN_API_KEYS", "k1")
     # the builder accepts the file's own arguments (with its encoder directories present on this node)
     args = _serve_app().parse_args({**app["args"], **{m: str(exports / m) for m in args_methods(app)}})
-    graph = deployments.build_app(args)
-    names = {graph._bound_deployment.name, "FaceEncoder", *(deployments.generator_deployment(m).name for m in args.methods)}
+    graph = build_app(args)
+    names = {graph._bound_deployment.name, "FaceEncoder", *(generator_deployment(m).name for m in args.methods)}
     assert {d["name"] for d in app["deployments"]} == names
     for d in app["deployments"]:
         if d["name"].endswith("Generator"):

@@ -162,30 +162,23 @@ class ControlComponent:
     def prepare_control(self, width: int, height: int, n: int, head_box=None, pose_image=None, face_image=None,
                         control_image=None, control_scale: float | None = None, control_start: float | None = None,
                         control_end: float | None = None):
-        """The request's Control (a control image per prompt, at the canvas size), or None without control inputs.
-        head_box: the keypoint map of the pose photo's face (else the reference photo's, else a frontal face)
-        placed in the box; control_image: one image, or one per prompt."""
-        from facegen.control import Control, check_control_params, head_control_image, resize_note
+        """The request's Control (a control image per prompt, at the canvas size), or None without control inputs
+        (the rules: `facegen.control.resolve`). head_box: the keypoint map of the pose photo's face (else the
+        reference photo's, else a frontal face) placed in the box; control_image: one image, or one per prompt."""
+        from facegen.control import Control, head_control_image, resize_note, resolve
 
-        c = self.control_config
-        if head_box is None and control_image is None:
-            if pose_image is not None:
-                raise BadPrompt("pose_image needs head_box: the box on the output image where the head goes")
+        plan = resolve(self.control_config, width, height, head_box, pose_image, control_image, control_scale,
+                       control_start, control_end)
+        if plan is None:
             return None
-        if head_box is not None and control_image is not None:
-            raise BadPrompt("give head_box (with an optional pose photo) or a ready control_image, not both")
-        scale = c.scale if control_scale is None else float(control_scale)
-        start = c.start if control_start is None else float(control_start)
-        end = c.end if control_end is None else float(control_end)
-        check_control_params(scale, start, end)
-        if head_box is not None:
+        if plan.head_box is not None:
             source = pose_image if pose_image is not None else _first_photo(face_image)
             face = None
             if source is not None:
                 _, detected = self.face_analyzer.largest(source, "the pose photo" if pose_image is not None else
                                                          "the face photo")
                 face = (detected.kps, detected.bbox)
-            images = [head_control_image(width, height, head_box, face, c.render)] * n
+            images = [head_control_image(width, height, plan.head_box, face, self.control_config.render)] * n
         else:
             import PIL.Image
 
@@ -194,7 +187,7 @@ class ControlComponent:
                 raise BadPrompt(f"{len(given)} control images for {n} prompts")
             images = [resize_note(PIL.Image.fromarray(load_image(img)), width, height) for img in given]
         self.load_controlnet()
-        return Control(image=images, scale=scale, start=start, end=end)
+        return Control(image=images, scale=plan.scale, start=plan.start, end=plan.end)
 
 
 def _first_photo(face_image):

@@ -61,7 +61,8 @@ class EncodeRequest(_Request):
 
 class ControlRequest(BaseModel):
     """Scene switch through the method's ControlNet: a head box (posed as pose_image's face, else as the face
-    photo's, else frontal) or a ready control image; strength and guidance window default to the preset's."""
+    photo's, else frontal) or a ready control image; strength and guidance window default to the preset's. The rules
+    (one of the two, a pose only with a box, the box on the canvas) are `facegen.control.resolve`'s."""
 
     model_config = ConfigDict(extra="forbid")
     head_box: list[float] | None = Field(None, min_length=4, max_length=4,
@@ -74,14 +75,6 @@ class ControlRequest(BaseModel):
     scale: float | None = Field(None, ge=0.0, le=4.0, description="controlnet_conditioning_scale")
     start: float | None = Field(None, ge=0.0, le=1.0, description="fraction of the steps where control starts")
     end: float | None = Field(None, ge=0.0, le=1.0, description="fraction of the steps where control ends")
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.head_box is None) == (self.control_image is None):
-            raise ValueError("control: give head_box (with an optional pose_image) or control_image")
-        if self.pose_image is not None and self.head_box is None:
-            raise ValueError("control.pose_image needs control.head_box")
-        return self
 
 
 class GenerateRequest(_Request):
