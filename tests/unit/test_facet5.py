@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from facegen.methods.faceclip.config import OfficialFuserConfig
 from facegen.methods.facet5.config import ClipLConfig, FaceT5Config, T5StackConfig
 from facegen.methods.facet5.encoder import FaceT5FluxEncoder
-from facegen.methods.faceclip.config import OfficialFuserConfig
 from facegen.models.config import FaceViTConfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facet5_official"

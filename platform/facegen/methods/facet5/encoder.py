@@ -21,11 +21,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from facegen.methods.faceclip.config import OfficialFuserConfig
 from facegen.methods.faceclip.official import VIT_SIZE, BiAttentionBlock, TextEnhancerLayer
 from facegen.methods.facet5.config import ClipLConfig, FaceT5Config, T5StackConfig
 from facegen.models.face_vit import FaceViT
-from torch import nn
 
 
 # -- the T5 encoder stack (FlashT5's names) -----------------------------------------------------------------------
