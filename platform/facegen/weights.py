@@ -20,7 +20,8 @@ HUB_PATTERNS = ["*.json", "*.txt", "*/*.json", "*/*.txt", "*/*.model", "*/diffus
 
 
 def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
-    """A model reference → a local directory. Checks optional sha256 pins (relative path → hex digest)."""
+    """A model reference → a local directory. Checks optional sha256 pins (relative path → hex digest). A hub id may
+    name a revision, `owner/name@<commit>`: the files of that commit only."""
     if ref.startswith(TINY_PREFIX):
         from facegen.tiny import build_tiny
 
@@ -31,24 +32,26 @@ def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
         path = build_random(ref[len(RANDOM_PREFIX):])
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser()
-    elif ref.startswith(("/", ".", "~")) or ref.count("/") != 1:
-        raise ModelNotFound(f"model directory '{ref}' does not exist (a hub id looks like owner/name)")
+    elif ref.startswith(("/", ".", "~")) or ref.partition("@")[0].count("/") != 1:
+        raise ModelNotFound(f"model directory '{ref}' does not exist (a hub id looks like owner/name[@revision])")
     else:
-        path = _from_hub(ref)
+        repo_id, _, revision = ref.partition("@")
+        path = _from_hub(repo_id, revision or None)
     if sha256:
         verify_sha256(path, sha256)
     return path
 
 
-def _from_hub(repo_id: str) -> Path:
+def _from_hub(repo_id: str, revision: str | None = None) -> Path:
+    """A hub repo's files, at `revision` (a commit hash pins them: what a mirror serves later cannot change them)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:
         pass  # not cached yet: try the network below
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))  # real weights
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))  # real weights
     except Exception as e:
         from huggingface_hub.errors import RepositoryNotFoundError
 

