@@ -127,7 +127,6 @@ def test_a_hub_id_pinned_to_a_revision_loads_that_commit_only(monkeypatch, tmp_p
 
     from facegen.errors import ModelNotFound
     from facegen.weights import resolve_model
-
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # read per call; the variables only at import
