@@ -139,7 +139,8 @@ class _Batches:
         return torch.stack(rows), prompts, torch.tensor(dropped)
 
 
-def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, label: str, log) -> None:
+def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, label: str, log,
+           min_snr_gamma: float = 0.0) -> None:
     """Denoising loss over the world's (view, prompt) pairs; the UNet and the text encoders train together."""
     from diffusers import DDPMScheduler
 
@@ -147,7 +148,7 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
     # Min-SNR-γ loss weights (Hang et al., 2023; diffusers' `snr_gamma`), for v: min(SNR, γ) / (SNR + 1). The
     # near-clean steps, which only polish texture, stop dominating the gradient: the names are learned sooner.
-    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma else torch.ones_like(snr)
+    weights = torch.clamp(snr, max=min_snr_gamma) / (snr + 1) if min_snr_gamma else torch.ones_like(snr)
     modules = [unet, *text_encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -194,7 +195,7 @@ def build_sd21(out: Path, vae, latents, edited, cfg: WorldConfig, log=print) -> 
         prompts = ["" if d else p for p, d in zip(prompts, dropped.tolist())]
         return {"encoder_hidden_states": text_encoder(_ids(tokenizer, prompts))[0]}
 
-    _train(unet, [text_encoder], condition, _Batches(latents, edited, cfg), cfg, "sd21", log)
+    _train(unet, [text_encoder], condition, _Batches(latents, edited, cfg), cfg, "sd21", log, cfg.sd21_min_snr_gamma)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **_noise_schedule()),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -225,7 +226,7 @@ def build_sdxl(out: Path, vae, latents, edited, cfg: WorldConfig, log=print) -> 
         return {"encoder_hidden_states": embeds,
                 "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.expand(len(prompts), -1)}}
 
-    _train(unet, [te1, te2], condition, _Batches(latents, edited, cfg), cfg, "sdxl", log)
+    _train(unet, [te1, te2], condition, _Batches(latents, edited, cfg), cfg, "sdxl", log, cfg.sdxl_min_snr_gamma)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
                                      tokenizer_2=tokenizer_2, unet=unet,
                                      scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),

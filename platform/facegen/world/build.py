@@ -78,16 +78,25 @@ def build_world(analyzer, photos=None, cfg: WorldConfig | None = None, log=print
     return World(cfg, people, all_views, references, sd21, sdxl)
 
 
-def build_base_models(all_views: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> tuple[Path, Path]:
-    from facegen.cache import build_once
+def model_settings(cfg: WorldConfig) -> dict:
+    """The settings the base models depend on (not which of the people are held out)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("identities", "held_out", "min_face")}
 
+
+def world_key(all_views: dict[str, np.ndarray], cfg: WorldConfig) -> str:
+    """The base models' cache key: the version, their settings and the people's views."""
     digest = hashlib.sha256(WORLD_VERSION.encode())
-    model_settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("identities", "held_out", "min_face")}
-    digest.update(json.dumps(model_settings, sort_keys=True).encode())
+    digest.update(json.dumps(model_settings(cfg), sort_keys=True).encode())
     for name in sorted(all_views):
         digest.update(name.encode())
         digest.update(all_views[name].tobytes())
-    key = digest.hexdigest()[:16]
+    return digest.hexdigest()[:16]
+
+
+def build_base_models(all_views: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> tuple[Path, Path]:
+    from facegen.cache import build_once
+
+    key = world_key(all_views, cfg)
 
     def build(out: Path) -> None:
         import torch
@@ -105,7 +114,7 @@ def build_base_models(all_views: dict[str, np.ndarray], cfg: WorldConfig, log=pr
         log(f"world: training the SDXL-layout base model ({cfg.base_steps} steps)")
         build_sdxl(out / "sdxl", vae, latents, edited_latents, cfg, log)
         (out / "world.json").write_text(json.dumps({"version": WORLD_VERSION, "people": sorted(all_views),
-                                                    **model_settings}, indent=2) + "\n")
+                                                    **model_settings(cfg)}, indent=2) + "\n")
 
     root = build_once("world", key, build, marker="world.json")
     return root / "sd21", root / "sdxl"
