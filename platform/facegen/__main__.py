@@ -123,7 +123,7 @@ def cmd_generate(args) -> int:
     preset = load_preset(args.preset, args.set)
     method = get_method(args.method or (preset.method_names or NAMES)[0])
     section = preset.method(method.name)  # the preset offers it
-    getattr(section, "check_model", lambda model: None)(args.model)
+    section.check_model(args.model)
     if args.model:
         from facegen.models.export import check_export
 

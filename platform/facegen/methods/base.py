@@ -93,6 +93,31 @@ class ControlNetConfig:
     end: float = 1.0  # control_guidance_end
 
 
+@dataclass
+class MethodConfig:
+    """What every method's preset section (`methods.<name>`) holds; a method's config adds its `encoder` and `train`
+    sections and sets its defaults. Everything outside methods/ reads a section through these names only."""
+
+    MAX_MEGAPIXEL_STEPS = 80.0  # one request's default work budget (megapixel-steps), see request_work
+    NATIVE_PIXELS = 512 * 512  # the base model's native canvas: larger ones cost more than their pixels (attention)
+    base_model: str = ""  # a hub id (owner/name[@commit]), a local diffusers directory, tiny:* or random:*
+    sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
+    model: str | None = None  # a trained encoder (a training job's <output>/model) instead of a fresh one
+    model_sha256: dict[str, str] = field(default_factory=dict)  # pins for `model`'s files (e.g. model.safetensors)
+    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+
+    def check_model(self, model: str | None) -> None:
+        """Refuse, before anything loads, a section that cannot run with this trained encoder (`model`, else the
+        section's): the CLI and the service builder call it. Every encoder may start fresh unless a method says."""
+
+    @property
+    def face_size(self) -> int:
+        """The side of the aligned face crop the method's encoder reads (training data is cut to it)."""
+        raise NotImplementedError
+
+
 def _load(ref: str):
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)

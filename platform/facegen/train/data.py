@@ -123,7 +123,7 @@ def training_dataset(uri: str, preset: Preset, method: str):
         ds = parts[1][0] if cfg.ffhq_ratio == 1 else parts[0][0]
     else:
         ds = parts[0][0]
-    face_size = preset.method(method).encoder.vit.img_size
+    face_size = preset.method(method).face_size
     ds = ds.map_batches(decode_batch, fn_kwargs={"resolution": cfg.resolution, "face_size": face_size},
                         batch_size=16, num_cpus=0.25)
     if not cfg.materialize:

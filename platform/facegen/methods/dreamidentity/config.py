@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from facegen.methods.base import ControlNetConfig, SamplingConfig
+from facegen.methods.base import MethodConfig
 from facegen.models.config import FaceViTConfig
 
 
@@ -24,16 +24,14 @@ class DreamIdentityTrainConfig:
 
 
 @dataclass
-class DreamIdentityConfig:
-    MAX_MEGAPIXEL_STEPS = 80.0  # one request's default work budget: e.g. 4 images of 768² at 30 steps
-    NATIVE_PIXELS = 768 * 768  # SD 2.1's largest native canvas: larger ones cost more than their pixels (attention), see request_work
+class DreamIdentityConfig(MethodConfig):
+    MAX_MEGAPIXEL_STEPS = 80.0  # e.g. 4 images of 768² at 30 steps
+    NATIVE_PIXELS = 768 * 768  # SD 2.1's largest native canvas
     # An SD2.1-layout model: a hub id, a local diffusers directory, "tiny:sd21" or "random:sd21-base".
     base_model: str = "tiny:sd21"
-    sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
-    model: str | None = None  # an exported M² encoder (a training job's <output>/model) instead of a fresh one
-    model_sha256: dict[str, str] = field(default_factory=dict)  # pins for `model`'s files (e.g. model.safetensors)
-    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU)
     encoder: M2EncoderConfig = field(default_factory=M2EncoderConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
     train: DreamIdentityTrainConfig = field(default_factory=DreamIdentityTrainConfig)
+
+    @property
+    def face_size(self) -> int:
+        return self.encoder.vit.img_size

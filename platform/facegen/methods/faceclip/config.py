@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from facegen.errors import ConfigError
-from facegen.methods.base import ControlNetConfig, SamplingConfig
+from facegen.methods.base import MethodConfig, SamplingConfig
 from facegen.models.config import FaceViTConfig
 
 ARCHITECTURES = ("facegen", "official")
@@ -85,20 +85,20 @@ class FaceCLIPTrainConfig:
 
 
 @dataclass
-class FaceCLIPConfig:
-    MAX_MEGAPIXEL_STEPS = 220.0  # one request's default work budget: 4 images of 1024² at 50 steps
-    NATIVE_PIXELS = 1024 * 1024  # SDXL's native canvas: larger ones cost more than their pixels (attention), see request_work
-    # An SDXL-layout model: a hub id, a local diffusers directory, "tiny:sdxl" or "random:sdxl-base".
+class FaceCLIPConfig(MethodConfig):
+    MAX_MEGAPIXEL_STEPS = 220.0  # 4 images of 1024² at 50 steps
+    NATIVE_PIXELS = 1024 * 1024  # SDXL's native canvas
+    # An SDXL-layout model: a hub id, a local diffusers directory, "tiny:sdxl" or "random:sdxl-base". dtype auto:
+    # fp16 on CUDA with the VAE decoded in fp32.
     base_model: str = "tiny:sdxl"
-    sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
-    model: str | None = None  # an exported FaceCLIP encoder (a training job's <output>/model) instead of a fresh one
-    model_sha256: dict[str, str] = field(default_factory=dict)  # pins for `model`'s files (e.g. model.safetensors)
-    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA with the VAE decoded in fp32, fp32 on CPU)
-    encoder: FaceCLIPEncoderConfig = field(default_factory=FaceCLIPEncoderConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
         guidance_scale=5.0, width=864, height=1152, scheduler="euler"))
-    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+    encoder: FaceCLIPEncoderConfig = field(default_factory=FaceCLIPEncoderConfig)
     train: FaceCLIPTrainConfig = field(default_factory=FaceCLIPTrainConfig)
+
+    @property
+    def face_size(self) -> int:
+        return self.encoder.vit.img_size
 
     def check_model(self, model: str | None) -> None:
         """The official architecture has no fresh initialisation: a converted checkpoint must be named (said before
