@@ -29,7 +29,7 @@ test: install browser
 	$(PY) -m pytest -q -m "not realshape" --durations=20 tests
 	$(PY) -m pytest -q -m realshape tests
 
-# Does training make the person appear? The miniature world on the CPU (≈ 40 min on 2 cores; not part of `make test`).
+# Does training make the person appear? The miniature world on the CPU (≈ 35 min on 2 cores the first time, 11 with the world cached; not part of `make test`).
 learn: install
 	$(PY) bench/learn.py
 
