@@ -86,3 +86,31 @@ def progressive_scan_bomb(scans: int, side: int = 256) -> bytes:
 @pytest.fixture(scope="session")
 def scan_bomb():
     return progressive_scan_bomb
+
+
+def exif_mutations(image, count: int, seed: int):
+    """`count` encodings of `image` (PNG, WebP, JPEG in turn) whose EXIF block (an orientation that rotates, and two
+    text tags) has 1–7 random bytes overwritten: what a fuzzer sends."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate
+    exif[0x010F] = "facegen"
+    exif[0x0110] = "fuzz"
+    blob = bytearray(exif.tobytes())
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        mutated = bytearray(blob)
+        for pos in rng.integers(6, len(mutated), size=int(rng.integers(1, 8))):
+            mutated[pos] = int(rng.integers(0, 256))
+        buf = io.BytesIO()
+        image.save(buf, format=("PNG", "WEBP", "JPEG")[i % 3], exif=bytes(mutated))
+        yield buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def exif_fuzz():
+    return exif_mutations

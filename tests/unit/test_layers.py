@@ -18,28 +18,25 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def module_level_imports(path: Path) -> set[str]:
-    """Modules imported by statements that run at import time (not inside functions or classes' methods)."""
+def imported_modules(nodes) -> set[str]:
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names}
     return found
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Modules imported by statements that run at import time (not inside functions or classes' methods)."""
+    return imported_modules(ast.parse(path.read_text()).body)
 
 
 def all_imports(path: Path) -> set[str]:
     """Modules imported anywhere in the file, function-level imports (run on first use) included."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
-    return found
+    return imported_modules(ast.walk(ast.parse(path.read_text())))
 
 
 def graph(imports=module_level_imports) -> dict[str, set[str]]:
