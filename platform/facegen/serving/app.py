@@ -1,6 +1,5 @@
 """The application builder: the deployments composed from the method registry and the preset (`serve run
 serve.app:deploy`, whose typed arguments are serve/app.py's AppArgs), and what `GET /v1/models` reports."""
-from __future__ import annotations
 
 import logging
 from dataclasses import asdict

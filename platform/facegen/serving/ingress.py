@@ -3,7 +3,8 @@ watermarks and encodes the generators' arrays in its own threads, so a GPU repli
 
     HTTP → Ingress ──encode──▶ FaceEncoder ──token──▶ <Method>Generator ──arrays──▶ Ingress → png | jpeg | webp
 """
-from __future__ import annotations
+# No `from __future__ import annotations` here: Serve's class ingress hands these handlers to FastAPI, which must see
+# `Request` as the class itself to inject it (a string annotation fails every request).
 
 import asyncio
 import base64

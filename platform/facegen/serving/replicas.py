@@ -4,7 +4,6 @@ Replicas are stateless: identities travel as encrypted, authenticated identity t
     FaceEncoder               photos → detect + align + the method's face encoder → identity token (+ the pose)
     <Title>Generator          one per served method (@serve.batch): identity token + prompt → uint8 arrays; draws only
 """
-from __future__ import annotations
 
 import asyncio
 import logging
