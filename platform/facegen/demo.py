@@ -181,7 +181,7 @@ def show_learn(out: Path, bench: Path) -> None:
     record, grid = bench / "learn.json", bench / "learn_grid.png"
     if not (record.is_file() and grid.is_file()):
         print("\nThe miniature world, where training makes the person appear, has not been run here: `make learn`")
-        print("(≈ 35 min on 2 cores the first time) trains both encoders on real faces and writes its pictures; `make demo` shows them then.")
+        print("(≈ 35 min on 2 cores, first time) trains both encoders on real faces and writes its pictures; `make demo` shows them then.")
         return
     r = json.loads(record.read_text())
     shutil.copyfile(grid, out / "learn_grid.png")
