@@ -17,29 +17,8 @@ import dataclasses
 import importlib
 from dataclasses import dataclass, field
 
-# What any caller may ask of a pipeline: the CLI, the Python API and the HTTP service accept exactly these values
-# (`check_sampling`), so a value one refuses the others refuse too. The service caps further per method (ServiceCaps).
-SAMPLING_BOUNDS = {"steps": (1, 1000), "guidance_scale": (0.0, 50.0), "width": (8, 4096), "height": (8, 4096),
-                   "num_images": (1, 16)}
-SIZE_MULTIPLE = 8  # latents are 1/8 of the image a side
-
-
-def check_sampling(labels: dict[str, str] | None = None, **values) -> None:
-    """Each given value (None = the default) within SAMPLING_BOUNDS, sizes multiples of SIZE_MULTIPLE; a BadSampling
-    names the value as the caller wrote it (`labels`, e.g. {"steps": "--steps"})."""
-    from facegen.errors import BadSampling
-
-    for key, value in values.items():
-        if value is None:
-            continue
-        low, high = SAMPLING_BOUNDS[key]
-        label = (labels or {}).get(key, key)
-        whole = key != "guidance_scale"
-        number = isinstance(value, int) if whole else isinstance(value, (int, float))
-        if isinstance(value, bool) or not number or not low <= value <= high:
-            raise BadSampling(f"{label} must be a {'whole ' if whole else ''}number from {low:g} to {high:g}, got {value!r}")
-        if key in ("width", "height") and value % SIZE_MULTIPLE:
-            raise BadSampling(f"{label} must be a multiple of {SIZE_MULTIPLE}, got {value}")
+# What any caller may ask (facegen.sampling), re-exported beside the defaults and the service's caps.
+from facegen.sampling import SAMPLING_BOUNDS, SIZE_MULTIPLE, check_sampling  # noqa: F401
 
 
 @dataclass
