@@ -1,15 +1,12 @@
 """The application builder: the deployments composed from the method registry and the preset (`serve run
 serve.app:deploy`, whose typed arguments are serve/app.py's AppArgs), and what `GET /v1/models` reports."""
 
-import logging
 from dataclasses import asdict
 
 from facegen.methods.base import work_budget
 from facegen.serving import tokens
 from facegen.serving.ingress import Ingress
 from facegen.serving.replicas import FaceEncoder, generator_deployment, public_name, served_default_size
-
-log = logging.getLogger("facegen.serve")
 
 
 def build_app(args) -> object:

@@ -6,7 +6,6 @@ Replicas are stateless: identities travel as encrypted, authenticated identity t
 """
 
 import asyncio
-import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,8 +19,6 @@ from facegen.methods import get_method
 from facegen.serving import tokens, watermark
 from facegen.serving.batching import BatchingConfig, GenerationJob, draw_groups
 from facegen.workers import quiet_libraries
-
-log = logging.getLogger("facegen.serve")
 
 
 def public_name(ref: str | None) -> str:
