@@ -14,7 +14,7 @@ from pathlib import Path
 
 from facegen.control import ControlImageResized
 from facegen.errors import FacegenError
-from facegen.methods import NAMES, get_method
+from facegen.methods import NAMES, REGISTRY, get_method
 
 # The scene-switch flags, as control.resolve names them in its errors.
 CONTROL_FLAGS = {"head_box": "--head-box", "pose_image": "--pose-from", "control_image": "--control-image"}
@@ -60,15 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     f.add_argument("--verbose", action="store_true")
     c = sub.add_parser("convert", help="convert published weights into facegen's export format (see docs/models.md)")
-    c.add_argument("what", choices=["faceclip-official"],
-                   help="faceclip-official: ByteDance's FaceCLIP-SDXL (hub ByteDance/FaceCLIP, model/*.pt; CC-BY-NC-4.0)")
-    c.add_argument("--encoder", required=True, help="face_clip_encoder.pt")
-    c.add_argument("--unet", default=None, help="unet.pt (the fine-tuned SDXL UNet; without it the base UNet is used)")
-    c.add_argument("--out", required=True, help="a new directory: use it as --model DIR, faceclip=DIR")
-    c.add_argument("--preset", default="faceclip-official",
-                   help="whose methods.faceclip sizes the architecture and names the base SDXL (for the UNet config)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--verbose", action="store_true")
+    targets = c.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for method in REGISTRY.values():  # each method's converters (methods.base.Converter)
+        for conv in method.converters:
+            t = targets.add_parser(conv.name, help=conv.help, description=conv.help)
+            for flag, text, required in conv.files:
+                t.add_argument(f"--{flag}", required=required, help=text)
+            t.add_argument("--out", required=True, help=f"a new directory: use it as --model DIR, {method.name}=DIR")
+            t.add_argument("--preset", default=conv.preset,
+                           help=f"whose methods.{method.name} sizes the architecture and names the base model")
+            t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+            t.add_argument("--verbose", action="store_true")
+            t.set_defaults(method=method.name, converter=conv)
     w = sub.add_parser("watermark", help="say whether images carry facegen's invisible watermark (JSON on stdout)")
     w.add_argument("files", nargs="+")
     w.add_argument("--verbose", action="store_true")
@@ -117,11 +120,11 @@ def cmd_generate(args) -> int:
     from facegen.config import load_preset
     from facegen.methods.base import check_sampling
 
-    check_sampling(SAMPLING_FLAGS, steps=args.steps, guidance_scale=args.guidance, width=args.width,
-                   height=args.height, num_images=args.num_images)
+    check_sampling(SAMPLING_FLAGS, steps=args.steps, guidance_scale=args.guidance, num_images=args.num_images)
     paths = output_paths(args.out, args.num_images)
     preset = load_preset(args.preset, args.set)
     method = get_method(args.method or (preset.method_names or NAMES)[0])
+    check_sampling(SAMPLING_FLAGS, size_multiple=method.size_multiple, width=args.width, height=args.height)
     section = preset.method(method.name)  # the preset offers it
     section.check_model(args.model)
     if args.model:
@@ -206,14 +209,13 @@ def cmd_convert(args) -> int:
     from facegen.config import load_preset
 
     preset = load_preset(args.preset, args.set)
-    preset.method("faceclip")
-    for flag, path in (("--encoder", args.encoder), ("--unet", args.unet)):
+    preset.method(args.method)
+    files = {flag: getattr(args, flag) for flag, _, _ in args.converter.files}
+    for flag, path in files.items():
         if path is not None and not Path(path).expanduser().is_file():
-            raise FacegenError(f"{flag} {path}: no such file")
+            raise FacegenError(f"--{flag} {path}: no such file")
     _quiet(args)
-    from facegen.methods.faceclip.convert import convert_official
-
-    for path in convert_official(args.encoder, args.unet, args.out, preset):
+    for path in args.converter.run(out=args.out, preset=preset, **files):
         print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
     return 0
 

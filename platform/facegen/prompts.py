@@ -3,7 +3,7 @@ too, before queueing). Nothing here imports torch or a model library, so bad inp
 from __future__ import annotations
 
 from facegen.errors import BadPrompt
-from facegen.sampling import check_sampling
+from facegen.sampling import SIZE_MULTIPLE, check_sampling
 
 PLACEHOLDER = "S*"
 # What S* reads as where a method has no pseudo-word for it (FaceCLIP reads the face from its own slot) and, by
@@ -21,11 +21,11 @@ def as_prompts(prompt) -> list[str]:
 
 
 def check_common_inputs(prompts: list[str], negative_prompt, height: int | None, width: int | None,
-                        needs_placeholder: bool) -> list[str]:
+                        needs_placeholder: bool, size_multiple: int = SIZE_MULTIPLE) -> list[str]:
     """The checks every pipeline runs before drawing (and the CLI and HTTP layer run before queueing, through
     `Method.check_inputs`): sizes (`check_sampling`), the placeholder rule, negative prompts. Returns the negative
     prompts, one per prompt."""
-    check_sampling(width=width, height=height)
+    check_sampling(size_multiple=size_multiple, width=width, height=height)
     if needs_placeholder:
         for text in prompts:
             if PLACEHOLDER not in text:

@@ -8,9 +8,10 @@ SAMPLING_BOUNDS = {"steps": (1, 1000), "guidance_scale": (0.0, 50.0), "width": (
 SIZE_MULTIPLE = 8  # latents are 1/8 of the image a side
 
 
-def check_sampling(labels: dict[str, str] | None = None, **values) -> None:
-    """Each given value (None = the default) within SAMPLING_BOUNDS, sizes multiples of SIZE_MULTIPLE; a BadSampling
-    names the value as the caller wrote it (`labels`, e.g. {"steps": "--steps"})."""
+def check_sampling(labels: dict[str, str] | None = None, size_multiple: int = SIZE_MULTIPLE, **values) -> None:
+    """Each given value (None = the default) within SAMPLING_BOUNDS, sizes multiples of `size_multiple` (a method
+    may need more than SIZE_MULTIPLE: FLUX packs 2×2 latents, 16 px); a BadSampling names the value as the caller
+    wrote it (`labels`, e.g. {"steps": "--steps"})."""
     from facegen.errors import BadSampling
 
     for key, value in values.items():
@@ -22,7 +23,7 @@ def check_sampling(labels: dict[str, str] | None = None, **values) -> None:
         number = isinstance(value, int) if whole else isinstance(value, (int, float))
         if isinstance(value, bool) or not number or not low <= value <= high:
             raise BadSampling(f"{label} must be a {'whole ' if whole else ''}number from {low:g} to {high:g}, got {value!r}")
-        if key in ("width", "height") and value % SIZE_MULTIPLE:
-            raise BadSampling(f"{label} must be a multiple of {SIZE_MULTIPLE}, got {value}")
+        if key in ("width", "height") and value % size_multiple:
+            raise BadSampling(f"{label} must be a multiple of {size_multiple}, got {value}")
 
 

@@ -4,7 +4,8 @@ They let everything (pipelines, data build, training, serving) run on a 2-core C
 same `from_pretrained` path as the real weights. Each build is seeded, so it is byte-for-byte reproducible, and is
 written under a temporary name and renamed, so concurrent Ray workers never see half a model.
 
-The tokenizer is CLIP's real BPE (vocab.json + merges.txt) rebuilt from the merge list that open_clip ships.
+The CLIP tokenizer is CLIP's real BPE (vocab.json + merges.txt) rebuilt from the merge list that open_clip ships;
+tiny:flux's T5 tokenizer is a small SentencePiece-style unigram vocabulary with T5's special tokens and rules.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 TINY_VERSION = "v1"  # bump when a config below changes, so caches rebuild
-KINDS = ("sd21", "sdxl", "controlnet-sd21", "controlnet-sdxl")
+KINDS = ("sd21", "sdxl", "flux", "controlnet-sd21", "controlnet-sdxl")
 
 
 def build_tiny(kind: str) -> Path:
@@ -27,7 +28,7 @@ def build_tiny(kind: str) -> Path:
         raise ModelNotFound(f"unknown tiny model 'tiny:{kind}' (known: {', '.join('tiny:' + k for k in KINDS)})")
     from facegen.cache import build_once
 
-    builders = {"sd21": _build_sd21, "sdxl": _build_sdxl, "controlnet-sd21": lambda out: _build_controlnet("sd21", out),
+    builders = {"sd21": _build_sd21, "sdxl": _build_sdxl, "flux": _build_flux, "controlnet-sd21": lambda out: _build_controlnet("sd21", out),
                 "controlnet-sdxl": lambda out: _build_controlnet("sdxl", out)}
     return build_once("tiny", f"{kind}-{TINY_VERSION}", builders[kind])
 
@@ -62,6 +63,32 @@ def write_clip_tokenizer(directory: Path, pad_token: str) -> None:
     tok = CLIPTokenizer(str(work / "vocab.json"), str(work / "merges.txt"), pad_token=pad_token, model_max_length=77)
     tok.save_pretrained(str(directory))
     shutil.rmtree(work, ignore_errors=True)
+
+
+# Words the tiny T5 vocabulary holds whole (anything else is spelled in characters, as unigram models do).
+T5_WORDS = ("a an the of in on at with and or to as by for from photo portrait person man woman face wearing "
+            "standing sitting smiling looking camera light background city street beach forest kitchen chef "
+            "painting style blue red green black white hat shirt glasses snow night day").split()
+
+
+def write_t5_tokenizer(directory: Path, max_length: int = 512) -> int:
+    """A T5 tokenizer (T5's special ids: <pad> 0, </s> 1, <unk> 2; "▁" word starts; </s> appended) over a small
+    unigram vocabulary: characters and the words above. Returns its vocabulary size."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()*/&%$#@+=_"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in T5_WORDS] + [(c, -5.0) for c in chars] + [("\u2581" + c, -4.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.normalizer = normalizers.Replace(Regex(" {2,}"), " ")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+                    model_max_length=max_length).save_pretrained(str(directory))
+    return len(pieces)
 
 
 # -- models -------------------------------------------------------------------------------------------------------
@@ -136,6 +163,40 @@ def _build_sdxl(out: Path) -> None:
         unet=unet, scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
         add_watermarker=False,
     )
+    pipe.save_pretrained(out, safe_serialization=True)
+    shutil.rmtree(out / "_tok1")
+    shutil.rmtree(out / "_tok2")
+
+
+def _build_flux(out: Path) -> None:
+    """FLUX.1-dev's layout at tiny widths: a FluxTransformer2DModel (64 packed input channels, distilled guidance
+    embedding, RoPE), a 16-channel VAE with FLUX's shift and scale, CLIP-L and T5 text encoders with their
+    tokenizers, and FLUX.1-dev's flow-matching scheduler config."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)).eval()
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8, sample_size=64,
+        block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.1159, scaling_factor=0.3611).eval()
+    write_clip_tokenizer(out / "_tok1", pad_token="<|endoftext|>")
+    vocab = write_t5_tokenizer(out / "_tok2")
+    torch.manual_seed(3)
+    t5 = T5EncoderModel(T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                                 relative_attention_max_distance=128, layer_norm_epsilon=1e-6)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=_text_encoder(32, 2, 32, False, 2),
+                        tokenizer=CLIPTokenizer.from_pretrained(out / "_tok1"), text_encoder_2=t5,
+                        tokenizer_2=T5TokenizerFast.from_pretrained(out / "_tok2"), transformer=transformer)
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.rmtree(out / "_tok1")
     shutil.rmtree(out / "_tok2")

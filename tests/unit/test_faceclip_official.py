@@ -142,7 +142,7 @@ def test_convert_refuses_bad_checkpoints(official_checkpoint, tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"x": NeedsPickle()}, evil)
     with pytest.raises(ModelNotFound, match="needs pickle"):
-        from facegen.methods.faceclip.convert import read_checkpoint
+        from facegen.models.checkpoints import read_checkpoint
 
         read_checkpoint(evil, "the encoder")
     state = torch.load(official_checkpoint["encoder_pt"], weights_only=True)

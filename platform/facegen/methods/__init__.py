@@ -9,8 +9,9 @@ from facegen.errors import ConfigError
 from facegen.methods.base import Method
 from facegen.methods.dreamidentity import METHOD as DREAMIDENTITY
 from facegen.methods.faceclip import METHOD as FACECLIP
+from facegen.methods.facet5 import METHOD as FACET5
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (DREAMIDENTITY, FACECLIP)}
+REGISTRY: dict[str, Method] = {m.name: m for m in (DREAMIDENTITY, FACECLIP, FACET5)}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 

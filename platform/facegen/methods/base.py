@@ -72,6 +72,9 @@ class ControlNetConfig:
     end: float = 1.0  # control_guidance_end
 
 
+MEMORY_MODES = ("none", "model_offload", "sequential_offload")
+
+
 @dataclass
 class MethodConfig:
     """What every method's preset section (`methods.<name>`) holds; a method's config adds its `encoder` and `train`
@@ -84,8 +87,19 @@ class MethodConfig:
     model: str | None = None  # a trained encoder (a training job's <output>/model) instead of a fresh one
     model_sha256: dict[str, str] = field(default_factory=dict)  # pins for `model`'s files (e.g. model.safetensors)
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU)
+    # GPU memory (CUDA only; on the CPU everything stays where it is): none = every model on the GPU; model_offload =
+    # each model moves to the GPU while it runs (diffusers' enable_model_cpu_offload: SDXL in ~8 GB, FaceT5-FLUX in
+    # ~24 GB, seconds more per image); sequential_offload = layer by layer (enable_sequential_cpu_offload: the least
+    # memory, several times slower). Large canvases also decode tile by tile (VAE tiling) whatever the mode.
+    memory: str = "none"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+
+    def __post_init__(self):
+        if self.memory not in MEMORY_MODES:
+            from facegen.errors import ConfigError
+
+            raise ConfigError(f"methods.<method>.memory '{self.memory}': use one of {', '.join(MEMORY_MODES)}")
 
     def check_model(self, model: str | None) -> None:
         """Refuse, before anything loads, a section that cannot run with this trained encoder (`model`, else the
@@ -103,6 +117,20 @@ def _load(ref: str):
 
 
 @dataclass(frozen=True)
+class Converter:
+    """A `python -m facegen convert <name>` target: published weights → this method's export (`--model DIR`)."""
+
+    name: str  # the command's target, e.g. faceclip-official
+    function: str  # "module:function", called as function(out=, preset=, **files) and returning the files written
+    files: tuple[tuple[str, str, bool], ...]  # (flag without dashes, help, required)
+    preset: str  # the default --preset: it sizes the architecture and names the base model
+    help: str = ""
+
+    def run(self, out, preset, **files):
+        return _load(self.function)(out=out, preset=preset, **files)
+
+
+@dataclass(frozen=True)
 class Method:
     """One registry entry: the method's name and where its parts live (imported on first use)."""
 
@@ -114,6 +142,8 @@ class Method:
     task: str  # "module:Class" of its training task
     needs_placeholder: bool  # prompts must say where the person goes ("S*")
     summary: str = ""
+    size_multiple: int = SIZE_MULTIPLE  # output sides must be multiples of this (FLUX: 16)
+    converters: tuple[Converter, ...] = ()  # published weights this method can convert
 
     def check_inputs(self, prompt, negative_prompt: str | list[str] = "", height: int | None = None,
                      width: int | None = None) -> list[str]:
@@ -121,7 +151,8 @@ class Method:
         ingress run it before any model loads. Returns the negative prompts, one per prompt."""
         from facegen.prompts import as_prompts, check_common_inputs
 
-        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, self.needs_placeholder)
+        return check_common_inputs(as_prompts(prompt), negative_prompt, height, width, self.needs_placeholder,
+                                   self.size_multiple)
 
     def pipeline_class(self):
         return _load(self.pipeline)

@@ -211,7 +211,22 @@ def assemble(cls, section, device, face_analyzer: FaceAnalyzer | None, face_conf
                num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
                negative_prompt=s.negative_prompt)
     pipe.control_config = section.controlnet
-    return pipe.to(device)
+    return place_pipeline(pipe, device, section.memory)
+
+
+def place_pipeline(pipe, device, memory: str):
+    """The pipeline on `device`, or offloaded to the CPU between uses as `memory` (methods.<name>.memory) says:
+    offloading is for a CUDA device only (on the CPU there is nothing to save)."""
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if memory == "none" or device.type != "cuda":
+        return pipe.to(device)
+    if memory == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+    return pipe
 
 
 class IdentityDiffusionCall:
@@ -220,6 +235,10 @@ class IdentityDiffusionCall:
     `denoiser(control)` (the diffusers pipeline that draws with them), `check_inputs` and `output_class`."""
 
     output_class = None
+
+    def guidance_kwargs(self, guidance_scale: float) -> dict:
+        """The preset's guidance scale as the denoiser takes it (classifier-free guidance, diffusers' name)."""
+        return {"guidance_scale": guidance_scale}
 
     @property
     def sampling(self):
@@ -268,7 +287,7 @@ class IdentityDiffusionCall:
             if control is not None:
                 kwargs.update(control_kwargs(control))
             denoiser.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            out = denoiser(**conditioning, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+            out = denoiser(**conditioning, **self.guidance_kwargs(s.guidance_scale), num_inference_steps=s.steps,
                            height=s.height, width=s.width, num_images_per_prompt=num_images_per_prompt,
                            generator=generator, latents=latents, output_type=output_type, **kwargs)
             return self.output_class(images=out.images)

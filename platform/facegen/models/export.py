@@ -27,7 +27,7 @@ def save_export(directory: str | os.PathLike, model: nn.Module, config) -> Path:
 
 def write_export(directory: str | os.PathLike, state: dict[str, torch.Tensor], config, class_name: str) -> Path:
     """An export from a state dict: config.json (`config` as a dict, `_class_name` first) + model.safetensors."""
-    from safetensors.torch import save_file
+    from facegen.models.checkpoints import write_safetensors
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -35,11 +35,11 @@ def write_export(directory: str | os.PathLike, state: dict[str, torch.Tensor], c
     if isinstance(data.get("vit"), dict):
         data["vit"]["weights"] = data["vit"]["weights_sha256"] = None  # the ViT's weights are in model.safetensors now
     name = class_name
-    tmp_w, tmp_c = d / f".{WEIGHTS_NAME}.tmp", d / f".{CONFIG_NAME}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp_w),
-              metadata={"format": "pt", "facegen": name})
+    tmp_c = d / f".{CONFIG_NAME}.tmp"
+    # streamed tensor by tensor (a converted FaceT5 encoder is 12 GB): the weights first, then the config that
+    # makes the directory an export
+    write_safetensors(d / WEIGHTS_NAME, state, {"format": "pt", "facegen": name})
     tmp_c.write_text(json.dumps({"_class_name": name, **data}, indent=2))
-    os.replace(tmp_w, d / WEIGHTS_NAME)
     os.replace(tmp_c, d / CONFIG_NAME)
     return d
 
@@ -73,8 +73,10 @@ def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: 
 
 def load_export_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     """An export's weights into `model`, strictly (same keys, same shapes), one tensor at a time: peak memory is the
-    model plus its largest tensor, not twice the model (an SDXL-sized FaceCLIP encoder is 4 GB in fp32)."""
+    model plus its largest tensor, not twice the model (an SDXL-sized FaceCLIP encoder is 4 GB in fp32). Weights
+    left empty (built under accelerate's init_empty_weights) are assigned the file's tensors, in the file's dtype."""
     import torch
+    from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
 
     file = Path(directory).expanduser() / WEIGHTS_NAME
@@ -91,4 +93,7 @@ def load_export_weights(model: nn.Module, directory: str | os.PathLike) -> None:
                 if tensor.shape != own[key].shape:
                     raise ModelNotFound(f"{file}: {key} has shape {tuple(tensor.shape)}, the model "
                                         f"{tuple(own[key].shape)}")
-                own[key].copy_(tensor)
+                if own[key].is_meta:
+                    set_module_tensor_to_device(model, key, "cpu", value=tensor, dtype=tensor.dtype)
+                else:
+                    own[key].copy_(tensor)

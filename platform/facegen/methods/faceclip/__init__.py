@@ -1,5 +1,5 @@
 """FaceCLIP (SDXL): one joint encoder turns (face, prompt) into SDXL's whole conditioning."""
-from facegen.methods.base import Method
+from facegen.methods.base import Converter, Method
 from facegen.methods.faceclip.config import FaceCLIPConfig
 
 METHOD = Method(
@@ -11,4 +11,10 @@ METHOD = Method(
     task="facegen.methods.faceclip.training:FaceCLIPTask",
     needs_placeholder=False,
     summary="SDXL + FaceCLIP encoder: face and prompt in, SDXL's conditioning out",
+    converters=(Converter(
+        name="faceclip-official", function="facegen.methods.faceclip.convert:convert_official",
+        files=(("encoder", "face_clip_encoder.pt", True),
+               ("unet", "unet.pt (the fine-tuned SDXL UNet; without it the base UNet is used)", False)),
+        preset="faceclip-official",
+        help="ByteDance's FaceCLIP-SDXL (hub ByteDance/FaceCLIP, model/*.pt; CC-BY-NC-4.0)"),),
 )

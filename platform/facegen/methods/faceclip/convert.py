@@ -12,7 +12,6 @@ model's UNet config before anything is written; the output appears whole or not 
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,38 +20,10 @@ import torch
 
 from facegen.errors import FacegenError, ModelNotFound
 from facegen.methods.faceclip.config import OfficialFaceCLIPConfig
+from facegen.models.checkpoints import check_state, read_checkpoint
 from facegen.models.export import write_export
 
 PREFIX = "model."  # the official loader strips it from every key
-
-
-def read_checkpoint(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
-    """A torch.save'd state dict, tensors only (weights_only=True, memory-mapped: a 5 GB UNet is not read twice)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ModelNotFound(f"{what} {p} not found")
-    try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        raise ModelNotFound(f"{what} {p} needs pickle to load, which runs code: refused "
-                            f"({str(e).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ModelNotFound(f"{what} {p} is not a torch.save'd checkpoint: {str(e).splitlines()[0][:160]}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelNotFound(f"{what} {p} does not hold a state dict (names → tensors)")
-    return state
-
-
-def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], what: str, hint: str) -> None:
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise ModelNotFound(f"{what} does not fit {hint}: {len(missing)} missing ({', '.join(missing[:3])}), "
-                            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
-    for key, shape in expected.items():
-        if state[key].shape != shape:
-            raise ModelNotFound(f"{what}: {key} has shape {tuple(state[key].shape)}, {hint} expects {tuple(shape)}")
 
 
 def official_encoder_state(path, config: OfficialFaceCLIPConfig) -> dict[str, torch.Tensor]:

@@ -18,14 +18,20 @@ prompt, through the same encoder.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin
 from torch import nn
 
 from facegen.methods.faceclip.config import OfficialFuserConfig
 from facegen.methods.faceclip.official import VIT_SIZE, BiAttentionBlock, TextEnhancerLayer
 from facegen.methods.facet5.config import ClipLConfig, FaceT5Config, T5StackConfig
+from facegen.errors import ModelNotFound
+from facegen.models.export import load_export_weights, read_export, save_export
 from facegen.models.face_vit import FaceViT
 
 
@@ -226,15 +232,21 @@ class FaceT5Encoder(nn.Module):
         self.register_buffer("positional_embedding", sinusoidal_positions(c.t5.max_length, d))  # in the checkpoint
         self.fuser = FaceT5Fuser(d, c.fuser)
 
-    def forward(self, t5_ids: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    def read_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned crops B×3×H×W in [0, 1] → the face ViT's patch tokens B×144×D (the identity a photo gives)."""
         pixels = F.interpolate(faces, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
-        patches = self.face_encoder(pixels.to(self.face_patch_proj.weight.dtype)).patch_tokens
-        face = self.face_patch_proj(patches)
+        return self.face_encoder(pixels.to(self.face_patch_proj.weight.dtype)).patch_tokens
+
+    def fuse(self, t5_ids: torch.Tensor, face_tokens: torch.Tensor) -> torch.Tensor:
+        face = self.face_patch_proj(face_tokens.to(self.face_patch_proj.weight.dtype))
         # face_pos_proj is in the checkpoint, but its output reaches nothing: the official face layers drop the
         # positions (see FaceSelfLayer)
         text = self.t5_encoder(t5_ids)
         text_pos = self.positional_embedding[:, : text.shape[1]].expand(len(text), -1, -1).to(text.dtype)
         return self.fuser(text, text_pos, face)
+
+    def forward(self, t5_ids: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        return self.fuse(t5_ids, self.read_faces(faces))
 
 
 class ClipL(nn.Module):
@@ -249,22 +261,157 @@ class ClipL(nn.Module):
         self.text_model = CLIPTextModel(CLIPTextConfig(
             vocab_size=c.vocab_size, hidden_size=c.hidden, intermediate_size=c.intermediate,
             num_hidden_layers=c.layers, num_attention_heads=c.heads, max_position_embeddings=c.max_length,
-            hidden_act="quick_gelu", projection_dim=c.hidden, bos_token_id=0, eos_token_id=2, pad_token_id=1))
+            hidden_act=c.act, projection_dim=c.hidden, bos_token_id=0, eos_token_id=2, pad_token_id=1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_model(ids).pooler_output
 
 
-class FaceT5FluxEncoder(nn.Module):
+class FaceT5FluxEncoder(ModelMixin):
     """The official `FaceT5FluxWrapper`: encoder_1 (CLIP-L) for the pooled conditioning, encoder_2 (FaceT5Encoder)
-    for prompt_embeds. forward(clip_ids B×77, t5_ids B×512, faces) → (prompt_embeds B×512×4096, pooled B×768)."""
+    for prompt_embeds. forward(clip_ids B×77, t5_ids B×512, faces) → (prompt_embeds B×512×4096, pooled B×768).
 
-    def __init__(self, config: FaceT5Config | None = None):
+    It holds FLUX's two tokenizers (not modules: saved beside the weights), so `encode(prompts, face_tokens)` goes
+    from text to FLUX's conditioning; `read_faces` turns aligned crops into the face tokens (the identity)."""
+
+    def __init__(self, config: FaceT5Config | None = None, tokenizer=None, tokenizer_2=None):
         super().__init__()
-        self.config = config or FaceT5Config()
-        self.encoder_1 = ClipL(self.config.clip_l)
-        self.encoder_2 = FaceT5Encoder(self.config)
+        self.ft_config = config or FaceT5Config()
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.encoder_1 = ClipL(self.ft_config.clip_l)
+        self.encoder_2 = FaceT5Encoder(self.ft_config)
 
     def forward(self, clip_ids: torch.Tensor, t5_ids: torch.Tensor, faces: torch.Tensor):
         pooled = self.encoder_1(clip_ids)
         return self.encoder_2(t5_ids, faces), pooled
+
+    # -- text and faces in, FLUX's conditioning out ---------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLIP ids B×77, T5 ids B×max_length): each padded to its full length and truncated, as the official
+        wrapper tokenizes."""
+        device = self.encoder_1.text_model.device
+
+        def ids(tokenizer, length):
+            return tokenizer(prompts, max_length=length, padding="max_length", truncation=True,
+                             return_tensors="pt").input_ids.to(device)
+
+        return ids(self.tokenizer, self.ft_config.clip_l.max_length), ids(self.tokenizer_2, self.ft_config.t5.max_length)
+
+    def face_reader(self) -> FaceTokenReader:
+        return FaceTokenReader(self.encoder_2.face_encoder, self.ft_config.face_crop)
+
+    def read_faces(self, crops_uint8: np.ndarray) -> torch.Tensor:
+        return self.face_reader()(crops_uint8)
+
+    def encode(self, prompts: list[str], face_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B prompts and B faces' tokens → (prompt_embeds B×max_length×d_model, pooled B×hidden)."""
+        clip_ids, t5_ids = self.tokenize(prompts)
+        return self.encoder_2.fuse(t5_ids, face_tokens.to(t5_ids.device)), self.encoder_1(clip_ids)
+
+    def zero_face_tokens(self, n: int) -> torch.Tensor:
+        """The negative's face: the all-zero crop (the official script's), read by the face ViT."""
+        size = self.ft_config.face_crop
+        return self.read_faces(np.zeros((n, size, size, 3), np.uint8))
+
+    # -- saving and loading (facegen's export: config.json + model.safetensors + the tokenizers) ---------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **_ignored) -> None:
+        d = Path(save_directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(d / "tokenizer")
+        self.tokenizer_2.save_pretrained(d / "tokenizer_2")
+        save_export(d, self, self.ft_config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, **_ignored):
+        from transformers import AutoTokenizer, CLIPTokenizer
+
+        d, config, _ = read_export(directory, FaceT5Config, "FaceT5 encoder", "model", weights=False)
+        for sub in ("tokenizer", "tokenizer_2"):
+            if not (d / sub).is_dir():
+                raise ModelNotFound(f"{d} has no {sub}/: not a FaceT5 export (see `python -m facegen convert "
+                                    "facet5-flux`)")
+        from accelerate import init_empty_weights
+
+        # No random initialisation of 6 B parameters: they are made empty and the file's tensors assigned to them
+        # (in the file's dtype, one at a time); buffers are built as usual.
+        with init_empty_weights(include_buffers=False):
+            model = cls(config, CLIPTokenizer.from_pretrained(d / "tokenizer"),
+                        AutoTokenizer.from_pretrained(d / "tokenizer_2"))
+        load_export_weights(model, d)
+        return (model.to(torch_dtype) if torch_dtype else model).eval()
+
+    @classmethod
+    def fresh(cls, config: FaceT5Config, text_encoder, tokenizer, tokenizer_2, text_encoder_2=None):
+        """A new encoder from a FLUX base model's own parts: its CLIP-L as encoder_1, its T5 encoder (transformers'
+        T5EncoderModel) as the T5 stack when given; the face ViT, projections and fuser random (seeded)."""
+        torch.manual_seed(0)
+        model = cls(config, tokenizer, tokenizer_2)
+        model.encoder_2.face_encoder = fresh_face_vit(config)
+        own = model.encoder_1.text_model.state_dict()
+        given = text_encoder.state_dict()
+        if {k: v.shape for k, v in own.items()} != {k: v.shape for k, v in given.items() if k in own}:
+            raise ModelNotFound("the base model's CLIP-L text encoder does not have the sizes methods.facet5.encoder."
+                                "clip_l gives")
+        model.encoder_1.text_model.load_state_dict({k: given[k] for k in own}, strict=True)
+        if text_encoder_2 is not None:
+            model.encoder_2.t5_encoder.load_state_dict(t5_from_transformers(text_encoder_2.state_dict()), strict=True)
+        return model.eval()
+
+
+class FaceTokenReader(nn.Module):
+    """The face side alone: aligned crops N×S×S×3 (uint8, the ArcFace template at S = face_crop) → the face ViT's
+    patch tokens N×144×D. The official input is ToTensor's [0, 1] (no mean or std), bilinear to 112."""
+
+    def __init__(self, vit: FaceViT, crop_size: int):
+        super().__init__()
+        self.vit, self.crop_size = vit, crop_size
+
+    @torch.no_grad()
+    def forward(self, crops_uint8: np.ndarray) -> torch.Tensor:
+        p = next(self.vit.parameters())
+        faces = torch.from_numpy(np.ascontiguousarray(crops_uint8)).permute(0, 3, 1, 2).to(p.device, torch.float32)
+        pixels = F.interpolate(faces / 255.0, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
+        return self.vit(pixels.to(p.dtype)).patch_tokens
+
+
+def fresh_face_vit(config: FaceT5Config) -> FaceViT:
+    """A fresh encoder's face ViT (seeded alone, so the face replica builds the same one without the rest)."""
+    torch.manual_seed(1)
+    return FaceViT(config.vit)
+
+
+def load_face_reader(directory: str | os.PathLike | None, config: FaceT5Config) -> FaceTokenReader:
+    """The face ViT of an export (read alone from its model.safetensors), or a fresh encoder's."""
+    if directory is None:
+        return FaceTokenReader(fresh_face_vit(config).eval(), config.face_crop)
+    from safetensors import safe_open
+
+    d, saved, _ = read_export(directory, FaceT5Config, "FaceT5 encoder", "model", weights=False)
+    prefix = "encoder_2.face_encoder."
+    vit = FaceViT(saved.vit)
+    with safe_open(str(Path(d) / "model.safetensors"), framework="pt") as f:
+        vit.load_state_dict({k[len(prefix):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)})
+    return FaceTokenReader(vit.eval(), saved.face_crop)
+
+
+def t5_from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' T5EncoderModel names → FlashT5's (the stack above): the same weights, renamed."""
+    out = {}
+    for key, value in state.items():
+        if key == "shared.weight":
+            continue  # tied to encoder.embed_tokens
+        k = key.removeprefix("encoder.")
+        for theirs, ours in ((".layer.0.SelfAttention.relative_attention_bias.", ".self_attention_layer."
+                              "self_attention.pe_encoding.relative_attention_bias."),
+                             (".layer.0.SelfAttention.q.", ".self_attention_layer.self_attention.Wq."),
+                             (".layer.0.SelfAttention.k.", ".self_attention_layer.self_attention.Wk."),
+                             (".layer.0.SelfAttention.v.", ".self_attention_layer.self_attention.Wv."),
+                             (".layer.0.SelfAttention.o.", ".self_attention_layer.self_attention.o."),
+                             (".layer.0.layer_norm.", ".self_attention_layer.layer_norm."),
+                             (".layer.1.DenseReluDense.wi_0.", ".ff_layer.act.wi_0."),
+                             (".layer.1.DenseReluDense.wi_1.", ".ff_layer.act.wi_1."),
+                             (".layer.1.DenseReluDense.wo.", ".ff_layer.wo."),
+                             (".layer.1.layer_norm.", ".ff_layer.layer_norm.")):
+            k = k.replace(theirs, ours)
+        out[k] = value
+    return out
