@@ -1,4 +1,4 @@
-"""facegen: identity-preserving portrait generation (DreamIdentity, FaceCLIP) on Ray.
+"""facegen: identity-preserving portrait generation (DreamIdentity, FaceCLIP, FaceT5-FLUX) on Ray.
 
 `import facegen` loads nothing else: the names below import their module (torch, diffusers) on first use, so the
 CLI and Ray workers that only read data stay cheap.
@@ -12,6 +12,9 @@ _EXPORTS = {
     "FaceCLIPSDXLPipeline": "facegen.methods.faceclip.pipeline",
     "FaceCLIPCondition": "facegen.methods.faceclip.pipeline",
     "FaceCLIPEncoder": "facegen.methods.faceclip.encoder",
+    "FaceT5FluxPipeline": "facegen.methods.facet5.pipeline",
+    "FaceT5Condition": "facegen.methods.facet5.pipeline",
+    "FaceT5FluxEncoder": "facegen.methods.facet5.encoder",
     "ClipScorer": "facegen.models.clip_scorer",
     "FaceViT": "facegen.models.face_vit",
     "FaceAnalyzer": "facegen.face.analyzer",

@@ -28,7 +28,8 @@ def build_tiny(kind: str) -> Path:
         raise ModelNotFound(f"unknown tiny model 'tiny:{kind}' (known: {', '.join('tiny:' + k for k in KINDS)})")
     from facegen.cache import build_once
 
-    builders = {"sd21": _build_sd21, "sdxl": _build_sdxl, "flux": _build_flux, "controlnet-sd21": lambda out: _build_controlnet("sd21", out),
+    builders = {"sd21": _build_sd21, "sdxl": _build_sdxl, "flux": _build_flux,
+                "controlnet-sd21": lambda out: _build_controlnet("sd21", out),
                 "controlnet-sdxl": lambda out: _build_controlnet("sdxl", out)}
     return build_once("tiny", f"{kind}-{TINY_VERSION}", builders[kind])
 

@@ -132,3 +132,20 @@ def test_faceclip_bad_input(case, photos, tmp_path):
     if case == "bad_model_dir":  # said before any model loads
         assert f"{tmp_path}: not an exported model (no config.json" in r.stderr
     assert not out.exists()
+
+
+def test_facet5_from_the_command_line(photos, tmp_path):
+    """FaceT5-FLUX from the command line (convert → --model: tests/unit/test_facet5.py): a fresh tiny encoder draws
+    the largest face of a group photo; a side that is not a multiple of 16 is refused by its flag; the real preset
+    without a converted encoder is refused before anything loads."""
+    out = tmp_path / "t5.png"
+    r = run("generate", "--method", "facet5", "--face", photos["group"], "--prompt", "a man on a rocky plateau",
+            "--out", out, "--steps", "2", "--width", "80", "--height", "48", "--num-images", "1")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (80, 48)
+    r = run("generate", "--method", "facet5", "--face", photos["astronaut"], "--prompt", "a chef", "--out", out,
+            "--width", "72")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --width must be a multiple of 16, got 72"
+    r = run("generate", "--method", "facet5", "--preset", "facet5-flux", "--face", photos["astronaut"], "--prompt",
+            "a chef", "--out", tmp_path / "no.png")
+    assert r.returncode == 2 and "needs a converted FaceT5 encoder" in r.stderr and not (tmp_path / "no.png").exists()

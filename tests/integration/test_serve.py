@@ -63,9 +63,10 @@ def png(b64_png: str) -> PIL.Image.Image:
     return PIL.Image.open(io.BytesIO(base64.b64decode(b64_png)))
 
 
-def test_generate_both_methods(service, photos):
+def test_generate_every_method(service, photos):
     """Each method over HTTP, in PNG (the default) and JPEG: the image, its watermark and its provenance metadata."""
-    for method, prompt, fmt in [("dreamidentity", "S* as a chef", "png"), ("faceclip", "a chef in a kitchen", "jpeg")]:
+    for method, prompt, fmt in [("dreamidentity", "S* as a chef", "png"), ("faceclip", "a chef in a kitchen", "jpeg"),
+                                ("facet5", "a woman on a rocky desert plateau", "png")]:
         extra = {} if fmt == "png" else {"format": fmt}
         r = post(service, "/v1/generate", {"method": method, "face_image": b64(photos["astronaut"]), "prompt": prompt,
                                            "num_images": 2, "seed": 7, **SMALL, **extra})
@@ -335,7 +336,7 @@ def test_health_models_and_page(service):
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
         assert requests.get(service + path, timeout=30, headers=AUTH).status_code == 200, path
     models = requests.get(service + "/v1/models", timeout=30, headers=AUTH).json()
-    assert models["methods"] == ["dreamidentity", "faceclip"] and models["preset"] == "tiny"
+    assert models["methods"] == ["dreamidentity", "faceclip", "facet5"] and models["preset"] == "tiny"
     di, fc = models["models"]["dreamidentity"], models["models"]["faceclip"]
     assert di["default_size"] == [256, 256] and (di["base_model"], di["encoder"]) == ("tiny:sd21", "fresh")
     assert fc["base_model"] == "tiny:sdxl" and fc["dtype"] == "auto"
@@ -422,8 +423,9 @@ def test_a_service_with_only_the_published_faceclip(service, photos, official_ch
         models = requests.get(url + "/v1/models", timeout=60, headers=AUTH).json()
         assert models["methods"] == ["faceclip"] and list(models["models"]) == ["faceclip"]
         assert models["models"]["faceclip"]["encoder"] == "official0/model", models  # by name, not its path
-        r = post(url, "/v1/generate", {"method": "dreamidentity", "face_image": b64(photos["astronaut"]), "prompt": "S*"})
-        assert r.status_code == 422 and "not served here (served: faceclip)" in r.json()["error"]["message"]
+        for other in ("dreamidentity", "facet5"):
+            r = post(url, "/v1/generate", {"method": other, "face_image": b64(photos["astronaut"]), "prompt": "S*"})
+            assert r.status_code == 422 and "not served here (served: faceclip)" in r.json()["error"]["message"]
         r = post(url, "/v1/generate", {"method": "faceclip", "face_image": b64(photos["astronaut"]), "prompt": "a chef",
                                        "seed": 2, **SMALL})
         assert r.status_code == 200, r.text

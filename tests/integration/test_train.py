@@ -232,3 +232,41 @@ def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, c
         assert time.time() - start < 20 and not (out / "checkpoints").exists()
     assert job.main(["--data", str(train_data), "--output", str(tmp_path / "o"), "--set", "methods.faceclip.train.stage=both"]) == 2
     assert "methods.faceclip.train.stage" in capsys.readouterr().err
+
+
+FACET5_ARGS = ["--num-workers", "2", "--strategy", "deepspeed", "--set", "train.deepspeed_stage=3",
+               "--max-steps", "6", "--set", "train.fixed_noise=true", "--set", "train.lr=1e-2",
+               "--set", "train.ffhq_ratio=0", "--set", "methods.facet5.train.cond_dropout=0",
+               "--set", "train.checkpoint_every=3"]
+
+
+def test_facet5_fine_tunes_under_zero3_resumes_and_exports(train_data, load_job, photos, tmp_path):
+    """jobs/train_facet5.py: 2 DeepSpeed ZeRO-3 workers (parameters sharded over the ranks, as a 12 B DiT must be)
+    train the LoRA adapters and the fuser with the flow-matching loss, which falls; the same run stopped at step 3 and
+    continued with --resume equals the uninterrupted one; the export loads in the pipeline, its adapters on the DiT."""
+    from facegen.methods import load_pipeline
+    from facegen.methods.facet5.encoder import FaceT5FluxEncoder
+    from safetensors.torch import load_file
+
+    job = load_job("train_facet5")
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    assert job.main(["--data", str(train_data), "--output", str(whole), *FACET5_ARGS]) == 0
+    curve = losses(whole)
+    assert steps(whole) == list(range(1, 7)) and curve[-1] < curve[0]
+    assert job.main(["--data", str(train_data), "--output", str(parted), *FACET5_ARGS, "--max-steps", "3"]) == 0
+    assert job.main(["--data", str(train_data), "--output", str(parted), *FACET5_ARGS, "--resume"]) == 0
+    assert steps(parted) == list(range(1, 7))
+    assert torch.allclose(torch.tensor(losses(parted)), torch.tensor(curve), rtol=1e-5, atol=1e-6)
+    a, b = (FaceT5FluxEncoder.from_pretrained(d / "model").state_dict() for d in (whole, parted))
+    for key, value in a.items():
+        assert torch.allclose(b[key], value, rtol=1e-5, atol=1e-6), key
+    fresh = load_pipeline("facet5", "tiny")
+    pipe = load_pipeline("facet5", "tiny", model=whole / "model")
+    key = "encoder_2.fuser.encoder.text_layers.0.linear1.weight"
+    assert not torch.allclose(fresh.facet5_encoder.state_dict()[key], a[key])  # the fuser trained
+    adapters = load_file(str(whole / "model" / "transformer_lora" / "pytorch_lora_weights.safetensors"))
+    assert adapters and all("lora_" in k for k in adapters)
+    loaded = {k: v for k, v in pipe.transformer.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(adapters)
+    image = pipe("a woman in a forest", face_image=photos["astronaut"], num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 96, 128, 3)

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from diffusers import ModelMixin
 from torch import nn
 
+from facegen.errors import ModelNotFound
 from facegen.methods.faceclip.config import OfficialFuserConfig
 from facegen.methods.faceclip.official import VIT_SIZE, BiAttentionBlock, TextEnhancerLayer
 from facegen.methods.facet5.config import ClipLConfig, FaceT5Config, T5StackConfig
-from facegen.errors import ModelNotFound
 from facegen.models.export import load_export_weights, read_export, save_export
 from facegen.models.face_vit import FaceViT
 
