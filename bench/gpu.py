@@ -11,7 +11,10 @@ It measures, on the same random real-shape weights:
   - the published FaceCLIP's encoder (official architecture, full size, random weights): ms per conditioning
     (positive + negative) at batch 1 and 4, and its GPU memory;
   - scene switch: DreamIdentity 512² with a head box through a ControlNet in the public OpenPose one's shapes,
-    seconds per image ÷ without control.
+    seconds per image ÷ without control;
+  - FaceT5-FLUX 1024², bf16, the full FLUX.1-dev transformer and the full FaceT5 encoder (random weights built on
+    the GPU): seconds per image, ours vs diffusers' FluxPipeline given the same conditioning (true CFG 3.5), eager
+    and with torch.compile on the transformer; ms per conditioning (positive + zero-face negative); GPU memory.
 It needs neither Ray nor insightface (neither travels to the lent GPU machine): faces are random aligned tensors and
 identities come from the encoders directly. The HTTP round trip ÷ direct call is bench/serve.py's (it needs Ray).
 """
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import record  # noqa: E402
 
 REAL = {"dreamidentity": ("dreamidentity-sd21", "random:sd21-base", 512), "faceclip": ("faceclip-sdxl", "random:sdxl-base", 1024)}
-TINY = {"dreamidentity": ("tiny", "tiny:sd21", 64), "faceclip": ("tiny", "tiny:sdxl", 64)}
+TINY = {"dreamidentity": ("tiny", "tiny:sd21", 64), "faceclip": ("tiny", "tiny:sdxl", 64), "facet5": ("tiny", "tiny:flux", 64)}
 
 
 def sync(device):
@@ -192,6 +195,80 @@ def bench_scene_switch(dry: bool, steps: int, device) -> dict:
             "control_over_plain": round(control / plain, 3)}
 
 
+def facet5_pipeline(dry: bool, device):
+    """FaceT5FluxPipeline: tiny in a dry run; else FLUX.1-dev's transformer and VAE configs and the published FaceT5
+    sizes, random bf16 weights made on the GPU (no 36 GB download or cache: the lent machine reaches no hub). The
+    tokenizers are tiny:flux's (token ids are all the benchmark needs)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from facegen.methods import load_pipeline
+    from facegen.methods.facet5.config import FaceT5Config
+    from facegen.methods.facet5.encoder import FaceT5FluxEncoder
+    from facegen.methods.facet5.pipeline import FaceT5FluxPipeline
+    from facegen.weights import resolve_model
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    if dry:
+        return load_pipeline("facet5", preset_for("facet5", True), device=device)
+    tiny = resolve_model("tiny:flux")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(in_channels=64, num_layers=19, num_single_layers=38,
+                                                 attention_head_dim=128, num_attention_heads=24,
+                                                 joint_attention_dim=4096, pooled_projection_dim=768,
+                                                 guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+            vae = AutoencoderKL(latent_channels=16, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+                                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                                scaling_factor=0.3611)
+            encoder = FaceT5FluxEncoder(FaceT5Config(), CLIPTokenizer.from_pretrained(tiny / "tokenizer"),
+                                        AutoTokenizer.from_pretrained(tiny / "tokenizer_2"))
+    finally:
+        torch.set_default_dtype(default)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FaceT5FluxPipeline(transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler,
+                              facet5_encoder=encoder.eval())
+
+
+def bench_facet5(dry: bool, steps: int, compile_transformer: bool, device) -> dict:
+    from diffusers import FluxPipeline
+    from facegen.methods.facet5.pipeline import FaceT5Condition
+
+    size = 64 if dry else 1024
+    pipe = facet5_pipeline(dry, device)
+    pipe.set_progress_bar_config(disable=True)
+    width = pipe.facet5_encoder.encoder_2.face_patch_proj.in_features
+    identity = FaceT5Condition(torch.randn(144, width, device=device, dtype=pipe.transformer.dtype))
+    prompt, negative = "a woman in a denim shirt on a rocky desert plateau", "blurry, low quality"
+
+    def conditioning():
+        with torch.no_grad():
+            return pipe.encode_conditioning([prompt], [negative], identity)
+
+    result = {"size": size, "steps": steps, "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
+              "ms_per_conditioning": round(1000 * timed(conditioning, device, 3), 2)}
+    if device.type == "cuda":
+        result["memory_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    stock = FluxPipeline(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=None, tokenizer=None,
+                         text_encoder_2=None, tokenizer_2=None, transformer=pipe.transformer)
+    stock.set_progress_bar_config(disable=True)
+    given = conditioning()
+    common = dict(num_inference_steps=steps, width=size, height=size, output_type="latent")
+    for mode in ("eager", "compiled") if compile_transformer else ("eager",):
+        if mode == "compiled":
+            pipe.transformer = stock.transformer = torch.compile(pipe.transformer)
+        ours = timed(lambda: pipe(prompt, identity=identity, negative_prompt=negative, guidance_scale=3.5, **common),
+                     device, 1)
+        theirs = timed(lambda: stock(**given, true_cfg_scale=3.5, guidance_scale=1.0, **common), device, 1)
+        result[mode] = {"ours_s_per_image": round(ours, 4), "diffusers_s_per_image": round(theirs, 4),
+                        "ratio": round(ours / theirs, 3)}
+    if device.type == "cuda":
+        result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: check the script, not the GPU")
@@ -210,6 +287,7 @@ def main(argv=None) -> int:
     result["m2_training"] = bench_m2_training(args.dry_run, device)
     result["faceclip_official_encoder"] = bench_official_faceclip(args.dry_run, device)
     result["scene_switch"] = bench_scene_switch(args.dry_run, steps, device)
+    result["facet5"] = bench_facet5(args.dry_run, steps, not args.no_compile, device)
     result["http_over_direct"] = "bench/serve.py (needs Ray, which does not travel to the lent GPU machine)"
     result["seconds"] = round(time.perf_counter() - start, 1)
     record("gpu" if not args.dry_run else "gpu_dry_run", result)

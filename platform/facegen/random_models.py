@@ -7,6 +7,11 @@ CLIP-L and OpenCLIP-bigG text encoders, tokenizers, Euler scheduler). Built offl
 diffusers layout in the cache (fp16 on disk: half the space, and what GPU serving loads), then resolved and loaded
 exactly like downloaded weights. Nothing here is a trained model: the pictures are noise, the shapes, memory and
 compute are real.
+
+"random:flux-slim" is black-forest-labs/FLUX.1-dev at its real widths (transformer hidden 3072 = 24 heads × 128,
+joint attention 4096, pooled 768, 64 packed input channels, distilled-guidance embedding, RoPE axes 16/56/56; the
+16-channel VAE; CLIP-L and its tokenizer) but one double and one single block instead of 19 and 38, and no T5 encoder
+(FaceT5 brings its own; the T5 tokenizer is tiny:flux's): FaceT5-FLUX's real-shape tier, in a few GB.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import torch
 from facegen.errors import ModelNotFound
 
 RANDOM_VERSION = "v2"  # bump when a config below changes, so caches rebuild
-KINDS = ("sd21-base", "sdxl-base", "controlnet-sd21-base", "controlnet-sdxl-base")
+KINDS = ("sd21-base", "sdxl-base", "flux-slim", "controlnet-sd21-base", "controlnet-sdxl-base")
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 steps_offset=1)
 
@@ -34,7 +39,7 @@ def build_random(kind: str) -> Path:
         try:
             torch.set_default_dtype(torch.float16)
             with torch.random.fork_rng(devices=[]):
-                builders = {"sd21-base": _sd21_base, "sdxl-base": _sdxl_base,
+                builders = {"sd21-base": _sd21_base, "sdxl-base": _sdxl_base, "flux-slim": _flux_slim,
                             "controlnet-sd21-base": lambda out: _controlnet("sd21-base", out),
                             "controlnet-sdxl-base": lambda out: _controlnet("sdxl-base", out)}
                 builders[kind](tmp)
@@ -125,6 +130,36 @@ def _sdxl_base(out: Path) -> None:
         unet=unet, scheduler=EulerDiscreteScheduler(interpolation_type="linear", prediction_type="epsilon",
                                                     timestep_spacing="leading", **SCHEDULE),
         add_watermarker=False)
+    _save(pipe, out)
+    shutil.rmtree(out / "_tok1")
+    shutil.rmtree(out / "_tok2")
+
+
+def _flux_slim(out: Path) -> None:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    from facegen.tiny import write_clip_tokenizer, write_t5_tokenizer
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)).eval()
+    torch.manual_seed(1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2, norm_num_groups=32,
+                        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", sample_size=1024,
+                        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                        scaling_factor=0.3611).eval()
+    write_clip_tokenizer(out / "_tok1", pad_token="<|endoftext|>")
+    write_t5_tokenizer(out / "_tok2")
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae,
+                        text_encoder=_text_encoder(2, 768, 12, 12, 3072, 768, "quick_gelu", False),
+                        tokenizer=CLIPTokenizer.from_pretrained(out / "_tok1"), text_encoder_2=None,
+                        tokenizer_2=T5TokenizerFast.from_pretrained(out / "_tok2"), transformer=transformer)
     _save(pipe, out)
     shutil.rmtree(out / "_tok1")
     shutil.rmtree(out / "_tok2")

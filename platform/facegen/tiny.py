@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 TINY_VERSION = "v1"  # bump when a config below changes, so caches rebuild
-KINDS = ("sd21", "sdxl", "flux", "controlnet-sd21", "controlnet-sdxl")
+KINDS = ("sd21", "sdxl", "flux", "controlnet-sd21", "controlnet-sdxl", "controlnet-flux")
 
 
 def build_tiny(kind: str) -> Path:
@@ -30,7 +30,7 @@ def build_tiny(kind: str) -> Path:
 
     builders = {"sd21": _build_sd21, "sdxl": _build_sdxl, "flux": _build_flux,
                 "controlnet-sd21": lambda out: _build_controlnet("sd21", out),
-                "controlnet-sdxl": lambda out: _build_controlnet("sdxl", out)}
+                "controlnet-sdxl": lambda out: _build_controlnet("sdxl", out), "controlnet-flux": _build_flux_controlnet}
     return build_once("tiny", f"{kind}-{TINY_VERSION}", builders[kind])
 
 
@@ -213,5 +213,20 @@ def _build_controlnet(base: str, out: Path) -> None:
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.05)
+    controlnet.save_pretrained(out, safe_serialization=True)
+
+
+def _build_flux_controlnet(out: Path) -> None:
+    """A FLUX ControlNet for tiny:flux, made from its transformer as diffusers does (`from_transformer`; one double
+    block, no single block, as Union-Pro-2.0 has double blocks only), its zero layers given small seeded weights."""
+    from diffusers import FluxControlNetModel, FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(build_tiny("flux") / "transformer")
+    controlnet = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=0,
+                                                      attention_head_dim=16, num_attention_heads=2)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for module in [*controlnet.controlnet_blocks, controlnet.controlnet_x_embedder]:
             module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.05)
     controlnet.save_pretrained(out, safe_serialization=True)

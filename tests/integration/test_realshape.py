@@ -106,6 +106,57 @@ def test_published_faceclip_at_full_size(photos, tmp_path):
     assert Image.open(out).size == (64, 72)
 
 
+FACET5_SLIM = ["--set", "methods.facet5.base_model=random:flux-slim", "--set", "methods.facet5.encoder.t5.layers=2",
+               "--set", "methods.facet5.encoder.vit.depth=2", "--set", "methods.facet5.encoder.fuser.layers=1"]
+
+
+def test_published_facet5_at_real_widths(photos, tmp_path):
+    """FaceT5-FLUX's published file format at the real widths — T5 v1.1 XXL's 4096 / 64 heads / 10240, CLIP-L, the
+    face ViT-L, the fuser at 4096; FLUX's transformer at 3072 / 24 heads / joint 4096 / pooled 768 / 64 channels —
+    with 2 T5 layers, 2 ViT blocks, 1 fuser layer and 1 + 1 DiT blocks so it fits this 24 GB box, random weights in
+    bf16 like the published files: `convert facet5-flux`, then `generate` with the shipped `facet5-flux` preset (only
+    the depths, the base model, the face pack and the precision swapped)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from facegen.config import load_preset
+    from facegen.methods.facet5.encoder import FaceT5FluxEncoder
+    from facegen.weights import resolve_model
+
+    config = load_preset("facet5-flux", FACET5_SLIM[1::2]).method("facet5").encoder
+    assert (config.t5.d_model, config.t5.heads, config.t5.d_ff, config.clip_l.hidden) == (4096, 64, 10240, 768)
+    with torch.device("meta"):
+        encoder = FaceT5FluxEncoder(config)
+    encoder = encoder.to_empty(device="cpu").to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in encoder.state_dict().values():
+            if t.is_floating_point():
+                t.normal_(0, 0.02, generator=g)
+            else:
+                t.zero_()
+    torch.save(encoder.state_dict(), tmp_path / "face_t5_encoder.pt")
+    del encoder
+    dit = FluxTransformer2DModel.from_pretrained(resolve_model("random:flux-slim") / "transformer", torch_dtype=torch.bfloat16)
+    assert dit.config.joint_attention_dim == 4096 and dit.config.num_attention_heads * dit.config.attention_head_dim == 3072
+    torch.save(dit.state_dict(), tmp_path / "dit.pt")
+    del dit
+    model = tmp_path / "facet5"
+    r = subprocess.run([sys.executable, "-m", "facegen", "convert", "facet5-flux", "--encoder",
+                        str(tmp_path / "face_t5_encoder.pt"), "--dit", str(tmp_path / "dit.pt"), "--out", str(model),
+                        *FACET5_SLIM], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("face_t5_encoder.pt", "dit.pt"):
+        (tmp_path / name).unlink()
+    out = tmp_path / "facet5.png"
+    r = subprocess.run([sys.executable, "-m", "facegen", "generate", "--preset", "facet5-flux", "--method", "facet5",
+                        "--model", str(model), *FACET5_SLIM, "--set", "face.model=buffalo_s",
+                        "--set", "methods.facet5.dtype=fp32", "--face", str(photos["astronaut"]),
+                        "--prompt", "a woman in a denim shirt on a desert plateau", "--width", "64", "--height", "80",
+                        "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Image.open(out).size == (64, 80)
+
+
 @pytest.fixture(scope="module")
 def realshape_data(ray_cluster, load_job, ffhq_folder, tmp_path_factory):
     """jobs/build_data.py with SD2.1-base-sized models: 2 identities × 2 edit prompts (all kept) + 2 FFHQ photos,

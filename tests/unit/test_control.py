@@ -158,3 +158,28 @@ def test_bad_control_inputs(tiny_pipe, photos, tmp_path):
             tiny_pipe(**kw, head_box=(0, 0, 64, 64))
     finally:
         tiny_pipe.control_config = saved
+
+
+def test_facet5_control_equals_diffusers_flux_controlnet_pipeline(photos):
+    """FaceT5-FLUX's scene switch is diffusers' FluxControlNetPipeline (tiny:controlnet-flux, from tiny:flux's
+    transformer) given our conditioning, and a head box moves the picture."""
+    from diffusers import FluxControlNetPipeline
+    from facegen.methods.facet5.pipeline import FaceT5FluxPipeline
+
+    pipe = FaceT5FluxPipeline.from_preset("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    identity = pipe.encode_identity(photos["astronaut"])
+    kw = dict(prompt="a chef", identity=identity, width=64, height=48, num_inference_steps=2)
+    plain = pipe(**kw, output_type="np", generator=torch.Generator().manual_seed(1)).images
+    box = dict(head_box=(16, 8, 32, 32), face_image=photos["astronaut"])
+    on = pipe(**kw, **box, control_end=0.5, output_type="np", generator=torch.Generator().manual_seed(1)).images
+    assert np.abs(on - plain).max() > 1e-4
+    control = pipe.prepare_control(64, 48, 1, head_box=(16, 8, 32, 32), face_image=photos["astronaut"])
+    stock = FluxControlNetPipeline(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=None, tokenizer=None,
+                                   text_encoder_2=None, tokenizer_2=None, transformer=pipe.transformer,
+                                   controlnet=pipe.controlnet)
+    stock.set_progress_bar_config(disable=True)
+    theirs = stock(**pipe.encode_conditioning(["a chef"], [""], identity), control_image=control.image,
+                   control_guidance_end=0.5, true_cfg_scale=3.5, guidance_scale=1.0, width=64, height=48,
+                   num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(1)).images
+    np.testing.assert_allclose(on, theirs, atol=1e-5)

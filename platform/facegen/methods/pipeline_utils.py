@@ -141,9 +141,22 @@ class ControlComponent:
     def control_config(self, value) -> None:
         self._control_config = value
 
+    controlnet_class = "ControlNetModel"  # diffusers' ControlNet class for the method's denoiser (FLUX: its own)
+    control_image_argument = "image"  # what diffusers' ControlNet pipeline calls the control image (FLUX: control_image)
+
+    def control_kwargs(self, control) -> dict:
+        """A Control as diffusers' ControlNet pipeline takes it."""
+        return {self.control_image_argument: control.image, "controlnet_conditioning_scale": control.scale,
+                "control_guidance_start": control.start, "control_guidance_end": control.end}
+
+    @property
+    def denoising_model(self):
+        """The network the ControlNet steers (the UNet; FLUX's transformer): the ControlNet takes its dtype and device."""
+        return self.unet
+
     def load_controlnet(self):
         if getattr(self, "controlnet", None) is None:
-            from diffusers import ControlNetModel
+            import diffusers
 
             from facegen.errors import ModelNotFound
             from facegen.weights import resolve_model
@@ -152,11 +165,13 @@ class ControlComponent:
             if not c.model:
                 raise ConfigError("no ControlNet is configured for this method, so head_box / control_image cannot be "
                                   "used: set methods.<method>.controlnet.model (a hub id or a local directory)")
+            model = self.denoising_model
             try:
-                net = ControlNetModel.from_pretrained(str(resolve_model(c.model, c.sha256)), torch_dtype=self.unet.dtype)
+                net = getattr(diffusers, self.controlnet_class).from_pretrained(str(resolve_model(c.model, c.sha256)),
+                                                                               torch_dtype=model.dtype)
             except (OSError, ValueError) as e:
-                raise ModelNotFound(f"{c.model} is not a ControlNet in the diffusers layout: {e}") from None
-            self.register_modules(controlnet=net.to(self.unet.device))
+                raise ModelNotFound(f"{c.model} is not a {self.controlnet_class} in the diffusers layout: {e}") from None
+            self.register_modules(controlnet=net.to(model.device))
         return self.controlnet
 
     def prepare_control(self, width: int, height: int, n: int, head_box=None, pose_image=None, face_image=None,
@@ -196,10 +211,6 @@ def _first_photo(face_image):
     return face_image[0] if isinstance(face_image, (list, tuple)) else face_image
 
 
-def control_kwargs(control) -> dict:
-    """A Control as diffusers' ControlNet pipelines take it."""
-    return {"image": control.image, "controlnet_conditioning_scale": control.scale,
-            "control_guidance_start": control.start, "control_guidance_end": control.end}
 
 
 def assemble(cls, section, device, face_analyzer: FaceAnalyzer | None, face_config, **components):
@@ -235,6 +246,14 @@ class IdentityDiffusionCall:
     `denoiser(control)` (the diffusers pipeline that draws with them), `check_inputs` and `output_class`."""
 
     output_class = None
+
+    def check_prompt_tokens(self, prompt: str | list[str]) -> None:
+        """Refuse a prompt whose tokens this method cannot condition on (the service checks each request alone,
+        before it shares a batch). Nothing to refuse by default: the face needs no slot in the prompt, or its slot is
+        in a prefix within the tokenizer's length (a long prompt is truncated after it); DreamIdentity overrides."""
+        from facegen.prompts import as_prompts
+
+        as_prompts(prompt)
 
     def guidance_kwargs(self, guidance_scale: float) -> dict:
         """The preset's guidance scale as the denoiser takes it (classifier-free guidance, diffusers' name)."""
@@ -285,7 +304,7 @@ class IdentityDiffusionCall:
             fit_vae_to(self.vae, len(prompts) * num_images_per_prompt, s.height, s.width)
             denoiser = self.denoiser(control is not None)
             if control is not None:
-                kwargs.update(control_kwargs(control))
+                kwargs.update(self.control_kwargs(control))
             denoiser.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
             out = denoiser(**conditioning, **self.guidance_kwargs(s.guidance_scale), num_inference_steps=s.steps,
                            height=s.height, width=s.width, num_images_per_prompt=num_images_per_prompt,

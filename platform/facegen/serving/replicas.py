@@ -118,7 +118,7 @@ class Generator:
         """What this replica loaded, by name (no server paths)."""
         return {"method": self.method.name, "preset": self.preset_name,
                 "base_model": public_name(self.section.base_model), "encoder": public_name(self.model),
-                "device": str(self.pipe.device), "torch_dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+                "device": str(self.pipe.device), "torch_dtype": str(self.pipe.denoising_model.dtype).removeprefix("torch."),
                 "default_size": list(self.default_size), "steps": self.pipe.config.num_inference_steps,
                 "guidance_scale": self.pipe.config.guidance_scale}
 

@@ -196,11 +196,6 @@ class FaceCLIPSDXLPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzer
 
         return METHOD.check_inputs(prompt, negative_prompt, height, width)
 
-    def check_prompt_tokens(self, prompt: str | list[str]) -> None:
-        """Nothing to refuse: the face's slot is in the prefix, always within the tokenizer's length (a long prompt is
-        truncated after it)."""
-        as_prompts(prompt)
-
     def encode_negative(self, negative_prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The negative (and unconditional) conditioning: the encoder on the all-zero face with the negative
         prompts (the official architecture also drops its "Photo of a id person." prefix there)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline
+from diffusers import DiffusionPipeline, FluxControlNetPipeline, FluxPipeline
 from diffusers.utils import BaseOutput
 
 from facegen.errors import BadPrompt
@@ -212,12 +212,18 @@ class FaceT5FluxPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerCo
         return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
                 "negative_prompt_embeds": neg_embeds.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
 
+    controlnet_class = "FluxControlNetModel"
+    control_image_argument = "control_image"
+
+    @property
+    def denoising_model(self):
+        return self.transformer
+
     def denoiser(self, control: bool):
         """diffusers' FLUX pipeline over the transformer, VAE and scheduler — no text encoders: the conditioning is
-        given."""
+        given (its ControlNet pipeline under control)."""
+        parts = dict(scheduler=self.scheduler, vae=self.vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                     tokenizer_2=None, transformer=self.transformer)
         if control:
-            from facegen.errors import ConfigError
-
-            raise ConfigError("scene switch (head_box / control_image) is not available for facet5 yet")
-        return FluxPipeline(scheduler=self.scheduler, vae=self.vae, text_encoder=None, tokenizer=None,
-                            text_encoder_2=None, tokenizer_2=None, transformer=self.transformer)
+            return FluxControlNetPipeline(**parts, controlnet=self.controlnet)
+        return FluxPipeline(**parts)
