@@ -90,7 +90,8 @@ def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path, monkeyp
              ({"methods": "flux"}, "unknown method 'flux'"),
              ({"preset": "dreamidentity-sd21", "methods": "faceclip"}, "does not configure 'faceclip'"),
              ({"methods": "faceclip", "dreamidentity": str(tmp_path)}, "is not served"),
-             ({"preset": "faceclip-official"}, "give the converted checkpoint")]
+             ({"preset": "faceclip-official"}, "give the converted checkpoint"),
+             ({"preset": "facet5-flux"}, "needs a converted FaceT5 encoder")]
     for args, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             app.deploy(args)
@@ -105,4 +106,4 @@ def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path, monkeyp
     monkeypatch.setenv("FACEGEN_API_KEYS", "k1")
     assert app.parse_args({"preset": "dreamidentity-sd21", "allow_fresh_encoders": True})
     assert app.parse_args({"preset": "tiny", "methods": "faceclip"}).methods == ["faceclip"]
-    assert app.parse_args({"preset": "tiny"}).methods == ["dreamidentity", "faceclip"]
+    assert app.parse_args({"preset": "tiny"}).methods == ["dreamidentity", "faceclip", "facet5"]

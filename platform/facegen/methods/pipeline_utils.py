@@ -240,6 +240,64 @@ def place_pipeline(pipe, device, memory: str):
     return pipe
 
 
+class SectionLoading:
+    """Pipeline mixin: a pipeline is built from its own preset section (`methods.<method_name>`) and the face stack's
+    config, never the whole Preset — `from_section` / `face_encoder_from_section`, which each method writes;
+    `from_preset` / `load_face_encoder` only pick the two out of a preset (name, file or Preset)."""
+
+    method_name = ""
+
+    @classmethod
+    def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model=None, torch_dtype=None, device=None,
+                    face_analyzer: FaceAnalyzer | None = None):
+        """The pipeline as the preset's `methods.<name>` section configures it: `model` = a trained or converted
+        export replacing the section's; dtype/device as `facegen.devices.resolve` decides unless given;
+        `face_analyzer` = one already built from the preset's `face` section (the CLI's, which checked the photos)."""
+        from facegen.config import as_preset
+
+        p = as_preset(preset, overrides)
+        return cls.from_section(p.method(cls.method_name), p.face, model=model, torch_dtype=torch_dtype, device=device,
+                                face_analyzer=face_analyzer)
+
+    @classmethod
+    def load_face_encoder(cls, preset="tiny", model=None, device=None):
+        """The face stack and the encoder's face side alone (photos → identity), for a replica that only encodes
+        faces: no diffusion model, no text encoders."""
+        from facegen.config import as_preset
+
+        p = as_preset(preset)
+        return cls.face_encoder_from_section(p.method(cls.method_name), p.face, model=model, device=device)
+
+
+class OneTensorIdentity:
+    """An identity that is one tensor (a dataclass whose only field is named by `field`); HTTP identity tokens carry
+    it under `array_key`. Several photos of one person: the mean; a batch: stacked."""
+
+    field = ""
+    array_key = ""
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {self.array_key: getattr(self, self.field).detach().float().cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]):
+        import torch
+
+        return cls(torch.from_numpy(np.asarray(arrays[cls.array_key], np.float32)))
+
+    @classmethod
+    def mean(cls, items: Sequence):
+        import torch
+
+        return cls(torch.stack([getattr(i, cls.field) for i in items]).mean(dim=0))
+
+    @classmethod
+    def stack(cls, items: Sequence):
+        import torch
+
+        return cls(torch.stack([getattr(i, cls.field) for i in items]))
+
+
 class IdentityDiffusionCall:
     """Pipeline mixin: the `__call__` every method shares, in diffusers' numbered steps. A method supplies
     `encode_conditioning(prompts, negatives, identity)` (its prompt embeddings, as diffusers' pipelines take them),

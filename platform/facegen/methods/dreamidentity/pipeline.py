@@ -8,7 +8,6 @@ norm run exactly as for real words. Denoising is diffusers' own `StableDiffusion
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,8 @@ from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
+    OneTensorIdentity,
+    SectionLoading,
     assemble,
     in_dtype,
     make_scheduler,
@@ -38,25 +39,11 @@ METHOD_NAME = "dreamidentity"
 
 
 @dataclass
-class IdTokens:
+class IdTokens(OneTensorIdentity):
     """DreamIdentity's identity: the k "S*" embeddings of one face (k×D), or one per image of a batch (B×k×D)."""
 
+    field, array_key = "tokens", "id_tokens"
     tokens: torch.Tensor
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"id_tokens": self.tokens.detach().float().cpu().numpy()}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> IdTokens:
-        return cls(torch.from_numpy(np.asarray(arrays["id_tokens"], np.float32)))
-
-    @classmethod
-    def mean(cls, items: Sequence[IdTokens]) -> IdTokens:
-        return cls(torch.stack([i.tokens for i in items]).mean(dim=0))
-
-    @classmethod
-    def stack(cls, items: Sequence[IdTokens]) -> IdTokens:
-        return cls(torch.stack([i.tokens for i in items]))
 
 
 @dataclass
@@ -99,7 +86,9 @@ def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
     return M2Encoder.from_config_random(with_token_dim(section.encoder, token_dim))
 
 
-class DreamIdentityPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
+class DreamIdentityPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+                            DiffusionPipeline):
+    method_name = METHOD_NAME
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -119,36 +108,29 @@ class DreamIdentityPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyze
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None, device=None,
-                    face_analyzer: FaceAnalyzer | None = None) -> DreamIdentityPipeline:
-        """Base model, face stack and M² encoder as the preset's `methods.dreamidentity` names them, placed on
-        `device` in the section's dtype (`facegen.devices.resolve`); `model` = an exported M² directory;
-        `face_analyzer` = one already built from the preset's `face` section (the CLI's, which checked the photos)."""
+    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                     torch_dtype: torch.dtype | None = None, device=None,
+                     face_analyzer: FaceAnalyzer | None = None) -> DreamIdentityPipeline:
+        """Base model and M² encoder as `section` (methods.dreamidentity) names them, placed on `device` in the
+        section's dtype (`facegen.devices.resolve`); `model` = an exported M² directory."""
         from facegen import devices
-        from facegen.config import as_preset
         from facegen.weights import load_sd21_components
 
-        p = as_preset(preset, overrides)
-        section = p.method(METHOD_NAME)
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
         components = load_sd21_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
         m2 = load_m2_encoder(section, model, components["text_encoder"].get_input_embeddings().embedding_dim)
         components["scheduler"] = make_scheduler(section.sampling.scheduler, components["scheduler"])
-        return assemble(cls, section, place.device, face_analyzer, p.face, **components,
+        return assemble(cls, section, place.device, face_analyzer, face_config, **components,
                         m2_encoder=in_dtype(m2, place.encoder_dtype))
 
     @classmethod
-    def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> M2FaceEncoder:
-        """The face stack and M² encoder alone (photos → IdTokens), for a replica that only encodes faces."""
+    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                                  device=None) -> M2FaceEncoder:
         from facegen import devices
-        from facegen.config import as_preset
         from facegen.weights import text_token_dim
 
-        p = as_preset(preset)
-        section = p.method(METHOD_NAME)
         m2 = load_m2_encoder(section, model, text_token_dim(section.base_model, section.sha256))
-        return M2FaceEncoder(FaceAnalyzer(p.face), m2).to(devices.resolve(section.dtype, device).device)
+        return M2FaceEncoder(FaceAnalyzer(face_config), m2).to(devices.resolve(section.dtype, device).device)
 
     @property
     def face_encoder(self) -> M2FaceEncoder:

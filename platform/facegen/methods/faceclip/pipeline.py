@@ -25,6 +25,7 @@ from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
+    SectionLoading,
     assemble,
     in_dtype,
     make_scheduler,
@@ -121,7 +122,9 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
         return self
 
 
-class FaceCLIPSDXLPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
+class FaceCLIPSDXLPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+                           DiffusionPipeline):
+    method_name = METHOD_NAME
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -136,18 +139,14 @@ class FaceCLIPSDXLPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzer
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None, device=None,
-                    face_analyzer: FaceAnalyzer | None = None) -> FaceCLIPSDXLPipeline:
-        """SDXL UNet/VAE/scheduler as the preset's `methods.faceclip` names them; the encoder from `model` (an
-        exported one, with its trained UNet when there is one) or fresh from SDXL's own text encoders;
-        `face_analyzer` = one already built from the preset's `face` section (the CLI's, which checked the photos)."""
+    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                     torch_dtype: torch.dtype | None = None, device=None,
+                     face_analyzer: FaceAnalyzer | None = None) -> FaceCLIPSDXLPipeline:
+        """SDXL UNet/VAE/scheduler as `section` (methods.faceclip) names them; the encoder from `model` (an exported
+        one, with its trained UNet when there is one) or fresh from SDXL's own text encoders."""
         from facegen import devices
-        from facegen.config import as_preset
         from facegen.weights import load_sdxl_components
 
-        p = as_preset(preset, overrides)
-        section = p.method(METHOD_NAME)
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
         weights = model or section.model
         dtype = torch_dtype or place.dtype
@@ -165,24 +164,22 @@ class FaceCLIPSDXLPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzer
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
         unet = load_trained_unet(weights, c["unet"], dtype) if weights else c["unet"]
-        return assemble(cls, section, place.device, face_analyzer, p.face, unet=unet, vae=c["vae"],
+        return assemble(cls, section, place.device, face_analyzer, face_config, unet=unet, vae=c["vae"],
                         scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
                         faceclip_encoder=in_dtype(encoder, place.encoder_dtype))
 
     @classmethod
-    def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> FaceCLIPFaceEncoder:
+    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                                  device=None) -> FaceCLIPFaceEncoder:
         """The face stack and the encoder's face ViT alone (photos → FaceCLIPCondition): no SDXL text towers."""
         from facegen import devices
-        from facegen.config import as_preset
 
-        p = as_preset(preset)
-        section = p.method(METHOD_NAME)
         weights = model or section.model
         section.check_model(weights)
         if weights:
             verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
         reader = load_face_reader(weights, section.encoder)
-        return FaceCLIPFaceEncoder(FaceAnalyzer(p.face), reader).to(devices.resolve(section.dtype, device).device)
+        return FaceCLIPFaceEncoder(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
 
     @property
     def face_encoder(self) -> FaceCLIPFaceEncoder:

@@ -27,6 +27,8 @@ from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
+    OneTensorIdentity,
+    SectionLoading,
     assemble,
     in_dtype,
     make_scheduler,
@@ -57,27 +59,12 @@ def load_trained_transformer(model_dir: str | os.PathLike, transformer, dtype: t
 
 
 @dataclass
-class FaceT5Condition:
-    """FaceT5's identity: the face ViT's patch tokens of the aligned face (144×D; batched: N×144×D). The fuser
-    reads them with the prompt."""
+class FaceT5Condition(OneTensorIdentity):
+    """FaceT5's identity: the face ViT's patch tokens of the aligned face (144×D; batched: N×144×D), which the fuser
+    reads with the prompt. Several photos of one person: the mean tokens."""
 
+    field, array_key = "face_tokens", "face_tokens"
     face_tokens: torch.Tensor
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"face_tokens": self.face_tokens.detach().float().cpu().numpy()}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FaceT5Condition:
-        return cls(torch.from_numpy(np.asarray(arrays["face_tokens"], np.float32)))
-
-    @classmethod
-    def mean(cls, items: Sequence[FaceT5Condition]) -> FaceT5Condition:
-        """Several photos of one person: the mean tokens."""
-        return cls(torch.stack([i.face_tokens for i in items]).mean(dim=0))
-
-    @classmethod
-    def stack(cls, items: Sequence[FaceT5Condition]) -> FaceT5Condition:
-        return cls(torch.stack([i.face_tokens for i in items]))
 
 
 @dataclass
@@ -108,7 +95,9 @@ class FaceT5FaceEncoder(FaceIdentityEncoder):
         return self
 
 
-class FaceT5FluxPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent, DiffusionPipeline):
+class FaceT5FluxPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+                         DiffusionPipeline):
+    method_name = METHOD_NAME
     model_cpu_offload_seq = "facet5_encoder->transformer->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -124,17 +113,14 @@ class FaceT5FluxPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerCo
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model: str | os.PathLike | None = None,
-                    torch_dtype: torch.dtype | None = None, device=None,
-                    face_analyzer: FaceAnalyzer | None = None) -> FaceT5FluxPipeline:
-        """FLUX's transformer/VAE/scheduler as the preset's `methods.facet5` names them; the encoder from `model` (a
+    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                     torch_dtype: torch.dtype | None = None, device=None,
+                     face_analyzer: FaceAnalyzer | None = None) -> FaceT5FluxPipeline:
+        """FLUX's transformer/VAE/scheduler as `section` (methods.facet5) names them; the encoder from `model` (a
         converted or fine-tuned export, with its DiT when it has one) or fresh from FLUX's own CLIP-L and T5."""
         from facegen import devices
-        from facegen.config import as_preset
         from facegen.weights import load_flux_components
 
-        p = as_preset(preset, overrides)
-        section = p.method(METHOD_NAME)
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
         weights = model or section.model
         dtype = torch_dtype or place.dtype
@@ -153,26 +139,24 @@ class FaceT5FluxPipeline(IdentityDiffusionCall, ControlComponent, FaceAnalyzerCo
             encoder = FaceT5FluxEncoder.fresh(section.encoder, c["text_encoder"], c["tokenizer"], c["tokenizer_2"],
                                               c["text_encoder_2"])
             transformer = c["transformer"]
-        pipe = assemble(cls, section, place.device, face_analyzer, p.face, transformer=transformer, vae=c["vae"],
+        pipe = assemble(cls, section, place.device, face_analyzer, face_config, transformer=transformer, vae=c["vae"],
                         scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
                         facet5_encoder=in_dtype(encoder, place.encoder_dtype))
         pipe.register_to_config(distilled_guidance=section.distilled_guidance)
         return pipe
 
     @classmethod
-    def load_face_encoder(cls, preset="tiny", model: str | os.PathLike | None = None, device=None) -> FaceT5FaceEncoder:
-        """The face stack and the encoder's face ViT alone (photos → FaceT5Condition)."""
+    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                                  device=None) -> FaceT5FaceEncoder:
+        """The face stack and the encoder's face ViT alone (photos → FaceT5Condition): no T5, no CLIP-L."""
         from facegen import devices
-        from facegen.config import as_preset
 
-        p = as_preset(preset)
-        section = p.method(METHOD_NAME)
         weights = model or section.model
         section.check_model(weights)
         if weights:
             verify_sha256(weights, section.model_sha256, "the FaceT5 encoder")
         reader = load_face_reader(weights, section.encoder)
-        return FaceT5FaceEncoder(FaceAnalyzer(p.face), reader).to(devices.resolve(section.dtype, device).device)
+        return FaceT5FaceEncoder(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
 
     @property
     def face_encoder(self) -> FaceT5FaceEncoder:
