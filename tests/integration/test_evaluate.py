@@ -67,6 +67,20 @@ def test_evaluate_faceclip_is_deterministic(ray_cluster, load_job, faces, offici
     assert runs[0] == runs[1] and len(runs[0]) == 2 * 2 * 2
 
 
+def test_evaluate_facet5(ray_cluster, load_job, faces, tmp_path):
+    """FaceT5-FLUX through the evaluation job (a fresh tiny encoder): every face × prompt × image scored, the grids
+    and the report written (the protocol's S* prompts read as "a person")."""
+    out = tmp_path / "facet5"
+    assert load_job("evaluate").main(["--faces", str(faces), "--output", str(out), "--method", "facet5",
+                                      "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=1",
+                                      "--set", "eval.steps=2"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    scores = json.loads((out / "scores.json").read_text())
+    assert m["overall"]["images"] == 2 * 2 * 1 == len(scores) and set(m["per_face"]) == {"astronaut", "hanks"}
+    assert all(math.isfinite(m["overall"][k]) for k in ("face_similarity", "text_alignment", "no_face_rate"))
+    assert "S* as a chef" in (out / "report.md").read_text() and (out / "grids" / "hanks.png").is_file()
+
+
 def test_evaluate_bad_input(ray_cluster, load_job, faces, tmp_path, capsys):
     job = load_job("evaluate")
     empty = tmp_path / "empty"

@@ -119,6 +119,9 @@ def test_the_identity_survives_its_token_arrays_and_sizes_are_multiples_of_16(pi
 
     identity = pipe.encode_identity([photos["astronaut"], photos["tom_hanks"]])
     assert identity.face_tokens.shape == (144, 64)
+    with torch.no_grad():  # S* is optional and reads as "a person" (the face enters through the fuser)
+        torch.testing.assert_close(pipe.encode_prompt_with_identity(["S* as a chef"], identity),
+                                   pipe.encode_prompt_with_identity(["a person as a chef"], identity))
     again = FaceT5Condition.from_arrays(identity.to_arrays())
     torch.testing.assert_close(again.face_tokens, identity.face_tokens)
     with pytest.raises(BadSampling, match="multiple of 16"):

@@ -288,7 +288,10 @@ class FaceT5FluxEncoder(ModelMixin):
     # -- text and faces in, FLUX's conditioning out ---------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLIP ids B×77, T5 ids B×max_length): each padded to its full length and truncated, as the official
-        wrapper tokenizes."""
+        wrapper tokenizes. S* (optional: the face enters through the fuser) reads as "a person"."""
+        from facegen.prompts import PERSON_WORDS, PLACEHOLDER
+
+        prompts = [p.replace(PLACEHOLDER, PERSON_WORDS) for p in prompts]
         device = self.encoder_1.text_model.device
 
         def ids(tokenizer, length):
