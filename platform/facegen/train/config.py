@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from facegen.errors import ConfigError
 
 STRATEGIES = ("ddp", "deepspeed")
+OFFLOADS = ("none", "optimizer", "all")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class TrainConfig:
     fixed_noise: bool = False  # same noise and timesteps every step: a diagnostic for overfitting a fixed batch
     max_failures: int = 3  # a killed worker restarts the group from the last checkpoint this many times
     deepspeed_stage: int = 2  # ZeRO stage for --strategy deepspeed (2 or 3)
+    # ZeRO-Offload on a GPU cluster: none; optimizer (Adam states in CPU RAM); all (with stage 3, the parameters too:
+    # a 12 B DiT fine-tunes on GPUs smaller than its weights, slower). DeepSpeed's CPU Adam is built on first use.
+    deepspeed_offload: str = "none"
     use_gpu: bool | None = None  # None = when the cluster has GPUs
     cpus_per_worker: float = 1.0
 
@@ -36,6 +40,10 @@ class TrainConfig:
             raise ConfigError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
         if self.deepspeed_stage not in (2, 3):
             raise ConfigError("train.deepspeed_stage must be 2 or 3")
+        if self.deepspeed_offload not in OFFLOADS:
+            raise ConfigError(f"train.deepspeed_offload '{self.deepspeed_offload}': use one of {', '.join(OFFLOADS)}")
+        if self.deepspeed_offload == "all" and self.deepspeed_stage != 3:
+            raise ConfigError("train.deepspeed_offload=all offloads parameters, which needs train.deepspeed_stage=3")
         if not 0 <= self.ffhq_ratio <= 1:
             raise ConfigError("train.ffhq_ratio must be between 0 and 1")
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "resolution"):

@@ -81,8 +81,13 @@ class DDPStrategy:
         return {k: v.float() for k, v in load_file(os.path.join(directory, WEIGHTS_FILE)).items()}
 
 
-def deepspeed_config(stage: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float, on_gpu: bool) -> dict:
+def deepspeed_config(stage: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float, on_gpu: bool,
+                     offload: str = "none") -> dict:
     cfg = json.loads(resources.files("facegen.train").joinpath("deepspeed", f"zero{stage}.json").read_text())
+    if on_gpu and offload != "none":  # ZeRO-Offload (train.deepspeed_offload); on a CPU everything is there already
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if offload == "all":
+            cfg["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
     cfg["train_micro_batch_size_per_gpu"] = batch_size
     cfg["gradient_clipping"] = grad_clip
     cfg["optimizer"]["params"].update(lr=lr, weight_decay=weight_decay)
@@ -121,7 +126,7 @@ class DeepSpeedStrategy:
         if self.device.type == "cpu":
             skip_shared_memory_allreduce_build()
         ds_cfg = deepspeed_config(c.deepspeed_stage, c.batch_size, c.lr, c.weight_decay, c.grad_clip,
-                                  self.device.type == "cuda")
+                                  self.device.type == "cuda", c.deepspeed_offload)
         # The engine steps (and checkpoints) the scheduler itself; it builds it around its own inner optimizer.
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=task.to(self.device), model_parameters=_params(task), config=ds_cfg, dist_init_required=False,
