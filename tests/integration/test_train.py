@@ -207,11 +207,14 @@ def test_stopped_and_resumed_run_equals_the_restarted_one(restarted_run, train_d
         assert torch.allclose(resumed[key], value, rtol=1e-5, atol=1e-6), key
 
 
-def test_a_declared_gpu_that_cuda_cannot_see_trains_on_cpu(ray_cluster):
-    """This cluster declares a GPU that CUDA does not see: training must notice and use the CPU (gloo), not NCCL."""
-    from facegen.train.run import _cuda_on_gpu_nodes
-
-    assert _cuda_on_gpu_nodes() is False
+def test_a_declared_gpu_that_cuda_cannot_see_trains_on_cpu(train_data, load_job, tmp_path):
+    """This cluster declares one GPU that CUDA does not see: a one-worker run (one GPU per worker, on paper) must
+    notice and train on the CPU with gloo, not fail setting up NCCL; its manifest says where it trained."""
+    out = tmp_path / "declared_gpu"
+    assert load_job("train_faceclip").main(["--data", str(train_data), "--output", str(out), "--num-workers", "1",
+                                            "--max-steps", "2", "--set", "train.ffhq_ratio=0.5"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["use_gpu"] is False and manifest["counts"] == {"steps": 2, "workers": 1}
 
 
 def test_bad_data_is_refused_before_any_worker(train_data, load_job, tmp_path, capsys):

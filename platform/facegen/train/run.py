@@ -88,7 +88,7 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
     out.write_atomic("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
     out.write_atomic("loss.png", loss_curve_png(history, f"{method} ({strategy}, {num_workers} workers)"))
     steps = [h for h in history if "loss" in h]
-    return {"counts": {"steps": state["step"], "workers": num_workers},
+    return {"counts": {"steps": state["step"], "workers": num_workers}, "use_gpu": use_gpu,
             "final_loss": steps[-1]["loss"] if steps else None, "first_loss": steps[0]["loss"] if steps else None,
             "resumed": sum(1 for h in history if h.get("event") == "resumed"),
             "timings": {"fit_s": round(seconds, 2)}, "model": out.uri_of("model")}
