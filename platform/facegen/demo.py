@@ -1,6 +1,7 @@
 """`make demo`: the whole platform on the tiny preset on a local Ray, each step through its real entry point:
 
-    build_data → train_m2 and train_faceclip (a few steps) → evaluate (both) → generate (both methods)
+    build_data → train_m2, train_faceclip and train_facet5 (a few steps) → evaluate (M², FaceCLIP)
+    → generate (all three methods)
     → a scene-switch grid (the head in three boxes, through the ControlNet)
 
 Inputs are the face photos that ship with scikit-image and insightface. Each job's output lands in
@@ -37,7 +38,7 @@ PROMPTS = {"chef": "S* as a chef, looking at the camera", "painting": "oil paint
 
 
 def chain(out: Path, preset: str) -> list[tuple[str, list[str]]]:
-    """(job, arguments) in order: a dataset, both encoders trained on it, both evaluated."""
+    """(job, arguments) in order: a dataset, the three methods fine-tuned on it, M² and FaceCLIP evaluated."""
     inputs = out / "inputs"
     common = ["--preset", preset]
     return [
@@ -48,6 +49,8 @@ def chain(out: Path, preset: str) -> list[tuple[str, list[str]]]:
                       "--max-steps", "10"]),
         ("train_faceclip", [*common, "--output", str(out / "train_faceclip"), "--data", str(out / "build_data"),
                             "--max-steps", "10"]),
+        ("train_facet5", [*common, "--output", str(out / "train_facet5"), "--data", str(out / "build_data"),
+                          "--max-steps", "10"]),
         ("evaluate", [*common, "--output", str(out / "evaluate_m2"), "--method", "dreamidentity",
                       "--model", str(out / "train_m2" / "model"), "--faces", str(inputs / "faces")]),
         ("evaluate", [*common, "--output", str(out / "evaluate_faceclip"), "--method", "faceclip",
@@ -94,7 +97,8 @@ def run_jobs(out: Path, preset: str) -> dict[str, float]:
 def draw(out: Path, preset: str) -> list[Path]:
     """Portraits of the shipped photos through `python -m facegen generate`, with the encoders just trained."""
     written = []
-    models = {"dreamidentity": out / "train_m2" / "model", "faceclip": out / "train_faceclip" / "model"}
+    models = {"dreamidentity": out / "train_m2" / "model", "faceclip": out / "train_faceclip" / "model",
+              "facet5": out / "train_facet5" / "model"}
     photos = shipped_photos()
     cli(["faces", *map(str, photos.values())])
     for name, photo in photos.items():
@@ -104,12 +108,13 @@ def draw(out: Path, preset: str) -> list[Path]:
                     "--face", str(photo), "--prompt", prompt, "--out", str(target), "--seed", "0"]) != 0:
                 raise SystemExit(f"error: generate failed for {photo}")
             written.append(target)
-        target = out / f"faceclip_{name}_chef.png"
-        if cli(["generate", "--preset", preset, "--method", "faceclip", "--model", str(models["faceclip"]),
-                "--face", str(photo), "--prompt", "a chef in a kitchen, looking at the camera", "--out", str(target),
-                "--seed", "0"]) != 0:
-            raise SystemExit(f"error: generate failed for {photo}")
-        written.append(target)
+        for method in ("faceclip", "facet5"):  # no S*: the face enters through the joint encoder
+            target = out / f"{method}_{name}_chef.png"
+            if cli(["generate", "--preset", preset, "--method", method, "--model", str(models[method]),
+                    "--face", str(photo), "--prompt", "a chef in a kitchen, looking at the camera", "--out", str(target),
+                    "--seed", "0"]) != 0:
+                raise SystemExit(f"error: generate failed for {photo}")
+            written.append(target)
     return written
 
 
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["generate"] = time.time() - t
     print(f"\ndemo done in {time.time() - start:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     print(f"  dataset        {out / 'build_data'}/  (selfaug/*.parquet, ffhq/*.parquet, manifest.json)")
-    for job in ("train_m2", "train_faceclip"):
+    for job in ("train_m2", "train_faceclip", "train_facet5"):
         print(f"  {job:<14} {out / job}/model/  (exported encoder; metrics.jsonl, loss.png)")
     for job in ("evaluate_m2", "evaluate_faceclip"):
         print(f"  {job:<14} {out / job}/report.md  (metrics.json, grids/, plot)")
