@@ -41,7 +41,7 @@ from facegen.serving.api import (
 log = logging.getLogger("facegen.serve")
 
 
-app = FastAPI(title="facegen", version="2", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP).")
+app = FastAPI(title="facegen", version="2", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP, FaceT5-FLUX).")
 install_error_handlers(app)
 
 
