@@ -240,12 +240,21 @@ def place_pipeline(pipe, device, memory: str):
     return pipe
 
 
-class SectionLoading:
-    """Pipeline mixin: a pipeline is built from its own preset section (`methods.<method_name>`) and the face stack's
+class MethodPipeline:
+    """Pipeline mixin: what ties a pipeline to its method (`method_name`, its registry entry). Its input check is the
+    registry entry's, and it is built from its own preset section (`methods.<method_name>`) and the face stack's
     config, never the whole Preset — `from_section` / `face_encoder_from_section`, which each method writes;
     `from_preset` / `load_face_encoder` only pick the two out of a preset (name, file or Preset)."""
 
     method_name = ""
+
+    @classmethod
+    def check_inputs(cls, prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
+        """The method's input check (`Method.check_inputs`, torch-free: the CLI and the ingress run the same one):
+        sizes, S* where the method needs it, one negative prompt per prompt (returned)."""
+        from facegen.methods import get_method
+
+        return get_method(cls.method_name).check_inputs(prompt, negative_prompt, height, width)
 
     @classmethod
     def from_preset(cls, preset="tiny", overrides: Sequence[str] = (), model=None, torch_dtype=None, device=None,

@@ -25,8 +25,8 @@ from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
+    MethodPipeline,
     OneTensorIdentity,
-    SectionLoading,
     assemble,
     in_dtype,
     make_scheduler,
@@ -86,7 +86,7 @@ def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
     return M2Encoder.from_config_random(with_token_dim(section.encoder, token_dim))
 
 
-class DreamIdentityPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+class DreamIdentityPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
                             DiffusionPipeline):
     method_name = METHOD_NAME
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -137,13 +137,6 @@ class DreamIdentityPipeline(SectionLoading, IdentityDiffusionCall, ControlCompon
         return M2FaceEncoder(self.face_analyzer, self.m2_encoder)
 
     # -- inputs ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
-        """Every prompt has "S*"; sizes are positive multiples of 8; one negative prompt per prompt (returned)."""
-        from facegen.methods.dreamidentity import METHOD
-
-        return METHOD.check_inputs(prompt, negative_prompt, height, width)
-
     def check_prompt_tokens(self, prompt: str | list[str]) -> None:
         """Every S* within the tokenizer's length (BadPrompt otherwise): the check only the tokenizer can make, run by
         the service per request before requests share a batch."""

@@ -25,7 +25,7 @@ from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
-    SectionLoading,
+    MethodPipeline,
     assemble,
     in_dtype,
     make_scheduler,
@@ -122,7 +122,7 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
         return self
 
 
-class FaceCLIPSDXLPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
                            DiffusionPipeline):
     method_name = METHOD_NAME
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
@@ -186,13 +186,6 @@ class FaceCLIPSDXLPipeline(SectionLoading, IdentityDiffusionCall, ControlCompone
         return FaceCLIPFaceEncoder(self.face_analyzer, self.faceclip_encoder.face_reader())
 
     # -- inputs ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
-        """Sizes are positive multiples of 8; one negative prompt per prompt (returned). S* is optional."""
-        from facegen.methods.faceclip import METHOD
-
-        return METHOD.check_inputs(prompt, negative_prompt, height, width)
-
     def encode_negative(self, negative_prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The negative (and unconditional) conditioning: the encoder on the all-zero face with the negative
         prompts (the official architecture also drops its "Photo of a id person." prefix there)."""

@@ -27,8 +27,8 @@ from facegen.methods.pipeline_utils import (
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
+    MethodPipeline,
     OneTensorIdentity,
-    SectionLoading,
     assemble,
     in_dtype,
     make_scheduler,
@@ -95,7 +95,7 @@ class FaceT5FaceEncoder(FaceIdentityEncoder):
         return self
 
 
-class FaceT5FluxPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
                          DiffusionPipeline):
     method_name = METHOD_NAME
     model_cpu_offload_seq = "facet5_encoder->transformer->vae"
@@ -163,13 +163,6 @@ class FaceT5FluxPipeline(SectionLoading, IdentityDiffusionCall, ControlComponent
         return FaceT5FaceEncoder(self.face_analyzer, self.facet5_encoder.face_reader())
 
     # -- inputs ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def check_inputs(prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
-        """Sizes are positive multiples of 16 (FLUX packs 2×2 latents); one negative prompt per prompt (returned)."""
-        from facegen.methods.facet5 import METHOD
-
-        return METHOD.check_inputs(prompt, negative_prompt, height, width)
-
     def encode_prompt_with_identity(self, prompts: list[str], identity: FaceT5Condition | Sequence[FaceT5Condition]):
         """→ (prompt_embeds B×max_length×d_model, pooled_prompt_embeds B×768), as FLUX's encode_prompt returns them."""
         b = len(prompts)
