@@ -163,6 +163,13 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     return table[None]
 
 
+def patch_tokens(vit: FaceViT, faces: torch.Tensor) -> torch.Tensor:
+    """Aligned crops B×3×H×W in [0, 1] (the official ToTensor input: no mean or std), bilinear to 112 → the face
+    ViT's 144 patch tokens, in the ViT's dtype."""
+    pixels = F.interpolate(faces, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
+    return vit(pixels.to(next(vit.parameters()).dtype)).patch_tokens
+
+
 # -- the fuser ----------------------------------------------------------------------------------------------------
 class FaceSelfLayer(nn.Module):
     """The face stream's layer. The official fuser calls it through torch's checkpoint with (face, positions) as
@@ -234,8 +241,7 @@ class FaceT5Encoder(nn.Module):
 
     def read_faces(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned crops B×3×H×W in [0, 1] → the face ViT's patch tokens B×144×D (the identity a photo gives)."""
-        pixels = F.interpolate(faces, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
-        return self.face_encoder(pixels.to(self.face_patch_proj.weight.dtype)).patch_tokens
+        return patch_tokens(self.face_encoder, faces)
 
     def fuse(self, t5_ids: torch.Tensor, face_tokens: torch.Tensor) -> torch.Tensor:
         face = self.face_patch_proj(face_tokens.to(self.face_patch_proj.weight.dtype))
@@ -373,8 +379,7 @@ class FaceTokenReader(nn.Module):
     def forward(self, crops_uint8: np.ndarray) -> torch.Tensor:
         p = next(self.vit.parameters())
         faces = torch.from_numpy(np.ascontiguousarray(crops_uint8)).permute(0, 3, 1, 2).to(p.device, torch.float32)
-        pixels = F.interpolate(faces / 255.0, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False)
-        return self.vit(pixels.to(p.dtype)).patch_tokens
+        return patch_tokens(self.vit, faces / 255.0)
 
 
 def fresh_face_vit(config: FaceT5Config) -> FaceViT:

@@ -45,6 +45,15 @@ def has_trained_transformer(model_dir: str | os.PathLike) -> bool:
     return (Path(model_dir) / TRANSFORMER_DIR / "config.json").is_file()
 
 
+def parts_an_export_brings(model_dir: str | os.PathLike | None) -> tuple[str, ...]:
+    """The base model's parts not to load with this export: its own encoder (FLUX's T5 would be 9.5 GB loaded for
+    nothing, and FLUX's CLIP-L and tokenizers are in it), and the base transformer (24 GB) when it has a converted DiT."""
+    if not model_dir:
+        return ()
+    return ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") + (
+        ("transformer",) if has_trained_transformer(model_dir) else ())
+
+
 def load_trained_transformer(model_dir: str | os.PathLike, transformer, dtype: torch.dtype):
     """The DiT an export draws with: its own (<model>/transformer/: the converted dit.pt) or else `transformer` (the
     base model's), with the export's LoRA adapters (<model>/transformer_lora/: a fine-tuning run's) on top."""
@@ -125,12 +134,8 @@ class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent
         weights = model or section.model
         dtype = torch_dtype or place.dtype
         section.check_model(weights)
-        # Only what this pipeline will hold: an export brings its own encoder (FLUX's T5 would be 9.5 GB loaded for
-        # nothing) and the converted DiT replaces the base one (24 GB).
-        skip = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if weights else ()
-        if weights and has_trained_transformer(weights):
-            skip += ("transformer",)
-        c = load_flux_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
+        c = load_flux_components(section.base_model, section.sha256, torch_dtype=dtype,
+                                 skip=parts_an_export_brings(weights))
         if weights:
             verify_sha256(weights, section.model_sha256, "the FaceT5 encoder")
             encoder = FaceT5FluxEncoder.from_pretrained(weights)

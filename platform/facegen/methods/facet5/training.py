@@ -12,6 +12,7 @@ import shutil
 
 import torch
 import torch.nn.functional as F
+from diffusers import FluxPipeline
 from torch import nn
 
 from facegen.methods.facet5.encoder import FaceT5FluxEncoder
@@ -22,6 +23,7 @@ from facegen.methods.facet5.pipeline import (
     TRANSFORMER_DIR,
     has_trained_transformer,
     load_trained_transformer,
+    parts_an_export_brings,
 )
 from facegen.methods.training_utils import frozen, load_trained_weights, row_seeds
 
@@ -37,8 +39,6 @@ class FaceT5Trainable(nn.Module):
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
     """B×C×H×W latents → B×(H/2·W/2)×4C tokens, FLUX's 2×2 patches (FluxPipeline._pack_latents)."""
-    from diffusers import FluxPipeline
-
     b, c, h, w = latents.shape
     return FluxPipeline._pack_latents(latents, b, c, h, w)
 
@@ -54,10 +54,7 @@ class FaceT5Task(nn.Module):
         self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
         s, t = self.section, self.section.train
         s.check_model(None)
-        # An export brings its own encoder (and its DiT when converted): FLUX's T5 and transformer are not loaded.
-        skip = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if s.model else ()
-        if s.model and has_trained_transformer(s.model):
-            skip += ("transformer",)
+        skip = parts_an_export_brings(s.model)
         if not load_base:
             skip += ("vae",)
         c = load_flux_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
@@ -121,16 +118,14 @@ class FaceT5Task(nn.Module):
         s = sigma[:, None, None, None]
         noisy = (1 - s) * x0 + s * noise
         h, w = x0.shape[-2:]
-        img_ids = torch.zeros(h // 2, w // 2, 3)
-        img_ids[..., 1] += torch.arange(h // 2)[:, None]
-        img_ids[..., 2] += torch.arange(w // 2)[None, :]
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, torch.float32)
         dtype = next(p.dtype for p in transformer.parameters() if not p.requires_grad)
         guidance = (torch.full((b,), self.section.distilled_guidance, device=self.device)
                     if transformer.config.guidance_embeds else None)
         pred = transformer(hidden_states=pack(noisy).to(dtype), timestep=sigma.to(dtype), guidance=guidance,
                            pooled_projections=pooled.to(dtype), encoder_hidden_states=embeds.to(dtype),
                            txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device),
-                           img_ids=img_ids.reshape(-1, 3).to(self.device), return_dict=False)[0]
+                           img_ids=img_ids, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), pack(noise - x0))
         return loss, {"mse": float(loss.detach())}
 
