@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from facegen.errors import BadPrompt
+from facegen.errors import BadControl
 
 RENDERS = ("keypoints", "openpose")
 # A frontal face: ArcFace's five-point template in its 112×112 crop, the crop taken as the face box.
@@ -58,12 +58,6 @@ class ControlPlan:
     end: float
 
 
-class BadControl(BadPrompt):
-    """Control inputs that do not go together, or control asked of a method with no ControlNet."""
-
-    code = "validation"
-
-
 def resolve(config, width: int, height: int, head_box=None, pose_image=None, control_image=None,
             scale: float | None = None, start: float | None = None, end: float | None = None,
             names: dict[str, str] | None = None, key: str = "methods.<method>.controlnet") -> ControlPlan | None:
@@ -97,28 +91,28 @@ def parse_head_box(text: str) -> tuple[int, int, int, int]:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise BadPrompt(f"head box '{text}': give x,y,w,h in pixels of the output image, e.g. 96,64,128,160")
+        raise BadControl(f"head box '{text}': give x,y,w,h in pixels of the output image, e.g. 96,64,128,160")
     return values  # type: ignore[return-value]
 
 
 def check_head_box(box, width: int, height: int) -> tuple[int, int, int, int]:
-    """The box as ints, if it has a size and lies on the width×height canvas; a clear BadPrompt otherwise."""
+    """The box as ints, if it has a size and lies on the width×height canvas; a clear BadControl otherwise."""
     if box is None or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
-        raise BadPrompt(f"head_box {box}: give four numbers x, y, w, h in pixels of the output image")
+        raise BadControl(f"head_box {box}: give four numbers x, y, w, h in pixels of the output image")
     x, y, w, h = (int(round(v)) for v in box)
     if w <= 0 or h <= 0:
-        raise BadPrompt(f"head_box {list(box)}: width and height must be positive")
+        raise BadControl(f"head_box {list(box)}: width and height must be positive")
     if x < 0 or y < 0 or x + w > width or y + h > height:
-        raise BadPrompt(f"head_box {list(box)} does not lie on the {width}×{height} image: it needs 0 ≤ x, 0 ≤ y, "
+        raise BadControl(f"head_box {list(box)} does not lie on the {width}×{height} image: it needs 0 ≤ x, 0 ≤ y, "
                         f"x + w ≤ {width}, y + h ≤ {height}")
     return x, y, w, h
 
 
 def check_control_params(scale: float, start: float, end: float) -> None:
     if not (math.isfinite(scale) and 0 <= scale <= 4):
-        raise BadPrompt(f"control_scale {scale}: use a number between 0 and 4 (1 is the ControlNet's full strength)")
+        raise BadControl(f"control_scale {scale}: use a number between 0 and 4 (1 is the ControlNet's full strength)")
     if not (0 <= start < end <= 1):
-        raise BadPrompt(f"control_start {start}, control_end {end}: need 0 ≤ start < end ≤ 1 (fractions of the steps)")
+        raise BadControl(f"control_start {start}, control_end {end}: need 0 ≤ start < end ≤ 1 (fractions of the steps)")
 
 
 def place_keypoints(kps: np.ndarray, face_box: np.ndarray, head_box) -> np.ndarray:
@@ -132,7 +126,7 @@ def place_keypoints(kps: np.ndarray, face_box: np.ndarray, head_box) -> np.ndarr
 def render_keypoints(width: int, height: int, kps: np.ndarray, style: str = "keypoints") -> PIL.Image.Image:
     """The keypoint map on a black width×height canvas, for keypoints already on that canvas (5×2)."""
     if style not in RENDERS:
-        raise BadPrompt(f"control render '{style}': use one of {', '.join(RENDERS)}")
+        raise BadControl(f"control render '{style}': use one of {', '.join(RENDERS)}")
     img = PIL.Image.new("RGB", (width, height))
     draw = PIL.ImageDraw.Draw(img)
     kps = np.asarray(kps, np.float32)

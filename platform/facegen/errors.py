@@ -32,6 +32,13 @@ class BadSampling(FacegenError):
     code = "validation"
 
 
+class BadControl(FacegenError):
+    """Scene-switch inputs that do not hold (a head box off the canvas, a pose photo without a box, a box and a
+    control image together, a strength or window out of bounds), or control asked of a method with no ControlNet."""
+
+    code = "validation"
+
+
 class ConfigError(FacegenError):
     code = "validation"
 

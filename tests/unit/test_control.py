@@ -16,7 +16,7 @@ from facegen.control import (
     parse_head_box,
     place_keypoints,
 )
-from facegen.errors import BadPrompt, InvalidImage, NoFaceFound
+from facegen.errors import BadControl, InvalidImage, NoFaceFound
 
 
 def centroid(img: PIL.Image.Image, color) -> np.ndarray:
@@ -58,13 +58,13 @@ def test_a_pose_photos_face_is_moved_into_the_box(analyzer, photos):
 def test_head_box_checks():
     assert parse_head_box("10, 20,30,40") == (10, 20, 30, 40)
     for text in ("10,20,30", "a,b,c,d", ""):
-        with pytest.raises(BadPrompt, match="x,y,w,h"):
+        with pytest.raises(BadControl, match="x,y,w,h"):
             parse_head_box(text)
-    with pytest.raises(BadPrompt, match="positive"):
+    with pytest.raises(BadControl, match="positive"):
         check_head_box((10, 10, 0, 20), 128, 128)
-    with pytest.raises(BadPrompt, match="does not lie on the 128×96 image"):
+    with pytest.raises(BadControl, match="does not lie on the 128×96 image"):
         check_head_box((100, 10, 40, 20), 128, 96)
-    with pytest.raises(BadPrompt, match="four numbers"):
+    with pytest.raises(BadControl, match="four numbers"):
         check_head_box((1, 2, 3), 128, 96)
     assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
 
@@ -135,14 +135,14 @@ def test_bad_control_inputs(tiny_pipe, photos, tmp_path):
     junk.write_bytes(b"not an image")
     kw = dict(prompt="S* as a chef", face_image=photos["astronaut"], width=128, height=128, num_inference_steps=1)
     cases = [
-        (dict(head_box=(100, 100, 64, 64)), BadPrompt, "does not lie on"),
-        (dict(head_box=(0, 0, 0, 10)), BadPrompt, "positive"),
+        (dict(head_box=(100, 100, 64, 64)), BadControl, "does not lie on"),
+        (dict(head_box=(0, 0, 0, 10)), BadControl, "positive"),
         (dict(control_image=junk), InvalidImage, ""),
         (dict(head_box=(0, 0, 64, 64), pose_image=photos["no_face"]), NoFaceFound, "pose photo"),
-        (dict(pose_image=photos["astronaut"]), BadPrompt, "needs head_box"),
-        (dict(head_box=(0, 0, 64, 64), control_image=photos["astronaut"]), BadPrompt, "not both"),
-        (dict(head_box=(0, 0, 64, 64), control_scale=-1), BadPrompt, "control_scale"),
-        (dict(head_box=(0, 0, 64, 64), control_start=0.8, control_end=0.2), BadPrompt, "start < end"),
+        (dict(pose_image=photos["astronaut"]), BadControl, "needs head_box"),
+        (dict(head_box=(0, 0, 64, 64), control_image=photos["astronaut"]), BadControl, "not both"),
+        (dict(head_box=(0, 0, 64, 64), control_scale=-1), BadControl, "control_scale"),
+        (dict(head_box=(0, 0, 64, 64), control_start=0.8, control_end=0.2), BadControl, "start < end"),
     ]
     for extra, error, message in cases:
         with pytest.raises(error, match=message):
@@ -152,7 +152,6 @@ def test_bad_control_inputs(tiny_pipe, photos, tmp_path):
     saved = tiny_pipe.control_config
     tiny_pipe.control_config, tiny_pipe.controlnet = ControlNetConfig(model=None), None
     try:
-        from facegen.control import BadControl
 
         with pytest.raises(BadControl, match="controlnet.model"):
             tiny_pipe(**kw, head_box=(0, 0, 64, 64))

@@ -22,14 +22,15 @@ MAX_ASPECT = 20
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
 
-def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Return an H×W×3 RGB uint8 array from a path, encoded bytes, a PIL image or an array (RGB, HW, or RGBA)."""
+def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, name: str = "the uploaded bytes") -> np.ndarray:
+    """Return an H×W×3 RGB uint8 array from a path, encoded bytes, a PIL image or an array (RGB, HW, or RGBA).
+    `name`: what the errors call encoded bytes (e.g. the request field they came in)."""
     if isinstance(src, np.ndarray):
         return _from_array(src)
     if isinstance(src, Image.Image):
         return _from_pil(src, max_pixels)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _from_pil(_open(io.BytesIO(bytes(src)), "the uploaded bytes"), max_pixels)
+        return _from_pil(_open(io.BytesIO(bytes(src)), name), max_pixels)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_file():

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from facegen.methods.base import work_budget
 from facegen.serving import tokens
-from facegen.serving.ingress import Ingress
+from facegen.serving.ingress import IngressDeployment
 from facegen.serving.replicas import FaceEncoder, generator_deployment, public_name, served_default_size
 
 
@@ -23,8 +23,7 @@ def build_app(args) -> object:
     generators = {m: bind(generator_deployment(m), m, args.preset, models[m], keys) for m in args.methods}
     info = model_info(args.preset, models)
     preset_name = next(iter(info.values()))["preset"]  # the preset's name, never a server path to its file
-    return Ingress.options(**args.options.get("Ingress", {})).bind(encoder, generators, preset_name, args.max_body,
-                                                                    info, args.cors, args.keys)
+    return bind(IngressDeployment, encoder, generators, preset_name, args.max_body, info, args.cors, args.keys)
 
 
 def model_info(preset: str, models: dict) -> dict:

@@ -3,8 +3,8 @@ watermarks and encodes the generators' arrays in its own threads, so a GPU repli
 
     HTTP → Ingress ──encode──▶ FaceEncoder ──token──▶ <Method>Generator ──arrays──▶ Ingress → png | jpeg | webp
 """
-# No `from __future__ import annotations` here: Serve's class ingress hands these handlers to FastAPI, which must see
-# `Request` as the class itself to inject it (a string annotation fails every request).
+# No `from __future__ import annotations` here: the handlers go to FastAPI, which must see `Request` as the class
+# itself to inject it (a string annotation fails every request).
 
 import asyncio
 import base64
@@ -39,10 +39,6 @@ from facegen.serving.api import (
 )
 
 log = logging.getLogger("facegen.serve")
-
-
-app = FastAPI(title="facegen", version="2", description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP, FaceT5-FLUX).")
-install_error_handlers(app)
 
 
 def _body_schema(model) -> dict:
@@ -81,31 +77,48 @@ CONTROL_FIELDS = {"head_box": "control.head_box", "pose_image": "control.pose_im
 
 def _control_image(data: str, width: int, height: int):
     """A client's control image (base64) → (the image at the canvas size, a note if it was resized)."""
-    return fit_control_image(PIL.Image.fromarray(load_image(decode_base64_image(data, "control.control_image"))),
-                             width, height)
+    name = CONTROL_FIELDS["control_image"]
+    return fit_control_image(PIL.Image.fromarray(load_image(decode_base64_image(data, name), name=name)), width, height)
 
 
 def _unwrap(exc: Exception) -> Exception:
     return getattr(exc, "cause", None) or exc  # Ray wraps a replica's exception; keep the user's message
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=100, max_queued_requests=200)
-@serve.ingress(app)
 class Ingress:
+    """The HTTP front, a plain class: `asgi_app()` is its FastAPI app, built per instance (its own keys and CORS), so
+    a test drives the whole request path with FastAPI's TestClient and no Ray. `IngressDeployment` serves it.
+    `encoder` and `generators` are Serve handles (anything whose methods have `.remote(...)`)."""
+
     def __init__(self, encoder, generators: dict, preset: str, max_body: int, model_info: dict,
                  cors: list | None = None, keys: list[str] | None = None):
         self.encoder, self.generators, self.preset, self.max_body = encoder, generators, preset, max_body
-        self.methods, self.model_info = list(generators), model_info
+        self.methods, self.model_info, self.cors = list(generators), model_info, list(cors or [])
         self.image_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-encode")  # numpy/Pillow release the GIL
         self.keys = list(keys) if keys is not None else api_keys()
         if not self.keys:
             log.warning("facegen: no FACEGEN_API_KEYS set — the API is open to anyone who can reach it")
-        else:  # every route but the health check and the page needs a key (the schema and docs included)
+
+    def asgi_app(self) -> FastAPI:
+        app = FastAPI(title="facegen", version="2",
+                      description="Identity-preserving portrait generation (DreamIdentity, FaceCLIP, FaceT5-FLUX).")
+        install_error_handlers(app)
+        if self.keys:  # every route but the health check and the page needs a key (the schema and docs included)
             app.add_middleware(KeyMiddleware, keys=self.keys)
-        if cors:
+        if self.cors:
             from fastapi.middleware.cors import CORSMiddleware
 
-            app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST"], allow_headers=["*"])
+            app.add_middleware(CORSMiddleware, allow_origins=self.cors, allow_methods=["GET", "POST"], allow_headers=["*"])
+        app.post("/v1/encode", openapi_extra=_body_schema(EncodeRequest))(self.encode)
+        app.post("/v1/generate", openapi_extra=_body_schema(GenerateRequest))(self.generate)
+        app.get("/healthz")(self.healthz)
+        app.get("/v1/models")(self.models)
+        app.get("/v1/stats")(self.stats)
+        app.get("/", response_class=HTMLResponse)(self.page)
+        return app
+
+    def __serve_build_asgi_app__(self):  # Serve's late-bound ingress: the app is built in the replica, after __init__
+        return self.asgi_app()
 
     # A replica that dies mid-request (a crashed node, a killed process) takes its in-flight requests with it. Encoding
     # and drawing are deterministic for a given request (seeded), so the ingress sends such a request again — Serve
@@ -161,7 +174,6 @@ class Ingress:
         images = [decode_base64_image(p, n) for p, n in zip(photos, names)]
         return await self._call(self.encoder.encode, req.method, images)
 
-    @app.post("/v1/encode", openapi_extra=_body_schema(EncodeRequest))
     async def encode(self, request: Request):
         req = await read_body(request, EncodeRequest, self.max_body)
         self._served(req.method)
@@ -170,7 +182,6 @@ class Ingress:
         out = await self._encode(req)
         return {"identity_token": out["identity_token"], "faces": out["faces"]}
 
-    @app.post("/v1/generate", openapi_extra=_body_schema(GenerateRequest))
     async def generate(self, request: Request):
         start = time.perf_counter()
         req = await read_body(request, GenerateRequest, self.max_body)
@@ -225,21 +236,17 @@ class Ingress:
             for n, array in enumerate(out["arrays"])))
         return [base64.b64encode(b).decode() for b in encoded], round((time.perf_counter() - start) * 1000, 1)
 
-    @app.get("/healthz")
     async def healthz(self):
         return {"status": "ok"}
 
-    @app.get("/v1/models")
     async def models(self):
         # From the ingress's own state (what the builder gave every replica): no call reaches a GPU replica.
         return {"methods": self.methods, "preset": self.preset, "models": self.model_info, "max_body_bytes": self.max_body,
                 "num_images": [1, 4]}
 
-    @app.get("/v1/stats")
     async def stats(self):
         return {m: await self._call(self.generators[m].stats) for m in self.methods}
 
-    @app.get("/", response_class=HTMLResponse)
     async def page(self):
         options = "\n".join(
             f'      <option value="{m}" data-placeholder="{"yes" if REGISTRY[m].needs_placeholder else "no"}" '
@@ -248,3 +255,7 @@ class Ingress:
             for m in self.methods)
         html = resources.files("facegen.serving").joinpath("index.html").read_text()
         return html.replace("<!--METHOD_OPTIONS-->", options)
+
+
+IngressDeployment = serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=100,
+                                     max_queued_requests=200)(serve.ingress()(Ingress))
