@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m facegen.demo --out out/demo
+	$(PY) -m facegen.cluster.demo --out out/demo
 
 # The web-page test drives Debian's Chromium; as root on Debian it is installed here, elsewhere that test is skipped.
 browser:

@@ -13,11 +13,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record  # noqa: E402
-from facegen.config import load_preset  # noqa: E402
-from facegen.data import stages  # noqa: E402
-from facegen.data.build import run_build, write_shard  # noqa: E402
-from facegen.data.config import shipped_list  # noqa: E402
-from facegen.data.storage import Storage  # noqa: E402
+from facegen.cluster.data import stages  # noqa: E402
+from facegen.cluster.data.build import run_build, write_shard  # noqa: E402
+from facegen.cluster.data.storage import Storage  # noqa: E402
+from facegen.core.config import load_preset  # noqa: E402
+from facegen.core.config.data import shipped_list  # noqa: E402
 
 
 def sequential(preset, names, out: str) -> float:

@@ -51,7 +51,7 @@ def timed(fn, device, repeat: int) -> float:
 
 
 def preset_for(method: str, dry: bool):
-    from facegen.config import load_preset
+    from facegen.core.config import load_preset
 
     name, base, _ = (TINY if dry else REAL)[method]
     return load_preset(name, [f"methods.{method}.base_model={base}", "face.model=buffalo_s", "clip.pretrained=null"])
@@ -63,8 +63,8 @@ def random_faces(n: int, size: int, device) -> torch.Tensor:
 
 def identity_of(pipe, method: str, device):
     """A method's identity from a random aligned face, straight through its encoder (no face detection)."""
-    from facegen.methods.dreamidentity.pipeline import IdTokens
-    from facegen.methods.faceclip.pipeline import FaceCLIPCondition
+    from facegen.core.methods.dreamidentity.pipeline import IdTokens
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition
 
     with torch.no_grad():
         if method == "dreamidentity":
@@ -98,7 +98,7 @@ def stock_call(pipe, method: str, identity):
 
 
 def bench_generation(method: str, dry: bool, steps: int, compile_unet: bool, device) -> dict:
-    from facegen.methods import load_pipeline
+    from facegen.core.methods import load_pipeline
 
     _, _, size = (TINY if dry else REAL)[method]
     pipe = load_pipeline(method, preset_for(method, dry), device=device)
@@ -128,7 +128,7 @@ def bench_generation(method: str, dry: bool, steps: int, compile_unet: bool, dev
 
 def bench_m2_training(dry: bool, device) -> dict:
     """M² training steps with cached latents: samples/s on this device (bf16 frozen parts on CUDA)."""
-    from facegen.methods.dreamidentity.training import DreamIdentityTask
+    from facegen.core.methods.dreamidentity.training import DreamIdentityTask
 
     preset = preset_for("dreamidentity", dry)
     resolution, batch = (64, 2) if dry else (512, 8)
@@ -149,9 +149,9 @@ def bench_m2_training(dry: bool, device) -> dict:
 
 def bench_official_faceclip(dry: bool, device) -> dict:
     """The official FaceCLIP encoder at the published sizes (the tiny preset's in a dry run), random weights."""
-    from facegen.config import load_preset
-    from facegen.methods.faceclip.config import OfficialFaceCLIPConfig
-    from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
+    from facegen.core.config import load_preset
+    from facegen.core.methods.faceclip.config import OfficialFaceCLIPConfig
+    from facegen.core.methods.faceclip.official import OfficialFaceCLIPEncoder
 
     config = load_preset("tiny").method("faceclip").encoder.official if dry else OfficialFaceCLIPConfig()
     with torch.device("meta"):
@@ -178,7 +178,7 @@ def bench_official_faceclip(dry: bool, device) -> dict:
 
 def bench_scene_switch(dry: bool, steps: int, device) -> dict:
     """DreamIdentity with a head box (ControlNet) ÷ without, same prompt, seed and size."""
-    from facegen.methods import load_pipeline
+    from facegen.core.methods import load_pipeline
 
     _, _, size = (TINY if dry else REAL)["dreamidentity"]
     preset = preset_for("dreamidentity", dry)
@@ -200,11 +200,11 @@ def facet5_pipeline(dry: bool, device):
     sizes, random bf16 weights made on the GPU (no 36 GB download or cache: the lent machine reaches no hub). The
     tokenizers are tiny:flux's (token ids are all the benchmark needs)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from facegen.methods import load_pipeline
-    from facegen.methods.facet5.config import FaceT5Config
-    from facegen.methods.facet5.encoder import FaceT5FluxEncoder
-    from facegen.methods.facet5.pipeline import FaceT5FluxPipeline
-    from facegen.weights import resolve_model
+    from facegen.core.methods import load_pipeline
+    from facegen.core.methods.facet5.config import FaceT5Config
+    from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
+    from facegen.core.methods.facet5.pipeline import FaceT5FluxPipeline
+    from facegen.core.weights import resolve_model
     from transformers import AutoTokenizer, CLIPTokenizer
 
     if dry:
@@ -234,7 +234,7 @@ def facet5_pipeline(dry: bool, device):
 
 def bench_facet5(dry: bool, steps: int, compile_transformer: bool, device) -> dict:
     from diffusers import FluxPipeline
-    from facegen.methods.facet5.pipeline import FaceT5Condition
+    from facegen.core.methods.facet5.pipeline import FaceT5Condition
 
     size = 64 if dry else 1024
     pipe = facet5_pipeline(dry, device)

@@ -3,14 +3,14 @@ appear — data, encoder, token injection, base model, sampling and the face met
 
     python bench/learn.py [--photos DIR] [--out out/learn] [--quick] [--set world.identities=12] [--set m2_steps=800]
 
-1. The world (facegen/world/): N real people from photos that ship offline (or --photos DIR: a folder per person, or
+1. The world (facegen/cluster/world/): N real people from photos that ship offline (or --photos DIR: a folder per person, or
    one photo per person), augmented aligned views, and two base models trained from scratch that draw each person
    from a name word and obey "in black and white" — SD2.1 layout for DreamIdentity, SDXL layout for FaceCLIP. Built
    once into the cache. The last `world.held_out` people are known to the base models but never shown to an encoder.
 2. The real jobs on a local Ray: jobs/build_data.py draws each held-in person by name, plain and edited, keeps the
    edits by identity (the self-augmented set) and ingests the people's views as the FFHQ part; jobs/train_m2.py and
    jobs/train_faceclip.py train the encoders on it (presets pointed at the world's base models) and export them.
-3. Scoring (facegen/world/score.py): for each person, K images from a view no encoder saw, "a photo of S*" and
+3. Scoring (facegen/cluster/world/score.py): for each person, K images from a view no encoder saw, "a photo of S*" and
    "a photo of S* in black and white", through the real pipelines — fresh encoder, trained encoder, and the base
    model given the person's own word (the ceiling): identification among the N references (chance 1/N), face
    similarity, edit obeyed; checkpoints along training give the metric over steps.
@@ -54,7 +54,7 @@ def run_job(name: str, argv: list[str]) -> None:
 
 
 def parse(argv=None):
-    from facegen.world.experiment import LearnConfig, with_overrides
+    from facegen.cluster.world.experiment import LearnConfig, with_overrides
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--photos", default=None, help="a folder of face photos: a sub-folder per person, or one photo each")
@@ -73,7 +73,7 @@ def parse(argv=None):
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    from facegen.train.loop import STATE_FILE
+    from facegen.cluster.train.loop import STATE_FILE
 
     out = []
     for d in sorted((run_dir / "checkpoints").glob("*/checkpoint_*")):
@@ -85,16 +85,16 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def export_checkpoint(method: str, preset_path: Path, checkpoint: Path, directory: Path) -> Path:
     """A checkpoint → the export `--model` loads, as the training job exports its final one."""
-    from facegen.config import load_preset
-    from facegen.data.storage import Storage
-    from facegen.train.run import export
+    from facegen.cluster.data.storage import Storage
+    from facegen.cluster.train.run import export
+    from facegen.core.config import load_preset
 
     export(method, load_preset(str(preset_path)), "ddp", str(checkpoint), Storage.open(str(directory)))
     return directory / "model"
 
 
 def main(argv=None) -> int:
-    from facegen.errors import FacegenError
+    from facegen.core.errors import FacegenError
 
     try:
         args, cfg = parse(argv)
@@ -106,16 +106,16 @@ def main(argv=None) -> int:
 
 def learn(args, cfg) -> int:
     import ray
-    from facegen.face.analyzer import FaceAnalyzer
-    from facegen.world.build import build_world
-    from facegen.world.experiment import (
+    from facegen.cluster.world.build import build_world
+    from facegen.cluster.world.experiment import (
         EDIT_PROMPT,
         PLAIN_PROMPT,
         Evaluator,
         write_job_inputs,
         write_preset,
     )
-    from facegen.world.experiment import record as learn_record
+    from facegen.cluster.world.experiment import record as learn_record
+    from facegen.core.face.analyzer import FaceAnalyzer
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -234,7 +234,7 @@ def write_grid(path: Path, world, drawings: dict, prompts) -> None:
 
 
 def write_curve(path: Path, curves: dict, chance: float) -> None:
-    from facegen.plots import new_axes, png_bytes
+    from facegen.cluster.plots import new_axes, png_bytes
 
     fig, ax = new_axes((6, 3.5))
     for method, rows in curves.items():

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record  # noqa: E402
-from facegen.demo import shipped_photos  # noqa: E402
-from facegen.methods import NAMES, load_pipeline  # noqa: E402
+from facegen.cluster.demo import shipped_photos  # noqa: E402
+from facegen.core.methods import NAMES, load_pipeline  # noqa: E402
 
 PROMPTS = {"dreamidentity": "S* as a chef", "faceclip": "a chef in a kitchen"}
 

@@ -22,14 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import record  # noqa: E402
-from facegen.config import load_preset  # noqa: E402
-from facegen.data.storage import Storage  # noqa: E402
+from facegen.cluster.data.storage import Storage  # noqa: E402
+from facegen.core.config import load_preset  # noqa: E402
 
 
 def build_dataset(out: str, identities: int) -> None:
     import ray
-    from facegen.data.build import run_build
-    from facegen.data.config import read_names
+    from facegen.cluster.data.build import run_build
+    from facegen.core.config.data import read_names
 
     preset = load_preset("tiny", ["data.max_prompts=2", "data.steps=2", "data.keep_fraction=1.0"])
     ray.init(logging_level="WARNING")
@@ -40,8 +40,8 @@ def build_dataset(out: str, identities: int) -> None:
 def plain_loop(method: str, preset, data: str, steps: int) -> float:
     """The task's loss and an AdamW step over the kept self-aug rows, in this process (no Ray, no DDP).
     Returns samples/s after the first step (model loading and the first step's warm-up excluded)."""
-    from facegen.methods import get_method
-    from facegen.train.data import decode_batch
+    from facegen.cluster.train.data import decode_batch
+    from facegen.core.methods import get_method
 
     cfg = preset.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,8 +74,8 @@ def plain_loop(method: str, preset, data: str, steps: int) -> float:
 
 def ray_train(method: str, preset, data: str, steps: int, workers: int) -> float:
     """The real job (jobs/train_*.py's library call); samples/s from its metrics, first step excluded."""
-    from facegen.jobs import ensure_ray
-    from facegen.train.run import run_training
+    from facegen.cluster.jobs import ensure_ray
+    from facegen.cluster.train.run import run_training
 
     ensure_ray()
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,14 +3,14 @@
     python jobs/build_data.py --preset tiny --output out/data [--num-identities N] [--celebrities FILE]
                               [--ffhq DIR|s3://...] [--set data.keep_fraction=0.25] [--resume]
 
-See facegen/data/build.py for the stages; DESIGN.md "Data on disk" for the output.
+See facegen/cluster/data/build.py for the stages; DESIGN.md "Data on disk" for the output.
 """
 import sys
 
-from facegen.data.build import run_build
-from facegen.data.config import read_names
-from facegen.errors import ConfigError
-from facegen.jobs import ensure_ray, job_parser, run_job
+from facegen.cluster.data.build import run_build
+from facegen.cluster.jobs import ensure_ray, job_parser, run_job
+from facegen.core.config.data import read_names
+from facegen.core.errors import ConfigError
 
 
 def body(preset, out, args) -> dict:

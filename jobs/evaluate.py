@@ -4,9 +4,9 @@
 
 Writes <output>/metrics.json, report.md, grids/<face>.png, a face-similarity vs text-alignment plot, manifest.json.
 """
-from facegen.eval.protocol import run_evaluation
-from facegen.jobs import job_parser, run_job
-from facegen.methods import NAMES
+from facegen.cluster.eval.protocol import run_evaluation
+from facegen.cluster.jobs import job_parser, run_job
+from facegen.core.methods import NAMES
 
 
 def main(argv=None) -> int:

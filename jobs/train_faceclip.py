@@ -7,7 +7,7 @@ The exported model lands in <output>/model/ (use it with `python -m facegen gene
 """
 import sys
 
-from facegen.train.run import training_main
+from facegen.cluster.train.run import training_main
 
 
 def main(argv=None) -> int:

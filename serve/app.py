@@ -6,14 +6,14 @@
 
 The builder's arguments are one typed (pydantic) model, `AppArgs`, with a field per registered method for its
 trained encoder; a mistake fails `serve run` at once with the argument named. The deployments live in
-facegen/serving/ (replicas.py, ingress.py, app.py).
+facegen/cluster/serving/ (replicas.py, ingress.py, app.py).
 """
 from __future__ import annotations
 
-from facegen.errors import ConfigError, ModelNotFound
-from facegen.methods import NAMES
-from facegen.models.export import check_export
-from facegen.serving.api import DEFAULT_MAX_BODY
+from facegen.cluster.serving.api import DEFAULT_MAX_BODY
+from facegen.core.errors import ConfigError, ModelNotFound
+from facegen.core.methods import NAMES
+from facegen.core.models.export import check_export
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 
@@ -38,7 +38,7 @@ class _AppArgs(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        from facegen.config import load_preset
+        from facegen.core.config import load_preset
 
         preset = load_preset(self.preset)
         offered = preset.method_names
@@ -81,7 +81,7 @@ class _AppArgs(BaseModel):
 
 
 def _env_keys() -> list[str]:
-    from facegen.serving.api import api_keys
+    from facegen.cluster.serving.api import api_keys
 
     return api_keys()
 
@@ -107,6 +107,6 @@ def parse_args(args: dict | None) -> BaseModel:
 
 def deploy(args: dict):
     """Ray Serve application builder: `serve run serve.app:deploy key=value ...` passes the key=value pairs here."""
-    from facegen.serving.app import build_app
+    from facegen.cluster.serving.app import build_app
 
     return build_app(parse_args(args))

@@ -27,7 +27,7 @@ def photos() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def analyzer():
-    from facegen.face.analyzer import FaceAnalyzer
+    from facegen.core.face.analyzer import FaceAnalyzer
 
     return FaceAnalyzer()
 
@@ -52,7 +52,7 @@ def official_checkpoint(tmp_path_factory) -> dict:
     import numpy as np
     import torch
     from facegen.__main__ import main
-    from facegen.weights import load_sdxl_components
+    from facegen.core.weights import load_sdxl_components
 
     d = tmp_path_factory.mktemp("official")
     z = np.load(OFFICIAL_FIXTURE)

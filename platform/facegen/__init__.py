@@ -6,21 +6,21 @@ CLI and Ray workers that only read data stay cheap.
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "DreamIdentityPipeline": "facegen.methods.dreamidentity.pipeline",
-    "IdTokens": "facegen.methods.dreamidentity.pipeline",
-    "M2Encoder": "facegen.methods.dreamidentity.encoder",
-    "FaceCLIPSDXLPipeline": "facegen.methods.faceclip.pipeline",
-    "FaceCLIPCondition": "facegen.methods.faceclip.pipeline",
-    "FaceCLIPEncoder": "facegen.methods.faceclip.encoder",
-    "FaceT5FluxPipeline": "facegen.methods.facet5.pipeline",
-    "FaceT5Condition": "facegen.methods.facet5.pipeline",
-    "FaceT5FluxEncoder": "facegen.methods.facet5.encoder",
-    "ClipScorer": "facegen.models.clip_scorer",
-    "FaceViT": "facegen.models.face_vit",
-    "FaceAnalyzer": "facegen.face.analyzer",
-    "Preset": "facegen.config",
-    "load_preset": "facegen.config",
-    "load_pipeline": "facegen.methods",
+    "DreamIdentityPipeline": "facegen.core.methods.dreamidentity.pipeline",
+    "IdTokens": "facegen.core.methods.dreamidentity.pipeline",
+    "M2Encoder": "facegen.core.methods.dreamidentity.encoder",
+    "FaceCLIPSDXLPipeline": "facegen.core.methods.faceclip.pipeline",
+    "FaceCLIPCondition": "facegen.core.methods.faceclip.pipeline",
+    "FaceCLIPEncoder": "facegen.core.methods.faceclip.encoder",
+    "FaceT5FluxPipeline": "facegen.core.methods.facet5.pipeline",
+    "FaceT5Condition": "facegen.core.methods.facet5.pipeline",
+    "FaceT5FluxEncoder": "facegen.core.methods.facet5.encoder",
+    "ClipScorer": "facegen.core.models.clip_scorer",
+    "FaceViT": "facegen.core.models.face_vit",
+    "FaceAnalyzer": "facegen.core.face.analyzer",
+    "Preset": "facegen.core.config",
+    "load_preset": "facegen.core.config",
+    "load_pipeline": "facegen.core.methods",
 }
 
 __all__ = list(_EXPORTS)

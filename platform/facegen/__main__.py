@@ -12,9 +12,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from facegen.control import ControlImageResized
-from facegen.errors import FacegenError
-from facegen.methods import NAMES, REGISTRY, get_method
+from facegen.core.control import ControlImageResized
+from facegen.core.errors import FacegenError
+from facegen.core.methods import NAMES, REGISTRY, get_method
 
 # The scene-switch flags, as control.resolve names them in its errors.
 CONTROL_FLAGS = {"head_box": "--head-box", "pose_image": "--pose-from", "control_image": "--control-image"}
@@ -82,7 +82,7 @@ def _quiet(args) -> None:
     """Library chatter off unless --verbose."""
     if args.verbose:
         return
-    from facegen.workers import quiet_libraries
+    from facegen.cluster.workers import quiet_libraries
 
     warnings.filterwarnings("ignore")
     quiet_libraries()
@@ -117,8 +117,8 @@ def save_images_atomically(images, paths: list[Path]) -> None:
 
 
 def cmd_generate(args) -> int:
-    from facegen.config import load_preset
-    from facegen.methods.base import check_sampling
+    from facegen.core.config import load_preset
+    from facegen.core.methods.base import check_sampling
 
     check_sampling(SAMPLING_FLAGS, steps=args.steps, guidance_scale=args.guidance, num_images=args.num_images)
     paths = output_paths(args.out, args.num_images)
@@ -128,7 +128,7 @@ def cmd_generate(args) -> int:
     section = preset.method(method.name)  # the preset offers it
     section.check_model(args.model)
     if args.model:
-        from facegen.models.export import check_export
+        from facegen.core.models.export import check_export
 
         check_export(args.model)
     # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
@@ -136,8 +136,8 @@ def cmd_generate(args) -> int:
     control = control_arguments(args, method.name, section)
     # An unreadable or faceless photo fails now (in a second or two), not after the models have loaded; the pipeline
     # reuses this analyzer, and its face encoder turns these detections into the identity (as the service does).
-    from facegen.face.analyzer import FaceAnalyzer
-    from facegen.methods.pipeline_utils import detect_faces
+    from facegen.core.face.analyzer import FaceAnalyzer
+    from facegen.core.methods.pipeline_utils import detect_faces
 
     analyzer = FaceAnalyzer(preset.face)
     detections = detect_faces(analyzer, args.face)
@@ -145,7 +145,7 @@ def cmd_generate(args) -> int:
         analyzer.largest(control["pose_image"], "the pose photo")
     import torch
 
-    from facegen.methods import load_pipeline
+    from facegen.core.methods import load_pipeline
 
     _quiet(args)
 
@@ -169,9 +169,9 @@ def cmd_generate(args) -> int:
 
 
 def control_arguments(args, method: str, section) -> dict:
-    """The scene-switch flags as pipeline arguments, checked (`facegen.control.resolve`) before any model loads."""
-    from facegen.control import parse_head_box, resolve
-    from facegen.face.images import load_image
+    """The scene-switch flags as pipeline arguments, checked (`facegen.core.control.resolve`) before any model loads."""
+    from facegen.core.control import parse_head_box, resolve
+    from facegen.core.face.images import load_image
 
     plan = resolve(section.controlnet, args.width or section.sampling.width, args.height or section.sampling.height,
                    parse_head_box(args.head_box) if args.head_box else None, args.pose_from, args.control_image,
@@ -189,8 +189,8 @@ def control_arguments(args, method: str, section) -> dict:
 
 
 def cmd_faces(args) -> int:
-    from facegen.config import load_preset
-    from facegen.face.analyzer import FaceAnalyzer, cosine
+    from facegen.core.config import load_preset
+    from facegen.core.face.analyzer import FaceAnalyzer, cosine
 
     preset = load_preset(args.preset, args.set)
     _quiet(args)
@@ -206,7 +206,7 @@ def cmd_faces(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from facegen.config import load_preset
+    from facegen.core.config import load_preset
 
     preset = load_preset(args.preset, args.set)
     preset.method(args.method)
@@ -221,8 +221,8 @@ def cmd_convert(args) -> int:
 
 
 def cmd_watermark(args) -> int:
-    from facegen.face.images import load_image
-    from facegen.serving.watermark import inspect
+    from facegen.cluster.serving.watermark import inspect
+    from facegen.core.face.images import load_image
 
     reports = []
     for path in args.files:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from facegen.data.build import run_build
-from facegen.data.config import shipped_list
-from facegen.data.schema import SELFAUG_SCHEMA
-from facegen.data.storage import Storage
-from facegen.face.images import decode_image
+from facegen.cluster.data.build import run_build
+from facegen.cluster.data.schema import SELFAUG_SCHEMA
+from facegen.cluster.data.storage import Storage
+from facegen.core.config.data import shipped_list
+from facegen.core.face.images import decode_image
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--set", "data.steps=2", "--set", "data.max_prompts=3", "--set", "data.write.batch_size=3"]
@@ -115,9 +115,9 @@ def test_ffhq_ingest_counts_real_photos(ray_cluster, load_job, photos, tmp_path)
     assert {decode_image(b).shape for b in rows["target_image"]} == {(128, 128, 3)}
     # the cached latents are the VAE's latents of the stored target image
     from diffusers import AutoencoderKL
-    from facegen.data.schema import decode_latents
-    from facegen.data.stages import encode_vae
-    from facegen.weights import resolve_model
+    from facegen.cluster.data.schema import decode_latents
+    from facegen.cluster.data.stages import encode_vae
+    from facegen.core.weights import resolve_model
 
     vae = AutoencoderKL.from_pretrained(resolve_model("tiny:sd21"), subfolder="vae").eval()
     row = rows.iloc[0]
@@ -212,9 +212,9 @@ def test_existing_output_needs_resume(tiny_build, load_job, capsys):
 def test_too_small_and_no_face_sources_are_counted(photos):
     """AlignStage on real photos: a face whose box is under min_face_size is rejected, a faceless photo too."""
     import pandas as pd
-    from facegen.config import load_preset
-    from facegen.data.stages import AlignStage
-    from facegen.face.images import png_bytes
+    from facegen.cluster.data.stages import AlignStage
+    from facegen.core.config import load_preset
+    from facegen.core.face.images import png_bytes
     from PIL import Image
 
     preset = load_preset("tiny", ["data.assume_aligned=false", "data.min_face_size=128"])
@@ -228,8 +228,8 @@ def test_too_small_and_no_face_sources_are_counted(photos):
 
 
 def test_run_build_rejects_prompts_without_placeholder(tmp_path):
-    from facegen.config import load_preset
-    from facegen.errors import ConfigError
+    from facegen.core.config import load_preset
+    from facegen.core.errors import ConfigError
 
     preset = load_preset("tiny", ["data.edit_prompts=[a chef]"])
     with pytest.raises(ConfigError, match="has no S"):

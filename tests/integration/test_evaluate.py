@@ -4,9 +4,9 @@ import math
 import shutil
 
 import pytest
-from facegen.config import load_preset
-from facegen.eval.report import LABEL_HEIGHT
-from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
+from facegen.cluster.eval.report import LABEL_HEIGHT
+from facegen.core.config import load_preset
+from facegen.core.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 from PIL import Image
 
 

@@ -65,9 +65,9 @@ def test_published_faceclip_at_full_size(photos, tmp_path):
 
     import torch
     from diffusers import UNet2DConditionModel
-    from facegen.methods.faceclip.config import OfficialFaceCLIPConfig
-    from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
-    from facegen.weights import resolve_model
+    from facegen.core.methods.faceclip.config import OfficialFaceCLIPConfig
+    from facegen.core.methods.faceclip.official import OfficialFaceCLIPEncoder
+    from facegen.core.weights import resolve_model
 
     with torch.device("meta"):
         encoder = OfficialFaceCLIPEncoder(OfficialFaceCLIPConfig())
@@ -118,9 +118,9 @@ def test_published_facet5_at_real_widths(photos, tmp_path):
     the depths, the base model, the face pack and the precision swapped)."""
     import torch
     from diffusers import FluxTransformer2DModel
-    from facegen.config import load_preset
-    from facegen.methods.facet5.encoder import FaceT5FluxEncoder
-    from facegen.weights import resolve_model
+    from facegen.core.config import load_preset
+    from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
+    from facegen.core.weights import resolve_model
 
     config = load_preset("facet5-flux", FACET5_SLIM[1::2]).method("facet5").encoder
     assert (config.t5.d_model, config.t5.heads, config.t5.d_ff, config.clip_l.hidden) == (4096, 64, 10240, 768)
@@ -170,8 +170,8 @@ def realshape_data(ray_cluster, load_job, ffhq_folder, tmp_path_factory):
 
 
 def test_build_data_at_real_shapes(realshape_data):
-    from facegen.data.schema import decode_latents
-    from facegen.data.storage import Storage
+    from facegen.cluster.data.schema import decode_latents
+    from facegen.cluster.data.storage import Storage
 
     manifest = json.loads((realshape_data / "manifest.json").read_text())
     c = manifest["counts"]
@@ -195,7 +195,7 @@ def m2_model(realshape_data, load_job, tmp_path_factory):
 
 
 def test_trained_m2_is_drawn_with_by_the_cli(m2_model, photos, tmp_path):
-    from facegen.methods.dreamidentity.encoder import M2Encoder
+    from facegen.core.methods.dreamidentity.encoder import M2Encoder
 
     encoder = M2Encoder.from_pretrained(m2_model)
     assert encoder.m2_config.vit.depth == 24 and encoder.m2_config.token_dim == 1024  # paper-sized, SD2.1's text width
@@ -270,7 +270,7 @@ def service(method: str, model: Path, port: int):
 
 @pytest.mark.parametrize("method, prompt", [("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")])
 def test_service_draws_with_the_trained_model(method, prompt, request, photos, free_port):
-    from facegen.serving import watermark
+    from facegen.cluster.serving import watermark
 
     model = request.getfixturevalue("m2_model" if method == "dreamidentity" else "faceclip_model")
     with service(method, model, free_port()) as url:

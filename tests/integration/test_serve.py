@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import requests
-from facegen.serving import watermark
+from facegen.cluster.serving import watermark
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key"
@@ -109,8 +109,8 @@ def test_the_next_batch_forms_while_a_draw_runs(service):
     user_config."""
     import time
 
-    from facegen.serving.batching import GenerationJob
-    from facegen.serving.replicas import Generator
+    from facegen.cluster.serving.batching import GenerationJob
+    from facegen.cluster.serving.replicas import Generator
     from ray import serve
 
     class SlowDrawGenerator(Generator):
@@ -257,8 +257,8 @@ def test_several_photos_of_one_person_are_averaged(service, photos):
     r = post(service, "/v1/encode", {"method": "faceclip", "face_images": both})
     assert r.status_code == 200, r.text
     assert len(r.json()["faces"]) == 2
-    from facegen.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
-    from facegen.serving import tokens
+    from facegen.cluster.serving import tokens
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
 
     sent = tokens.open_token(tokens.token_keys(TOKEN_KEY), r.json()["identity_token"], "faceclip", "tiny:faceclip:fresh")
     local = FaceCLIPSDXLPipeline.load_face_encoder("tiny").encode_identity([photos["astronaut"], photos["tom_hanks"]])
@@ -393,7 +393,7 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
     placed where the real hub ids resolve (the hub cache) and buffalo_s standing in for antelopev2: GET /v1/models
     shows each method on its own base model (the bug where FaceCLIP silently drew with tiny:sdxl)."""
     import yaml
-    from facegen.weights import resolve_model
+    from facegen.core.weights import resolve_model
     from ray import serve
 
     hub = tmp_path / "hub"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from facegen.config import load_preset
-from facegen.methods.dreamidentity.encoder import M2Encoder, with_token_dim
+from facegen.core.config import load_preset
+from facegen.core.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,8 +54,8 @@ def test_m2_loss_falls_with_two_ddp_workers(m2_run):
 def test_m2_export_round_trip(m2_run, photos, analyzer):
     """The exported model = the checkpoint's trained weights (safetensors; frozen ViT weights are not stored), and
     the pipeline/CLI load it."""
-    from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline
-    from facegen.train.strategies import DDPStrategy
+    from facegen.cluster.train.strategies import DDPStrategy
+    from facegen.core.methods.dreamidentity.pipeline import DreamIdentityPipeline
 
     consolidated = DDPStrategy.consolidate(str(latest_checkpoint(m2_run)))
     exported = M2Encoder.from_pretrained(m2_run / "model")
@@ -80,7 +80,7 @@ def test_faceclip_alignment_loss_falls_with_two_ddp_workers(train_data, load_job
     assert rc == 0
     curve = losses(out)
     assert len(curve) == 8 and curve[-1] < curve[0]
-    from facegen.methods.faceclip.encoder import FaceCLIPEncoder
+    from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder
     from safetensors.torch import load_file
 
     encoder = FaceCLIPEncoder.from_pretrained(out / "model")
@@ -97,9 +97,9 @@ def test_faceclip_diffusion_stage_fine_tunes_the_published_model_with_lora(train
     unet=lora, 2 DDP workers: the LoRA UNet runs inside the DDP forward and moves; the export carries the official
     encoder, the UNet it started from and the adapters, and the pipeline draws with all three."""
     import torch
-    from facegen.methods import load_pipeline
-    from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder
-    from facegen.methods.faceclip.pipeline import LORA_DIR, LORA_FILE
+    from facegen.core.methods import load_pipeline
+    from facegen.core.methods.faceclip.official import OfficialFaceCLIPEncoder
+    from facegen.core.methods.faceclip.pipeline import LORA_DIR, LORA_FILE
     from safetensors.torch import load_file
 
     out = tmp_path / "lora"
@@ -180,7 +180,7 @@ def test_stopped_and_resumed_run_equals_the_restarted_one(restarted_run, train_d
     are the same. The two continue from different checkpoints (15 here, the first one after the kill there), so a restore
     that lost any state would set them apart."""
     import boto3
-    from facegen.data.storage import Storage
+    from facegen.cluster.data.storage import Storage
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="facegen-resume")
     job = load_job("train_m2")
@@ -245,8 +245,8 @@ def test_facet5_fine_tunes_under_zero3_resumes_and_exports(train_data, load_job,
     """jobs/train_facet5.py: 2 DeepSpeed ZeRO-3 workers (parameters sharded over the ranks, as a 12 B DiT must be)
     train the LoRA adapters and the fuser with the flow-matching loss, which falls; the same run stopped at step 3 and
     continued with --resume equals the uninterrupted one; the export loads in the pipeline, its adapters on the DiT."""
-    from facegen.methods import load_pipeline
-    from facegen.methods.facet5.encoder import FaceT5FluxEncoder
+    from facegen.core.methods import load_pipeline
+    from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
     from safetensors.torch import load_file
 
     job = load_job("train_facet5")
@@ -262,7 +262,7 @@ def test_facet5_fine_tunes_under_zero3_resumes_and_exports(train_data, load_job,
     for key, value in a.items():
         assert torch.allclose(b[key], value, rtol=1e-5, atol=1e-6), key
     # Ray Train's checkpoint holds one ZeRO shard per rank; merged, the trained weights are the export's
-    from facegen.train.strategies import DeepSpeedStrategy
+    from facegen.cluster.train.strategies import DeepSpeedStrategy
 
     ckpt = latest_checkpoint(whole)
     assert len(list(ckpt.glob("zero/*optim_states.pt"))) == 2

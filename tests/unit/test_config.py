@@ -1,7 +1,7 @@
 import pytest
-from facegen.config import load_preset, shipped_presets
-from facegen.errors import ConfigError
-from facegen.methods import NAMES, REGISTRY
+from facegen.core.config import load_preset, shipped_presets
+from facegen.core.errors import ConfigError
+from facegen.core.methods import NAMES, REGISTRY
 
 
 @pytest.mark.parametrize("name", shipped_presets())
@@ -92,14 +92,14 @@ def test_importing_the_config_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, facegen, facegen.config; facegen.config.load_preset('production'); "
+    code = ("import sys, facegen, facegen.core.config; facegen.core.config.load_preset('production'); "
             "print(sorted(m for m in ('torch', 'diffusers', 'ray', 'pandas', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_work_budget_is_the_methods_own_even_when_a_preset_sets_sampling():
-    from facegen.methods.base import work_budget
+    from facegen.core.methods.base import work_budget
 
     for name in ("tiny", "production"):  # both write a sampling section without a budget
         p = load_preset(name)
@@ -111,7 +111,7 @@ def test_work_budget_is_the_methods_own_even_when_a_preset_sets_sampling():
 def test_work_grows_faster_than_pixels_past_the_native_canvas_and_with_control():
     """Attention is quadratic in tokens: 2048² × 19 steps fits SD2.1's 80 megapixel-steps by pixels alone (79.7) but
     costs ~7× that; a ControlNet adds half again."""
-    from facegen.methods.base import CONTROL_COST, request_work, work_budget
+    from facegen.core.methods.base import CONTROL_COST, request_work, work_budget
 
     section = load_preset("production").method("dreamidentity")
     native = section.NATIVE_PIXELS

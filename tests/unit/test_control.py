@@ -4,7 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from facegen.control import (
+from facegen.core.control import (
     FRONTAL_KPS,
     KPS_COLORS,
     OPENPOSE_POINT_COLORS,
@@ -16,7 +16,7 @@ from facegen.control import (
     parse_head_box,
     place_keypoints,
 )
-from facegen.errors import BadControl, InvalidImage, NoFaceFound
+from facegen.core.errors import BadControl, InvalidImage, NoFaceFound
 
 
 def centroid(img: PIL.Image.Image, color) -> np.ndarray:
@@ -102,7 +102,7 @@ def test_dreamidentity_control_equals_diffusers_controlnet_pipeline(tiny_pipe, p
 
 def test_faceclip_control_equals_diffusers_sdxl_controlnet_pipeline(photos):
     from diffusers import StableDiffusionXLControlNetPipeline
-    from facegen.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
 
     pipe = FaceCLIPSDXLPipeline.from_preset("tiny")
     pipe.set_progress_bar_config(disable=True)
@@ -147,7 +147,7 @@ def test_bad_control_inputs(tiny_pipe, photos, tmp_path):
     for extra, error, message in cases:
         with pytest.raises(error, match=message):
             tiny_pipe(**kw, **extra)
-    from facegen.methods.base import ControlNetConfig
+    from facegen.core.methods.base import ControlNetConfig
 
     saved = tiny_pipe.control_config
     tiny_pipe.control_config, tiny_pipe.controlnet = ControlNetConfig(model=None), None
@@ -163,7 +163,7 @@ def test_facet5_control_equals_diffusers_flux_controlnet_pipeline(photos):
     """FaceT5-FLUX's scene switch is diffusers' FluxControlNetPipeline (tiny:controlnet-flux, from tiny:flux's
     transformer) given our conditioning, and a head box moves the picture."""
     from diffusers import FluxControlNetPipeline
-    from facegen.methods.facet5.pipeline import FaceT5FluxPipeline
+    from facegen.core.methods.facet5.pipeline import FaceT5FluxPipeline
 
     pipe = FaceT5FluxPipeline.from_preset("tiny")
     pipe.set_progress_bar_config(disable=True)

@@ -53,8 +53,8 @@ def args_methods(app) -> list[str]:
 
 
 def test_serve_config_names_real_deployments_and_builder_args(tmp_path_factory, monkeypatch):
-    from facegen.serving.app import build_app
-    from facegen.serving.replicas import generator_deployment
+    from facegen.cluster.serving.app import build_app
+    from facegen.cluster.serving.replicas import generator_deployment
 
     cfg = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     (app,) = cfg["applications"]
@@ -81,7 +81,7 @@ def test_serve_config_names_real_deployments_and_builder_args(tmp_path_factory, 
 def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path, monkeypatch):
     """`serve run serve.app:deploy …` mistakes fail in the builder, naming the argument, before any replica starts."""
     import pytest
-    from facegen.errors import ConfigError
+    from facegen.core.errors import ConfigError
 
     app = _serve_app()
     cases = [({"preset": "bogus"}, "unknown preset 'bogus'"), ({"dreamidentity": str(tmp_path)}, "not an exported model"),

@@ -4,8 +4,8 @@ import pytest
 
 def test_dtype_and_device_decisions_without_a_gpu():
     import torch
-    from facegen import devices
-    from facegen.errors import ConfigError
+    from facegen.core import devices
+    from facegen.core.errors import ConfigError
 
     assert devices.resolve("auto", "cuda").dtype == torch.float16  # asked what it would pick on a GPU
     assert devices.resolve("auto", "cpu").dtype == torch.float32
@@ -21,7 +21,7 @@ def test_fp16_sdxl_vae_is_decoded_in_fp32():
     import numpy as np
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from facegen.weights import load_sdxl_components
+    from facegen.core.weights import load_sdxl_components
 
     c = load_sdxl_components("tiny:sdxl", torch_dtype=torch.float16)
     assert c["vae"].dtype == torch.float16 and c["vae"].config.force_upcast
@@ -35,8 +35,8 @@ def test_fp16_sdxl_vae_is_decoded_in_fp32():
 
 
 def test_vae_slices_batches_and_tiles_large_canvases():
-    from facegen.methods.pipeline_utils import fit_vae_to
-    from facegen.weights import load_sd21_components
+    from facegen.core.methods.pipeline_utils import fit_vae_to
+    from facegen.core.weights import load_sd21_components
 
     vae = load_sd21_components("tiny:sd21")["vae"]
     fit_vae_to(vae, images=1, height=512, width=512)

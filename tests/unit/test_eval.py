@@ -3,11 +3,11 @@ import math
 
 import numpy as np
 import pytest
-from facegen.config import load_preset
-from facegen.errors import ConfigError
-from facegen.eval.config import EvalConfig
-from facegen.eval.metrics import ImageScore, face_similarities, summarize
-from facegen.eval.report import LABEL_HEIGHT, face_grid
+from facegen.cluster.eval.metrics import ImageScore, face_similarities, summarize
+from facegen.cluster.eval.report import LABEL_HEIGHT, face_grid
+from facegen.core.config import load_preset
+from facegen.core.config.eval import EvalConfig
+from facegen.core.errors import ConfigError
 from PIL import Image
 
 
@@ -53,8 +53,8 @@ def test_grid_has_a_row_per_prompt_and_a_column_per_seed():
 
 def test_head_box_iou_reads_where_the_face_is(analyzer, photos):
     """eval.head_box's score: the IoU of the asked box and the face detected in the image (0 without one)."""
-    from facegen.eval.metrics import head_box_ious
-    from facegen.face.images import load_image
+    from facegen.cluster.eval.metrics import head_box_ious
+    from facegen.core.face.images import load_image
 
     _, face = analyzer.largest(photos["astronaut"])
     x1, y1, x2, y2 = (int(v) for v in face.bbox)

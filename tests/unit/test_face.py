@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from facegen.errors import InvalidImage, NoFaceFound
-from facegen.face.align import ARCFACE_TEMPLATE, align_face
-from facegen.face.analyzer import cosine
-from facegen.face.images import load_image
+from facegen.core.errors import InvalidImage, NoFaceFound
+from facegen.core.face.align import ARCFACE_TEMPLATE, align_face
+from facegen.core.face.analyzer import cosine
+from facegen.core.face.images import load_image
 from PIL import Image
 
 
@@ -80,8 +80,8 @@ def test_hostile_images_are_refused_clearly_and_cheaply(analyzer):
     import io
     import resource
 
-    from facegen.errors import ImageTooLarge, NoFaceFound
-    from facegen.face.align import align_face
+    from facegen.core.errors import ImageTooLarge, NoFaceFound
+    from facegen.core.face.align import align_face
     from PIL import Image
 
     def encoded(img, fmt):
@@ -111,7 +111,7 @@ def test_hostile_images_are_refused_clearly_and_cheaply(analyzer):
 def test_jpeg_scan_bomb_is_refused_before_decoding(scan_bomb):
     import time
 
-    from facegen.face.images import MAX_JPEG_SCANS, jpeg_scans
+    from facegen.core.face.images import MAX_JPEG_SCANS, jpeg_scans
 
     bomb = scan_bomb(2000)
     assert jpeg_scans(bomb) > 2000
@@ -141,7 +141,7 @@ def test_malformed_exif_is_ignored_never_an_error(exif_fuzz):
 def test_a_grid_of_faces_runs_the_recognizer_once(analyzer, photos):
     """Face-grid amplification: a photo of hundreds of faces is detected (capped) but only its largest face is
     embedded."""
-    from facegen.face.analyzer import MAX_FACES
+    from facegen.core.face.analyzer import MAX_FACES
     from PIL import Image
 
     face = np.asarray(Image.open(photos["tom_hanks"]).convert("RGB").resize((48, 48)))

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
-from facegen.config import load_preset
-from facegen.methods.faceclip.encoder import FaceCLIPEncoder
-from facegen.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
-from facegen.models.tokens import token_embedding_override, tokenize_with_placeholders
-from facegen.weights import load_sdxl_components
+from facegen.core.config import load_preset
+from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder
+from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
+from facegen.core.models.tokens import token_embedding_override, tokenize_with_placeholders
+from facegen.core.weights import load_sdxl_components
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,9 @@ def test_round_trip(fc_pipe, photos, tmp_path):
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_trained_unet_is_exported_and_loaded_by_the_pipeline(mode, tmp_path):
     """train.stage=diffusion with a trained UNet: the export holds it, and the pipeline draws with it (not the base)."""
-    from facegen.methods import load_pipeline
-    from facegen.methods.faceclip.training import FaceCLIPTask
-    from facegen.methods.training_utils import trained_weights
+    from facegen.core.methods import load_pipeline
+    from facegen.core.methods.faceclip.training import FaceCLIPTask
+    from facegen.core.methods.training_utils import trained_weights
 
     preset = load_preset("tiny", ["methods.faceclip.train.stage=diffusion", f"methods.faceclip.train.unet={mode}"])
     task = FaceCLIPTask(preset, load_base=False)
@@ -185,8 +185,8 @@ def test_a_base_model_stored_in_fp16_trains_in_fp32(tmp_path):
     """Checkpoints are often fp16 on disk (hub fp16 variants; the random real-shape models): the trained parts must
     come up in fp32 anyway — at real shapes, fp32 fusion layers met fp16 text towers and training stopped."""
     from diffusers import StableDiffusionXLPipeline
-    from facegen.methods.faceclip.training import FaceCLIPTask
-    from facegen.weights import resolve_model
+    from facegen.core.methods.faceclip.training import FaceCLIPTask
+    from facegen.core.weights import resolve_model
 
     fp16 = tmp_path / "sdxl-fp16"
     StableDiffusionXLPipeline.from_pretrained(resolve_model("tiny:sdxl"), add_watermarker=False).to(
@@ -203,8 +203,8 @@ def test_a_base_model_stored_in_fp16_trains_in_fp32(tmp_path):
 def test_lora_training_keeps_the_frozen_unet_in_the_frozen_dtype():
     """LoRA on SDXL: the base UNet weights run in the frozen dtype (bf16 on a GPU halves its 10 GB), the adapters
     train in fp32, and the loss reaches them through the mixed-precision forward."""
-    from facegen.methods.faceclip.training import FaceCLIPTask
-    from facegen.methods.training_utils import trained_weights
+    from facegen.core.methods.faceclip.training import FaceCLIPTask
+    from facegen.core.methods.training_utils import trained_weights
 
     preset = load_preset("tiny", ["methods.faceclip.train.stage=diffusion", "methods.faceclip.train.unet=lora",
                                   "methods.faceclip.train.cond_dropout=0"])
@@ -227,7 +227,7 @@ def test_lora_training_keeps_the_frozen_unet_in_the_frozen_dtype():
 def test_an_export_that_does_not_fit_is_refused(fc_pipe, tmp_path):
     """Weights are read one tensor at a time (no second copy of a 4 GB encoder), still strictly: a missing key or a
     wrong shape is a clear ModelNotFound."""
-    from facegen.errors import ModelNotFound
+    from facegen.core.errors import ModelNotFound
     from safetensors.torch import load_file, save_file
 
     fc_pipe.faceclip_encoder.save_pretrained(tmp_path / "enc")

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from facegen.__main__ import main
-from facegen.config import load_preset
-from facegen.errors import ConfigError, ModelNotFound
-from facegen.methods.faceclip.config import OfficialFaceCLIPConfig
-from facegen.methods.faceclip.official import OfficialFaceCLIPEncoder, exported_face_reader
+from facegen.core.config import load_preset
+from facegen.core.errors import ConfigError, ModelNotFound
+from facegen.core.methods.faceclip.config import OfficialFaceCLIPConfig
+from facegen.core.methods.faceclip.official import OfficialFaceCLIPEncoder, exported_face_reader
 
 FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "faceclip_official"
 
@@ -77,7 +77,7 @@ def test_full_size_state_dict_is_the_published_checkpoints():
 def test_convert_round_trips(official_checkpoint):
     """The converted export gives the conditioning the official modules gave, and carries the fine-tuned UNet."""
     from diffusers import UNet2DConditionModel
-    from facegen.methods.faceclip.encoder import load_encoder
+    from facegen.core.methods.faceclip.encoder import load_encoder
 
     d, z = official_checkpoint["model"], official_checkpoint["fixture"]
     assert json.loads((d / "config.json").read_text())["_class_name"] == "OfficialFaceCLIPEncoder"
@@ -89,7 +89,7 @@ def test_convert_round_trips(official_checkpoint):
 
 def test_the_face_replica_reads_what_the_pipeline_reads(official_checkpoint, photos):
     """Serving encodes faces with the face ViTs alone (no text towers): the same condition the full pipeline gets."""
-    from facegen.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
 
     d = official_checkpoint["model"]
     pipe = FaceCLIPSDXLPipeline.from_preset("tiny", model=d)
@@ -105,7 +105,7 @@ def test_pipeline_draws_with_the_converted_model(official_checkpoint, photos):
     """--model DIR: the converted encoder and UNet, SDXL's text encoders never loaded; the image is diffusers' own
     SDXL pipeline given the official conditioning (positive and zero-face negative)."""
     from diffusers import StableDiffusionXLPipeline
-    from facegen.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
 
     pipe = FaceCLIPSDXLPipeline.from_preset("tiny", model=official_checkpoint["model"])
     pipe.set_progress_bar_config(disable=True)
@@ -127,7 +127,7 @@ def test_pipeline_draws_with_the_converted_model(official_checkpoint, photos):
 
 
 def test_official_needs_a_checkpoint():
-    from facegen.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
 
     with pytest.raises(ConfigError, match="convert"):
         FaceCLIPSDXLPipeline.from_preset("tiny", ["methods.faceclip.encoder.architecture=official"])
@@ -142,7 +142,7 @@ def test_convert_refuses_bad_checkpoints(official_checkpoint, tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"x": NeedsPickle()}, evil)
     with pytest.raises(ModelNotFound, match="needs pickle"):
-        from facegen.models.checkpoints import read_checkpoint
+        from facegen.core.models.checkpoints import read_checkpoint
 
         read_checkpoint(evil, "the encoder")
     state = torch.load(official_checkpoint["encoder_pt"], weights_only=True)
@@ -174,7 +174,7 @@ def test_convert_refuses_bad_checkpoints(official_checkpoint, tmp_path, capsys):
 def test_fine_tunes_with_the_diffusion_loss_only(official_checkpoint):
     """train_faceclip from the converted model: the fusers and projections learn, the towers and ViTs stay frozen;
     the alignment stage (its heads are not published) is a clear ConfigError."""
-    from facegen.methods.faceclip.training import FaceCLIPTask
+    from facegen.core.methods.faceclip.training import FaceCLIPTask
 
     model = f"methods.faceclip.model={official_checkpoint['model']}"
     with pytest.raises(ConfigError, match="align_weight=0"):

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from facegen.methods.faceclip.config import OfficialFuserConfig
-from facegen.methods.facet5.config import ClipLConfig, FaceT5Config, T5StackConfig
-from facegen.methods.facet5.encoder import FaceT5FluxEncoder
-from facegen.models.config import FaceViTConfig
+from facegen.core.methods.faceclip.config import OfficialFuserConfig
+from facegen.core.methods.facet5.config import ClipLConfig, FaceT5Config, T5StackConfig
+from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
+from facegen.core.models.config import FaceViTConfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facet5_official"
 
@@ -72,7 +72,7 @@ def test_each_face_is_encoded_alone_in_a_batch(fixture):
 # -- the method on tiny FLUX: the pipeline against diffusers', the export and the converter --------------------------
 @pytest.fixture(scope="module")
 def pipe():
-    from facegen.methods import load_pipeline
+    from facegen.core.methods import load_pipeline
 
     return load_pipeline("facet5", "tiny")
 
@@ -80,7 +80,7 @@ def pipe():
 def test_a_fresh_encoder_reads_text_with_flux_own_t5(pipe):
     """The T5 stack (FlashT5's names, plain PyTorch) given tiny:flux's T5EncoderModel weights computes what
     transformers' T5 computes: the fresh encoder's text stream is FLUX's own T5."""
-    from facegen.weights import load_flux_components
+    from facegen.core.weights import load_flux_components
 
     t5 = load_flux_components("tiny:flux")["text_encoder_2"]
     _, ids = pipe.facet5_encoder.tokenize(["a portrait of a man in a city", "a woman at the beach"])
@@ -94,7 +94,7 @@ def test_the_image_equals_diffusers_flux_pipeline_given_the_same_conditioning(pi
     """Denoising is diffusers' own FluxPipeline: loaded on its own from tiny:flux and given our conditioning (the
     negative included, true CFG 3.5, distilled guidance 1.0), it draws the same pixels."""
     from diffusers import FluxPipeline
-    from facegen.weights import resolve_model
+    from facegen.core.weights import resolve_model
 
     identity = pipe.encode_identity(photos["astronaut"])
     conditioning = pipe.encode_conditioning(["a woman in a forest"], [""], identity)
@@ -114,8 +114,8 @@ def test_the_image_equals_diffusers_flux_pipeline_given_the_same_conditioning(pi
 
 
 def test_the_identity_survives_its_token_arrays_and_sizes_are_multiples_of_16(pipe, photos):
-    from facegen.errors import BadSampling
-    from facegen.methods.facet5.pipeline import FaceT5Condition
+    from facegen.core.errors import BadSampling
+    from facegen.core.methods.facet5.pipeline import FaceT5Condition
 
     identity = pipe.encode_identity([photos["astronaut"], photos["tom_hanks"]])
     assert identity.face_tokens.shape == (144, 64)
@@ -141,11 +141,11 @@ def test_convert_round_trips_the_official_layout(pipe, photos, tmp_path):
     """convert → --model DIR: the encoder keeps the checkpoint's bf16 and loads strictly, the DiT is the diffusers
     layout (sharded here, as the 24 GB one is), and the pipeline loaded from it draws what the weights draw."""
     from facegen.__main__ import main
-    from facegen.methods import load_pipeline
+    from facegen.core.methods import load_pipeline
 
     files = official_layout(pipe, tmp_path / "hub")
     out = tmp_path / "converted"
-    from facegen.methods.facet5 import convert as module
+    from facegen.core.methods.facet5 import convert as module
 
     assert main(["convert", "facet5-flux", "--encoder", str(files["encoder"]), "--dit", str(files["dit"]),
                  "--out", str(out), "--preset", "tiny"]) == 0
@@ -210,7 +210,7 @@ def test_bad_checkpoints_give_one_line_and_write_nothing(pipe, tmp_path, capsys)
 
 
 def test_streamed_safetensors_equal_the_library_s(tmp_path):
-    from facegen.models.checkpoints import write_safetensors
+    from facegen.core.models.checkpoints import write_safetensors
     from safetensors.torch import load_file
 
     tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.tensor(3),

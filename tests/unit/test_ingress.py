@@ -5,9 +5,9 @@ import base64
 
 import numpy as np
 import pytest
-from facegen.methods import NAMES
-from facegen.serving.app import model_info
-from facegen.serving.ingress import Ingress
+from facegen.cluster.serving.app import model_info
+from facegen.cluster.serving.ingress import Ingress
+from facegen.core.methods import NAMES
 from fastapi.testclient import TestClient
 
 KEY = "unit-key"

@@ -1,7 +1,7 @@
 import torch
-from facegen.methods.dreamidentity.encoder import M2Encoder
-from facegen.models.config import ARCHS
-from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
+from facegen.core.methods.dreamidentity.encoder import M2Encoder
+from facegen.core.models.config import ARCHS
+from facegen.core.models.face_vit import FaceViT, load_arcface_checkpoint
 
 TINY_VIT = FaceViT.Config(embed_dim=32, depth=4, num_heads=4, num_features=512)
 
@@ -47,7 +47,7 @@ def test_arcface_checkpoint_loads(tmp_path):
 
 
 def test_wrong_checkpoint_is_refused(tmp_path):
-    from facegen.errors import ModelNotFound
+    from facegen.core.errors import ModelNotFound
 
     path = tmp_path / "other.pt"
     torch.save({k: torch.zeros(s) for k, s in arcface_torch_keys(64, 4, 144, 512).items()}, path)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from facegen.errors import BadPrompt, BadSampling
-from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline, IdTokens
-from facegen.models.tokens import tokenize_with_placeholders
+from facegen.core.errors import BadPrompt, BadSampling
+from facegen.core.methods.dreamidentity.pipeline import DreamIdentityPipeline, IdTokens
+from facegen.core.models.tokens import tokenize_with_placeholders
 
 
 def word_embeddings(pipe, words: str) -> IdTokens:

@@ -3,8 +3,8 @@
 import math
 
 import pytest
-from facegen.errors import BadSampling
-from facegen.methods.base import SAMPLING_BOUNDS, SamplingConfig, check_sampling
+from facegen.core.errors import BadSampling
+from facegen.core.methods.base import SAMPLING_BOUNDS, SamplingConfig, check_sampling
 
 FLAGS = {"steps": "--steps", "guidance_scale": "--guidance", "width": "--width", "height": "--height",
          "num_images": "--num-images"}
@@ -24,7 +24,7 @@ def cli(values: dict, capsys) -> tuple[int, str]:
 
 
 def http(values: dict) -> bool:
-    from facegen.serving.api import GenerateRequest
+    from facegen.cluster.serving.api import GenerateRequest
     from pydantic import ValidationError
 
     body = {"method": "dreamidentity", "face_image": "AAAA", "prompt": "S* as a chef"}

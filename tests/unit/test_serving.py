@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-from facegen.serving import tokens, watermark
-from facegen.serving.batching import GenerationJob, group_compatible
+from facegen.cluster.serving import tokens, watermark
+from facegen.cluster.serving.batching import GenerationJob, group_compatible
 
 
 def test_token_round_trip_tampering_expiry_and_rotation():
-    from facegen.errors import ConfigError
+    from facegen.core.errors import ConfigError
 
     keys = tokens.token_keys("k" * 32)
     arrays = {"id_tokens": np.arange(6, dtype=np.float32).reshape(2, 3) + 0.123}
@@ -49,7 +49,7 @@ def test_token_round_trip_tampering_expiry_and_rotation():
 def test_the_largest_identity_token_is_accepted_back():
     """The published FaceCLIP's identity (a row per branch: 2×512 and 2×144×768) sealed into a token that
     /v1/generate accepts as identity_token (the request's size limits let it through)."""
-    from facegen.serving.api import GenerateRequest
+    from facegen.cluster.serving.api import GenerateRequest
 
     keys = tokens.token_keys("k" * 40)
     arrays = {"face_embedding": np.zeros((2, 512), np.float32), "face_tokens": np.zeros((2, 144, 768), np.float32)}
@@ -130,8 +130,8 @@ def test_watermark_survives_png_round_trip_and_is_absent_from_plain_images(tmp_p
 def test_a_failing_batch_is_retried_one_request_at_a_time():
     """An out-of-memory (or any model error) on a batch: the request that fails alone gets a 503-style error, the
     others in its batch are drawn."""
-    from facegen.errors import GenerationFailed
-    from facegen.serving.batching import draw_groups
+    from facegen.cluster.serving.batching import draw_groups
+    from facegen.core.errors import GenerationFailed
 
     jobs = [GenerationJob(prompt=p, identity={}, seed=i, num_images=2 if p == "big" else 1)
             for i, p in enumerate(["a", "big", "b"])]
@@ -149,7 +149,7 @@ def test_a_failing_batch_is_retried_one_request_at_a_time():
     assert isinstance(results[1], GenerationFailed) and results[1].code == "generation_failed"
     # Batch poisoning: a request only the model can refuse (S* past the tokenizer's 77 tokens) fails alone; the
     # requests batched with it are drawn.
-    from facegen.errors import BadPrompt
+    from facegen.core.errors import BadPrompt
 
     def poisoned(group):
         if any(j.prompt == "big" for j in group):

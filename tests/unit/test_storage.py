@@ -3,8 +3,8 @@ import os
 import shutil
 
 import pytest
-from facegen.data.storage import Storage, safe_destination
-from facegen.errors import ConfigError
+from facegen.cluster.data.storage import Storage, safe_destination
+from facegen.core.errors import ConfigError
 
 
 def test_object_keys_that_leave_the_prefix_are_refused(tmp_path):
@@ -53,7 +53,7 @@ def test_replacing_an_export_never_leaves_a_moment_without_one(tmp_path):
     import os
     import threading
 
-    from facegen.data.storage import Storage
+    from facegen.cluster.data.storage import Storage
 
     storage, src = Storage.open(str(tmp_path / "out")), tmp_path / "src"
     src.mkdir()

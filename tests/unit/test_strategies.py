@@ -7,7 +7,7 @@ def test_deepspeed_on_the_cpu_starts_without_compiling_its_shared_memory_allredu
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     from deepspeed.comm.torch import build_shm_op
-    from facegen.train.strategies import skip_shared_memory_allreduce_build
+    from facegen.cluster.train.strategies import skip_shared_memory_allreduce_build
 
     skip_shared_memory_allreduce_build()
     assert build_shm_op() is None
@@ -18,9 +18,9 @@ def test_zero_offload_is_configured_on_gpus_and_checked():
     """train.deepspeed_offload: the optimizer (and with ZeRO-3 the parameters) in CPU RAM on a GPU cluster; on a CPU
     run there is nothing to offload; parameters offload only under stage 3."""
     import pytest
-    from facegen.errors import ConfigError
-    from facegen.train.config import TrainConfig
-    from facegen.train.strategies import deepspeed_config
+    from facegen.cluster.train.strategies import deepspeed_config
+    from facegen.core.config.train import TrainConfig
+    from facegen.core.errors import ConfigError
 
     zero = deepspeed_config(3, 1, 1e-4, 0.0, 1.0, on_gpu=True, offload="all")["zero_optimization"]
     assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"

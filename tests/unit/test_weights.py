@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from facegen.errors import ModelNotFound
-from facegen.pins import sha256_of
-from facegen.weights import resolve_model
+from facegen.core.errors import ModelNotFound
+from facegen.core.pins import sha256_of
+from facegen.core.weights import resolve_model
 
 
 def test_tiny_build_is_deterministic_and_in_diffusers_layout(tmp_path, monkeypatch):
@@ -47,7 +47,7 @@ def test_real_layout_loads_through_from_pretrained(tmp_path):
     """A local directory in the hub's layout (here: the tiny model copied) loads like a downloaded model."""
     import shutil
 
-    from facegen.weights import load_sd21_components
+    from facegen.core.weights import load_sd21_components
 
     local = tmp_path / "my-sd21"
     shutil.copytree(resolve_model("tiny:sd21"), local)
@@ -61,13 +61,13 @@ def test_pins_per_model_for_every_file_a_loader_reads(tmp_path):
     """Base models (per method: a pin on one never touches the other), exported encoders, face packs and face-ViT
     checkpoints can all be pinned; a mismatch is a ModelNotFound naming the file. `--set` takes file names with dots
     as a YAML mapping."""
-    from facegen.config import load_preset
-    from facegen.face.analyzer import FaceAnalyzer
-    from facegen.face.config import FaceAnalyzerConfig
-    from facegen.methods.dreamidentity.pipeline import DreamIdentityPipeline
-    from facegen.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
-    from facegen.models.config import FaceViTConfig
-    from facegen.models.face_vit import FaceViT, load_arcface_checkpoint
+    from facegen.core.config import load_preset
+    from facegen.core.face.analyzer import FaceAnalyzer
+    from facegen.core.face.config import FaceAnalyzerConfig
+    from facegen.core.methods.dreamidentity.pipeline import DreamIdentityPipeline
+    from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+    from facegen.core.models.config import FaceViTConfig
+    from facegen.core.models.face_vit import FaceViT, load_arcface_checkpoint
     from safetensors.torch import save_file
 
     unet = "unet/diffusion_pytorch_model.safetensors"
@@ -106,8 +106,8 @@ def test_a_hub_repo_that_is_gone_names_the_setting_to_change(monkeypatch):
     """Stability AI's SD 2.x repos answer 404 since Nov 2025: such an id is one line naming the key to change."""
     import huggingface_hub
     import pytest
-    from facegen.errors import ModelNotFound
-    from facegen.weights import resolve_model
+    from facegen.core.errors import ModelNotFound
+    from facegen.core.weights import resolve_model
     from huggingface_hub.errors import RepositoryNotFoundError
 
     def gone(repo_id, **kwargs):
@@ -125,8 +125,8 @@ def test_a_hub_id_pinned_to_a_revision_loads_that_commit_only(monkeypatch, tmp_p
     the files of another commit of the same repo are never used for it."""
     import json
 
-    from facegen.errors import ModelNotFound
-    from facegen.weights import resolve_model
+    from facegen.core.errors import ModelNotFound
+    from facegen.core.weights import resolve_model
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # read per call; the variables only at import

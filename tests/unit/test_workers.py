@@ -11,10 +11,10 @@ def test_quiet_libraries_silences_model_loading_imported_later_without_importing
     script = textwrap.dedent("""
         import logging, sys
         import tqdm
-        from facegen.workers import quiet_libraries
+        from facegen.cluster.workers import quiet_libraries
         quiet_libraries()
         assert "diffusers" not in sys.modules and "transformers" not in sys.modules
-        from facegen.weights import load_sd21_components
+        from facegen.core.weights import load_sd21_components
         load_sd21_components("tiny:sd21")
         import diffusers, transformers
         assert diffusers.utils.logging.get_verbosity() == logging.ERROR
@@ -33,7 +33,7 @@ def test_quiet_libraries_silences_libraries_already_imported(monkeypatch):
 
     import diffusers
     import transformers
-    from facegen.workers import quiet_libraries
+    from facegen.cluster.workers import quiet_libraries
 
     monkeypatch.setattr(os, "environ", os.environ.copy())  # the variable it sets stays out of this test process
     monkeypatch.setattr(diffusers.utils.logging, "_tqdm_active", True)

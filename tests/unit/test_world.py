@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
-from facegen.world.build import build_world
-from facegen.world.config import WorldConfig
-from facegen.world.people import WorldError, colourfulness, find_people, grayscale, views
-from facegen.world.score import edit_threshold, score_images, summarize
+from facegen.cluster.world.build import build_world
+from facegen.cluster.world.config import WorldConfig
+from facegen.cluster.world.people import WorldError, colourfulness, find_people, grayscale, views
+from facegen.cluster.world.score import edit_threshold, score_images, summarize
 
 TINY_WORLD = WorldConfig(identities=3, held_out=1, views=3, vae_steps=2, base_steps=2, batch_size=2)
 
@@ -68,7 +68,7 @@ def test_scoring_identifies_the_references(world, analyzer):
 
 def test_world_base_models_load_through_the_real_paths(world, tmp_path, analyzer):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from facegen.world.experiment import LearnConfig, write_job_inputs, write_preset
+    from facegen.cluster.world.experiment import LearnConfig, write_job_inputs, write_preset
 
     assert world.held_out == [world.names[-1]] and len(world.held_in) == 2
     sd = StableDiffusionPipeline.from_pretrained(world.sd21)
@@ -81,7 +81,7 @@ def test_world_base_models_load_through_the_real_paths(world, tmp_path, analyzer
     assert names.read_text().split() == world.held_in
     assert sorted(p.name for p in photos.iterdir()) == sorted(world.held_in)
     assert len(list((photos / world.held_in[0]).iterdir())) == TINY_WORLD.views - 1  # never the evaluation view
-    from facegen.world.experiment import PLAIN_PROMPT, Evaluator
+    from facegen.cluster.world.experiment import PLAIN_PROMPT, Evaluator
 
     ev = Evaluator(world, preset, analyzer, cfg)
     for method in ("dreamidentity", "faceclip"):
@@ -119,7 +119,7 @@ def test_bad_photo_folders_are_one_clear_error(analyzer, tmp_path, photos):
 def test_demo_shows_the_worlds_pictures_once_learn_has_run(tmp_path, capsys):
     import json
 
-    from facegen.demo import show_learn
+    from facegen.cluster.demo import show_learn
 
     bench, out = tmp_path / "bench", tmp_path / "demo"
     bench.mkdir()

@@ -1,0 +1,245 @@
+"""The miniature world's base models: small diffusion models trained from scratch on the world's people, so that —
+as Stable Diffusion knows celebrities — they draw each person from a name word ("a photo of alice") and obey one
+edit ("a photo of alice in black and white").
+
+Three parts, trained in turn, each seeded (a rebuild gives the same weights) and saved in the real diffusers layout,
+so every pipeline and job loads them through the same `from_pretrained` path as real weights:
+  1. a VAE (AutoencoderKL, 3 blocks: 64² images ↔ 16×16×C latents), shared by both models;
+  2. an SD2.1-layout model (CLIP text encoder + UNet, DDIM) for DreamIdentity;
+  3. an SDXL-layout model (two text encoders read at their penultimate layer, pooled text + size conditioning,
+     Euler) for FaceCLIP.
+The text encoders train with the UNets (their token embeddings learn the names); the UNets predict v (as SD 2.1-768
+does: stable sampling for a small model, where predicting the noise diverges at high noise). One prompt in `uncond_share` is
+dropped, as SD trains for classifier-free guidance: "" for SD2.1, zeros for SDXL (its `force_zeros_for_empty_prompt`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facegen.cluster.world.config import WorldConfig
+
+TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
+PROMPT = "a photo of {}"
+# The edit, in the phrasings the base model learns (the self-augmented set asks for each; scoring uses the first).
+EDITS = ("a photo of {} in black and white", "a black and white photo of {}", "a photo of {}, black and white")
+
+
+def encode_images(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """uint8 N×H×W×3 → scaled latent means (N×C×h×w)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            out.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
+    """A small AutoencoderKL (64² ↔ 16×16×C) trained to reconstruct the views; latents scaled to unit variance."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=cfg.latent_channels, layers_per_block=1,
+                        norm_num_groups=8, sample_size=cfg.size, block_out_channels=(16, 32, 64),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    # cosine decay to zero: at 300 constant-rate steps a round trip kept ArcFace similarity 0.40 to the original;
+    # decayed over 1,000 steps, 0.62 (identification 1.0 either way)
+    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.vae_steps)))
+    g = torch.Generator().manual_seed(cfg.seed)
+    start = time.perf_counter()
+    for step in range(cfg.vae_steps):
+        x = x_all[torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)]
+        dist = vae.encode(x).latent_dist
+        rec = vae.decode(dist.sample(generator=g)).sample
+        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-6 * dist.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log(f"  vae step {step + 1}/{cfg.vae_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
+    vae.eval()
+    deterministic_posterior(vae)
+    vae.register_to_config(scaling_factor=1.0)
+    with torch.no_grad():
+        std = float(encode_images(vae, images[:: max(1, len(images) // 256)]).std())
+    vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 gives its VAE
+    return vae.requires_grad_(False)
+
+
+def deterministic_posterior(vae) -> None:
+    """Make the encoder's posterior a point (log-variance −20): the decoder learned to read noisy samples, but the
+    world's latents are its means — for the base models (trained on means) and for the methods' training jobs, which
+    draw `latent_dist.sample()` (an untouched posterior's noise, σ ≈ 0.9 of the signal, would drown their targets)."""
+    with torch.no_grad():
+        conv = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+        c = vae.config.latent_channels
+        conv.weight[c:] = 0.0
+        conv.bias[c:] = -20.0
+
+
+def _noise_schedule() -> dict:
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                steps_offset=1, prediction_type="v_prediction", timestep_spacing="leading")
+
+
+def _text_encoder(hidden: int, projection: int | None, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
+                            hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    torch.manual_seed(seed)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    with torch.no_grad():  # CLIP's 0.02-std token table makes every name nearly the same vector at the start: the
+        model.get_input_embeddings().weight.mul_(TOKEN_INIT_SCALE)  # names must differ before the UNet can use them
+    return model
+
+
+def _tokenizer(work: Path, pad: str):
+    from transformers import CLIPTokenizer
+
+    from facegen.core.tiny import write_clip_tokenizer
+
+    write_clip_tokenizer(work, pad_token=pad)
+    return CLIPTokenizer.from_pretrained(work)
+
+
+def _ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+class _Batches:
+    """Seeded training batches: (latents, prompts, dropped) over every person's views, a share edited."""
+
+    def __init__(self, latents: dict[str, torch.Tensor], edited: dict[str, torch.Tensor], cfg: WorldConfig):
+        self.names = sorted(latents)
+        self.latents, self.edited, self.cfg = latents, edited, cfg
+        self.g = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def __call__(self):
+        c, rows, prompts, dropped = self.cfg, [], [], []
+        for _ in range(c.batch_size):
+            name = self.names[int(torch.randint(0, len(self.names), (1,), generator=self.g))]
+            view = int(torch.randint(0, len(self.latents[name]), (1,), generator=self.g))
+            edit = float(torch.rand(1, generator=self.g)) < c.edit_share
+            rows.append((self.edited if edit else self.latents)[name][view])
+            phrasing = EDITS[int(torch.randint(0, len(EDITS), (1,), generator=self.g))]
+            prompts.append((phrasing if edit else PROMPT).format(name))
+            dropped.append(float(torch.rand(1, generator=self.g)) < c.uncond_share)
+        return torch.stack(rows), prompts, torch.tensor(dropped)
+
+
+def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, label: str, log,
+           min_snr_gamma: float = 0.0) -> None:
+    """Denoising loss over the world's (view, prompt) pairs; the UNet and the text encoders train together."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**_noise_schedule())
+    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
+    # Min-SNR-γ loss weights (Hang et al., 2023; diffusers' `snr_gamma`), for v: min(SNR, γ) / (SNR + 1). The
+    # near-clean steps, which only polish texture, stop dominating the gradient: the names are learned sooner.
+    weights = torch.clamp(snr, max=min_snr_gamma) / (snr + 1) if min_snr_gamma else torch.ones_like(snr)
+    modules = [unet, *text_encoders]
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # warm-up, then cosine decay to zero: a small model samples far better from a decayed end point
+    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.base_steps)))
+
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    unet.train()
+    for te in text_encoders:
+        te.train()
+    start = time.perf_counter()
+    for step in range(cfg.base_steps):
+        latents, prompts, dropped = batches()
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
+        pred = unet(scheduler.add_noise(latents, noise, t), t, **condition(prompts, dropped)).sample
+        per_sample = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t), reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr.step()
+        if step % 200 == 0 or step == cfg.base_steps - 1:
+            log(f"  {label} step {step + 1}/{cfg.base_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
+    unet.eval()
+    for te in text_encoders:
+        te.eval()
+
+
+def build_sd21(out: Path, vae, latents, edited, cfg: WorldConfig, log=print) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = _tokenizer(out / "_tok", pad="!")  # SD2's OpenCLIP tokenizer pads with "!"
+    text_encoder = _text_encoder(64, None, cfg.seed + 3)
+    torch.manual_seed(cfg.seed + 4)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.size // 4, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        layers_per_block=1, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=4,
+        use_linear_projection=True, norm_num_groups=8)
+
+    def condition(prompts, dropped):
+        prompts = ["" if d else p for p, d in zip(prompts, dropped.tolist())]
+        return {"encoder_hidden_states": text_encoder(_ids(tokenizer, prompts))[0]}
+
+    _train(unet, [text_encoder], condition, _Batches(latents, edited, cfg), cfg, "sd21", log, cfg.sd21_min_snr_gamma)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **_noise_schedule()),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    _save(pipe, out, cfg, ["_tok"])
+
+
+def build_sdxl(out: Path, vae, latents, edited, cfg: WorldConfig, log=print) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer, tokenizer_2 = _tokenizer(out / "_tok1", "<|endoftext|>"), _tokenizer(out / "_tok2", "!")
+    te1, te2 = _text_encoder(32, None, cfg.seed + 5), _text_encoder(64, 32, cfg.seed + 6)
+    torch.manual_seed(cfg.seed + 7)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.size // 4, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        layers_per_block=1, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32 + 64, attention_head_dim=4,
+        use_linear_projection=True, norm_num_groups=8, transformer_layers_per_block=1,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    # The size conditioning SDXL's pipeline gives a cfg.size² image with no crop.
+    time_ids = torch.tensor([[cfg.size, cfg.size, 0, 0, cfg.size, cfg.size]], dtype=torch.float32)
+
+    def condition(prompts, dropped):
+        h1 = te1(_ids(tokenizer, prompts), output_hidden_states=True).hidden_states[-2]
+        out2 = te2(_ids(tokenizer_2, prompts), output_hidden_states=True)
+        keep = (~dropped).float()
+        embeds = torch.cat([h1, out2.hidden_states[-2]], dim=-1) * keep[:, None, None]
+        pooled = out2.text_embeds * keep[:, None]
+        return {"encoder_hidden_states": embeds,
+                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.expand(len(prompts), -1)}}
+
+    _train(unet, [te1, te2], condition, _Batches(latents, edited, cfg), cfg, "sdxl", log, cfg.sdxl_min_snr_gamma)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
+                                     add_watermarker=False)
+    _save(pipe, out, cfg, ["_tok1", "_tok2"])
+
+
+def _save(pipe, out: Path, cfg: WorldConfig, scratch: list[str]) -> None:
+    import shutil
+
+    pipe.save_pretrained(out, safe_serialization=True)
+    for name in scratch:
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "world.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")

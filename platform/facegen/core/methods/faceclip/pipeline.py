@@ -1,0 +1,226 @@
+"""FaceCLIPSDXLPipeline: SDXL conditioned only by the FaceCLIP encoder (face + prompt → prompt_embeds, pooled).
+
+SDXL's text encoders are gone: `faceclip_encoder` produces both conditionings; the negative conditioning is the same
+encoder on an all-zero face with the negative prompt. Denoising is diffusers' own `StableDiffusionXLPipeline`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from diffusers.utils import BaseOutput
+
+from facegen.core.errors import BadPrompt
+from facegen.core.face.align import align_face
+from facegen.core.face.analyzer import FaceAnalyzer
+from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader
+from facegen.core.methods.pipeline_utils import (
+    ControlComponent,
+    FaceAnalyzerComponent,
+    FaceIdentityEncoder,
+    IdentityDiffusionCall,
+    MethodPipeline,
+    assemble,
+    in_dtype,
+    make_scheduler,
+    resize_faces,
+)
+from facegen.core.pins import verify_sha256
+from facegen.core.prompts import as_prompts
+
+METHOD_NAME = "faceclip"
+LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
+
+
+def has_trained_unet(model_dir: str | os.PathLike) -> bool:
+    """An export of a train.unet=full run: its UNet replaces the base model's."""
+    return (Path(model_dir) / "unet" / "config.json").is_file()
+
+
+def load_trained_unet(model_dir: str | os.PathLike, unet, dtype: torch.dtype):
+    """The UNet an export draws with: its own full UNet (<model>/unet/: a train.unet=full run, or the converted
+    official model and what was fine-tuned from it) or else `unet` (the base model's; None when it was not loaded),
+    with the export's LoRA adapters (<model>/unet_lora/) on top when there are any."""
+    from diffusers import UNet2DConditionModel
+
+    d = Path(model_dir)
+    if has_trained_unet(d):
+        unet = UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype)
+    if (d / LORA_DIR / LORA_FILE).is_file():
+        unet.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="faceclip")
+    return unet
+
+
+@dataclass
+class FaceCLIPCondition:
+    """FaceCLIP's identity — the face condition it fuses with the prompt: face_embedding, the identity vector put at
+    the prompt's "id" slot, and face_tokens, the face ViT's patch tokens of the aligned face. Our architecture: the
+    recognizer's unit vector (512) and one ViT's tokens (N×D); the official one: a row per branch, each branch's
+    own ViT (2×512, 2×N×D). Batched: one more leading dimension."""
+
+    face_embedding: torch.Tensor
+    face_tokens: torch.Tensor
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"face_embedding": self.face_embedding.detach().float().cpu().numpy(),
+                "face_tokens": self.face_tokens.detach().float().cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FaceCLIPCondition:
+        return cls(torch.from_numpy(np.asarray(arrays["face_embedding"], np.float32)),
+                   torch.from_numpy(np.asarray(arrays["face_tokens"], np.float32)))
+
+    @classmethod
+    def mean(cls, items: Sequence[FaceCLIPCondition]) -> FaceCLIPCondition:
+        """Several photos of one person: the normalised mean embedding and the mean face tokens."""
+        mean = torch.stack([i.face_embedding for i in items]).mean(dim=0)
+        return cls(mean / mean.norm(dim=-1, keepdim=True).clamp(min=1e-12),
+                   torch.stack([i.face_tokens for i in items]).mean(dim=0))
+
+    @classmethod
+    def stack(cls, items: Sequence[FaceCLIPCondition]) -> FaceCLIPCondition:
+        return cls(torch.stack([i.face_embedding for i in items]), torch.stack([i.face_tokens for i in items]))
+
+
+@dataclass
+class FaceCLIPPipelineOutput(BaseOutput):
+    images: list[PIL.Image.Image] | np.ndarray
+
+
+class FaceCLIPFaceEncoder(FaceIdentityEncoder):
+    """Photos → FaceCLIPCondition with only the face stack and the encoder's face reader loaded (its face ViTs; no
+    text towers)."""
+
+    def __init__(self, face_analyzer: FaceAnalyzer, reader):
+        super().__init__(face_analyzer)
+        self.reader = reader
+
+    @torch.no_grad()
+    def from_detections(self, detections) -> FaceCLIPCondition:
+        faces = np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections])
+        return self._condition(faces, np.stack([face.embedding for _, face in detections]))
+
+    @torch.no_grad()
+    def from_aligned(self, faces: np.ndarray) -> FaceCLIPCondition:
+        embeddings = self.face_analyzer.embed_aligned(list(faces))
+        return self._condition(resize_faces(faces, self.reader.crop_size), embeddings)
+
+    def _condition(self, crops: np.ndarray, embeddings: np.ndarray) -> FaceCLIPCondition:
+        """Aligned crops at the reader's size + their recognizer embeddings → the mean condition of one person."""
+        face_embedding, face_tokens = self.reader(torch.from_numpy(crops), torch.from_numpy(embeddings))
+        return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
+                                       for e, t in zip(face_embedding, face_tokens)])
+
+    def to(self, device):
+        self.reader.to(device)
+        return self
+
+
+class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+                           DiffusionPipeline):
+    method_name = METHOD_NAME
+    model_cpu_offload_seq = "faceclip_encoder->unet->vae"
+    _optional_components = ["face_analyzer", "controlnet"]
+
+    def __init__(self, unet, vae, scheduler, faceclip_encoder, face_analyzer: FaceAnalyzer | None = None,
+                 num_inference_steps: int = 30, guidance_scale: float = 5.0, height: int = 1152, width: int = 864,
+                 negative_prompt: str = "", controlnet=None):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, faceclip_encoder=faceclip_encoder,
+                              face_analyzer=face_analyzer, controlnet=controlnet)
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                height=height, width=width, negative_prompt=negative_prompt)
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                     torch_dtype: torch.dtype | None = None, device=None,
+                     face_analyzer: FaceAnalyzer | None = None) -> FaceCLIPSDXLPipeline:
+        """SDXL UNet/VAE/scheduler as `section` (methods.faceclip) names them; the encoder from `model` (an exported
+        one, with its trained UNet when there is one) or fresh from SDXL's own text encoders."""
+        from facegen.core import devices
+        from facegen.core.weights import load_sdxl_components
+
+        place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
+        weights = model or section.model
+        dtype = torch_dtype or place.dtype
+        # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
+        # loaded for nothing), and a fully trained UNet replaces the base one (10 GB in fp32).
+        skip = ()
+        section.check_model(weights)
+        if weights:
+            skip = ("text_encoder", "text_encoder_2") + (("unet",) if has_trained_unet(weights) else ())
+        c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
+        if weights:
+            verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
+            encoder = load_encoder(weights)
+        else:
+            encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
+                                                c["tokenizer"], c["tokenizer_2"])
+        unet = load_trained_unet(weights, c["unet"], dtype) if weights else c["unet"]
+        return assemble(cls, section, place.device, face_analyzer, face_config, unet=unet, vae=c["vae"],
+                        scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
+                        faceclip_encoder=in_dtype(encoder, place.encoder_dtype))
+
+    @classmethod
+    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                                  device=None) -> FaceCLIPFaceEncoder:
+        """The face stack and the encoder's face ViT alone (photos → FaceCLIPCondition): no SDXL text towers."""
+        from facegen.core import devices
+
+        weights = model or section.model
+        section.check_model(weights)
+        if weights:
+            verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
+        reader = load_face_reader(weights, section.encoder)
+        return FaceCLIPFaceEncoder(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
+
+    @property
+    def face_encoder(self) -> FaceCLIPFaceEncoder:
+        return FaceCLIPFaceEncoder(self.face_analyzer, self.faceclip_encoder.face_reader())
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    def encode_negative(self, negative_prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The negative (and unconditional) conditioning: the encoder on the all-zero face with the negative
+        prompts (the official architecture also drops its "Photo of a id person." prefix there)."""
+        return self.faceclip_encoder.encode_negative(as_prompts(negative_prompt))
+
+    def encode_prompt_with_identity(self, prompt: str | list[str],
+                                    identity: FaceCLIPCondition | Sequence[FaceCLIPCondition]):
+        """→ (prompt_embeds B×77×(D1+D2), pooled_prompt_embeds B×P), as SDXL's encode_prompt returns them."""
+        prompts = as_prompts(prompt)
+        b = len(prompts)
+        if isinstance(identity, (list, tuple)):  # one condition per prompt (batched service requests)
+            if len(identity) != b:
+                raise BadPrompt(f"{len(identity)} identities for {b} prompts")
+            identity = FaceCLIPCondition.stack(identity)
+        embedding, tokens = identity.face_embedding, identity.face_tokens
+        if embedding.dim() == self.faceclip_encoder.condition_dims[0]:  # one face for every prompt
+            embedding, tokens = embedding.expand(b, *embedding.shape), tokens.expand(b, *tokens.shape)
+        return self.faceclip_encoder(prompts, embedding, tokens)
+
+    # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
+    output_class = FaceCLIPPipelineOutput
+
+    def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
+        """SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt."""
+        embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
+        neg_embeds, neg_pooled = self.encode_negative(negatives)
+        dtype = self.unet.dtype
+        return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
+                "negative_prompt_embeds": neg_embeds.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
+
+    def denoiser(self, control: bool):
+        """diffusers' SDXL pipeline over the UNet, VAE and scheduler — no text encoders: the conditioning is given
+        (its ControlNet pipeline under control)."""
+        parts = dict(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
+                     unet=self.unet, scheduler=self.scheduler, add_watermarker=False)
+        if control:
+            return StableDiffusionXLControlNetPipeline(**parts, controlnet=self.controlnet)
+        return StableDiffusionXLPipeline(**parts)

@@ -1,0 +1,93 @@
+"""`python -m facegen convert facet5-flux`: ByteDance's published FaceT5-FLUX → facegen's export.
+
+In: `face_t5_encoder.pt` (the whole official `FaceT5FluxWrapper` state dict, no prefix) and `dit.pt` (a diffusers
+`FluxTransformer2DModel` state dict), from the hub repo ByteDance/FaceCLIP (model/).
+Out: DIR/config.json + DIR/model.safetensors (the encoder, in the checkpoint's dtype) + DIR/tokenizer{,_2}/ (the base
+model's) and DIR/transformer/ (the DiT in the diffusers layout, sharded): what `--model DIR` and `facet5=DIR` load.
+
+Both files are memory-mapped with `torch.load(weights_only=True)` (a file that needs pickle is refused), checked
+strictly against the architecture the preset sizes (`methods.facet5.encoder`) and the base model's transformer config,
+then streamed to disk tensor by tensor: a 24 GB dit.pt converts on a 24 GB machine. The output appears whole or not
+at all.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from facegen.core.errors import FacegenError, ModelNotFound
+from facegen.core.models.checkpoints import check_state, read_checkpoint, write_sharded
+from facegen.core.models.export import write_export
+
+TRANSFORMER_WEIGHTS = "diffusion_pytorch_model"
+DIT_KEY, ENCODER_KEY = "x_embedder.weight", "encoder_2.t5_encoder.embed_tokens.weight"  # one key only each file has
+
+
+def _refuse_swapped(state: dict, own_key: str, other_key: str, what: str, other: str) -> None:
+    if own_key not in state and other_key in state:
+        raise ModelNotFound(f"{what} holds {other} (it has {other_key}): are --encoder and --dit swapped?")
+
+
+def encoder_state(path, config) -> dict[str, torch.Tensor]:
+    from accelerate import init_empty_weights
+
+    from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
+
+    state = read_checkpoint(path, "the FaceT5 encoder checkpoint")
+    _refuse_swapped(state, ENCODER_KEY, DIT_KEY, f"--encoder {path}", "a FLUX transformer")
+    with init_empty_weights():
+        expected = {k: v.shape for k, v in FaceT5FluxEncoder(config).state_dict().items()}
+    check_state(state, expected, f"the FaceT5 encoder checkpoint {path}",
+                "the official architecture as methods.facet5.encoder sizes it")
+    return state
+
+
+def transformer_state(path, config_dir: Path) -> dict[str, torch.Tensor]:
+    """dit.pt checked against a FluxTransformer2DModel built without weights from the base model's config."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    state = read_checkpoint(path, "the DiT checkpoint")
+    _refuse_swapped(state, DIT_KEY, ENCODER_KEY, f"--dit {path}", "the FaceT5 encoder")
+    with init_empty_weights():
+        dit = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(str(config_dir)))
+    check_state(state, {k: v.shape for k, v in dit.state_dict().items()}, f"the DiT checkpoint {path}",
+                f"the transformer of {config_dir.parent}")
+    return state
+
+
+def convert(encoder: str | os.PathLike, dit: str | os.PathLike | None, out: str | os.PathLike, preset,
+            max_shard_bytes: int = 5 * 2**30) -> list[Path]:
+    """Write the export to `out` (which must not exist yet); returns the files written."""
+    from transformers import AutoTokenizer
+
+    from facegen.core.weights import resolve_model
+
+    section = preset.method("facet5")
+    out = Path(out).expanduser()
+    if out.exists():
+        raise FacegenError(f"--out {out} already exists: choose a new directory (nothing is overwritten)")
+    base = resolve_model(section.base_model, section.sha256)
+    for sub in ("tokenizer", "tokenizer_2") + (("transformer",) if dit else ()):
+        if not (base / sub).is_dir():
+            raise ModelNotFound(f"{section.base_model} has no {sub}/: is it a FLUX.1 model directory?")
+    state = encoder_state(encoder, section.encoder)
+    dit_state = transformer_state(dit, base / "transformer") if dit else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for sub in ("tokenizer", "tokenizer_2"):  # the base model's: the official wrapper tokenizes with FLUX.1-dev's
+            AutoTokenizer.from_pretrained(base / sub).save_pretrained(tmp / sub)
+        write_export(tmp, state, section.encoder, "FaceT5FluxEncoder")
+        if dit_state is not None:
+            (tmp / "transformer").mkdir()
+            shutil.copyfile(base / "transformer" / "config.json", tmp / "transformer" / "config.json")
+            write_sharded(tmp / "transformer", dit_state, TRANSFORMER_WEIGHTS, max_shard_bytes)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(p for p in out.rglob("*") if p.is_file())

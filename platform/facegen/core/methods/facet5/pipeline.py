@@ -1,0 +1,211 @@
+"""FaceT5FluxPipeline: FLUX.1-dev conditioned only by the FaceT5 encoder (face + prompt → prompt_embeds, pooled).
+
+FLUX's T5 is replaced by the FaceT5 encoder, whose fuser mixes the face into the T5 stream; CLIP-L gives the pooled
+vector. The negative is the same encoder on an all-zero face with the negative prompt, used through true
+classifier-free guidance (`sampling.guidance_scale` is diffusers' `true_cfg_scale`; FLUX's distilled guidance input
+stays at `distilled_guidance`, 1.0, as the official script runs). Denoising is diffusers' own `FluxPipeline`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, FluxControlNetPipeline, FluxPipeline
+from diffusers.utils import BaseOutput
+
+from facegen.core.errors import BadPrompt
+from facegen.core.face.align import align_face
+from facegen.core.face.analyzer import FaceAnalyzer
+from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder, FaceTokenReader, load_face_reader
+from facegen.core.methods.pipeline_utils import (
+    ControlComponent,
+    FaceAnalyzerComponent,
+    FaceIdentityEncoder,
+    IdentityDiffusionCall,
+    MethodPipeline,
+    OneTensorIdentity,
+    assemble,
+    in_dtype,
+    make_scheduler,
+    resize_faces,
+)
+from facegen.core.pins import verify_sha256
+
+METHOD_NAME = "facet5"
+TRANSFORMER_DIR = "transformer"  # a converted or fully fine-tuned DiT in an export
+LORA_DIR, LORA_FILE = "transformer_lora", "pytorch_lora_weights.safetensors"
+
+
+def has_trained_transformer(model_dir: str | os.PathLike) -> bool:
+    return (Path(model_dir) / TRANSFORMER_DIR / "config.json").is_file()
+
+
+def parts_an_export_brings(model_dir: str | os.PathLike | None) -> tuple[str, ...]:
+    """The base model's parts not to load with this export: its own encoder (FLUX's T5 would be 9.5 GB loaded for
+    nothing, and FLUX's CLIP-L and tokenizers are in it), and the base transformer (24 GB) when it has a converted DiT."""
+    if not model_dir:
+        return ()
+    return ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") + (
+        ("transformer",) if has_trained_transformer(model_dir) else ())
+
+
+def load_trained_transformer(model_dir: str | os.PathLike, transformer, dtype: torch.dtype):
+    """The DiT an export draws with: its own (<model>/transformer/: the converted dit.pt) or else `transformer` (the
+    base model's), with the export's LoRA adapters (<model>/transformer_lora/: a fine-tuning run's) on top."""
+    from diffusers import FluxTransformer2DModel
+
+    d = Path(model_dir)
+    if has_trained_transformer(d):
+        transformer = FluxTransformer2DModel.from_pretrained(d / TRANSFORMER_DIR, torch_dtype=dtype)
+    if (d / LORA_DIR / LORA_FILE).is_file():
+        transformer.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="facet5")
+    return transformer
+
+
+@dataclass
+class FaceT5Condition(OneTensorIdentity):
+    """FaceT5's identity: the face ViT's patch tokens of the aligned face (144×D; batched: N×144×D), which the fuser
+    reads with the prompt. Several photos of one person: the mean tokens."""
+
+    field, array_key = "face_tokens", "face_tokens"
+    face_tokens: torch.Tensor
+
+
+@dataclass
+class FaceT5FluxPipelineOutput(BaseOutput):
+    images: list[PIL.Image.Image] | np.ndarray
+
+
+class FaceT5FaceEncoder(FaceIdentityEncoder):
+    """Photos → FaceT5Condition with only the face stack and the encoder's face ViT loaded (no T5, no CLIP)."""
+
+    def __init__(self, face_analyzer: FaceAnalyzer, reader: FaceTokenReader):
+        super().__init__(face_analyzer)
+        self.reader = reader
+
+    @torch.no_grad()
+    def from_detections(self, detections) -> FaceT5Condition:
+        return self._condition(np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections]))
+
+    @torch.no_grad()
+    def from_aligned(self, faces: np.ndarray) -> FaceT5Condition:
+        return self._condition(resize_faces(faces, self.reader.crop_size))
+
+    def _condition(self, crops: np.ndarray) -> FaceT5Condition:
+        return FaceT5Condition.mean([FaceT5Condition(t.float().cpu()) for t in self.reader(crops)])
+
+    def to(self, device):
+        self.reader.to(device)
+        return self
+
+
+class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
+                         DiffusionPipeline):
+    method_name = METHOD_NAME
+    model_cpu_offload_seq = "facet5_encoder->transformer->vae"
+    _optional_components = ["face_analyzer", "controlnet"]
+
+    def __init__(self, transformer, vae, scheduler, facet5_encoder, face_analyzer: FaceAnalyzer | None = None,
+                 num_inference_steps: int = 50, guidance_scale: float = 3.5, height: int = 1152, width: int = 864,
+                 negative_prompt: str = "", distilled_guidance: float = 1.0, controlnet=None):
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, facet5_encoder=facet5_encoder,
+                              face_analyzer=face_analyzer, controlnet=controlnet)
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                height=height, width=width, negative_prompt=negative_prompt,
+                                distilled_guidance=distilled_guidance)
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                     torch_dtype: torch.dtype | None = None, device=None,
+                     face_analyzer: FaceAnalyzer | None = None) -> FaceT5FluxPipeline:
+        """FLUX's transformer/VAE/scheduler as `section` (methods.facet5) names them; the encoder from `model` (a
+        converted or fine-tuned export, with its DiT when it has one) or fresh from FLUX's own CLIP-L and T5."""
+        from facegen.core import devices
+        from facegen.core.weights import load_flux_components
+
+        place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
+        weights = model or section.model
+        dtype = torch_dtype or place.dtype
+        section.check_model(weights)
+        c = load_flux_components(section.base_model, section.sha256, torch_dtype=dtype,
+                                 skip=parts_an_export_brings(weights))
+        if weights:
+            verify_sha256(weights, section.model_sha256, "the FaceT5 encoder")
+            encoder = FaceT5FluxEncoder.from_pretrained(weights)
+            transformer = load_trained_transformer(weights, c["transformer"], dtype)
+        else:
+            encoder = FaceT5FluxEncoder.fresh(section.encoder, c["text_encoder"], c["tokenizer"], c["tokenizer_2"],
+                                              c["text_encoder_2"])
+            transformer = c["transformer"]
+        pipe = assemble(cls, section, place.device, face_analyzer, face_config, transformer=transformer, vae=c["vae"],
+                        scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
+                        facet5_encoder=in_dtype(encoder, place.encoder_dtype))
+        pipe.register_to_config(distilled_guidance=section.distilled_guidance)
+        return pipe
+
+    @classmethod
+    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+                                  device=None) -> FaceT5FaceEncoder:
+        """The face stack and the encoder's face ViT alone (photos → FaceT5Condition): no T5, no CLIP-L."""
+        from facegen.core import devices
+
+        weights = model or section.model
+        section.check_model(weights)
+        if weights:
+            verify_sha256(weights, section.model_sha256, "the FaceT5 encoder")
+        reader = load_face_reader(weights, section.encoder)
+        return FaceT5FaceEncoder(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
+
+    @property
+    def face_encoder(self) -> FaceT5FaceEncoder:
+        return FaceT5FaceEncoder(self.face_analyzer, self.facet5_encoder.face_reader())
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    def encode_prompt_with_identity(self, prompts: list[str], identity: FaceT5Condition | Sequence[FaceT5Condition]):
+        """→ (prompt_embeds B×max_length×d_model, pooled_prompt_embeds B×768), as FLUX's encode_prompt returns them."""
+        b = len(prompts)
+        if isinstance(identity, (list, tuple)):  # one condition per prompt (batched service requests)
+            if len(identity) != b:
+                raise BadPrompt(f"{len(identity)} identities for {b} prompts")
+            identity = FaceT5Condition.stack(identity)
+        tokens = identity.face_tokens
+        if tokens.dim() == 2:  # one face for every prompt
+            tokens = tokens.expand(b, *tokens.shape)
+        return self.facet5_encoder.encode(prompts, tokens)
+
+    # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
+    output_class = FaceT5FluxPipelineOutput
+
+    def guidance_kwargs(self, guidance_scale: float) -> dict:
+        """The preset's guidance is true CFG (against the zero-face negative); FLUX's distilled input stays fixed."""
+        return {"true_cfg_scale": guidance_scale, "guidance_scale": self.config.distilled_guidance}
+
+    def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
+        embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
+        neg_embeds, neg_pooled = self.facet5_encoder.encode(negatives, self.facet5_encoder.zero_face_tokens(len(negatives)))
+        dtype = self.transformer.dtype
+        return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
+                "negative_prompt_embeds": neg_embeds.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
+
+    controlnet_class = "FluxControlNetModel"
+    control_image_argument = "control_image"
+
+    @property
+    def denoising_model(self):
+        return self.transformer
+
+    def denoiser(self, control: bool):
+        """diffusers' FLUX pipeline over the transformer, VAE and scheduler — no text encoders: the conditioning is
+        given (its ControlNet pipeline under control)."""
+        parts = dict(scheduler=self.scheduler, vae=self.vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                     tokenizer_2=None, transformer=self.transformer)
+        if control:
+            return FluxControlNetPipeline(**parts, controlnet=self.controlnet)
+        return FluxPipeline(**parts)

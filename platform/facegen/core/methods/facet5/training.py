@@ -1,0 +1,147 @@
+"""FaceT5-FLUX's training task: FLUX's flow-matching loss with the FaceT5 encoder's conditioning. LoRA adapters on the
+DiT's attention and the encoder's fuser (with the face projection) train; the T5 stack, CLIP-L, the face ViT, the
+DiT's base weights and the VAE stay frozen. Conditioning dropout gives the zero face with an empty prompt (the
+negative of true classifier-free guidance). `task(batch)` returns (loss, metrics).
+
+Flow matching as FLUX trains (rectified flow): x_σ = (1 − σ)·x₀ + σ·ε with σ drawn logit-normally, the transformer
+predicts the velocity ε − x₀ from the packed 2×2 latent patches, MSE."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from diffusers import FluxPipeline
+from torch import nn
+
+from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
+from facegen.core.methods.facet5.pipeline import (
+    LORA_DIR,
+    LORA_FILE,
+    METHOD_NAME,
+    TRANSFORMER_DIR,
+    has_trained_transformer,
+    load_trained_transformer,
+    parts_an_export_brings,
+)
+from facegen.core.methods.training_utils import frozen, load_trained_weights, row_seeds
+
+
+class FaceT5Trainable(nn.Module):
+    """What trains: the encoder (its fuser and face projection) and the DiT (its LoRA adapters)."""
+
+    def __init__(self, encoder: FaceT5FluxEncoder, transformer: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.transformer = transformer
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W latents → B×(H/2·W/2)×4C tokens, FLUX's 2×2 patches (FluxPipeline._pack_latents)."""
+    b, c, h, w = latents.shape
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+
+class FaceT5Task(nn.Module):
+    def __init__(self, preset, device: torch.device | str = "cpu", frozen_dtype: torch.dtype = torch.float32,
+                 load_base: bool = True):
+        from peft import LoraConfig
+
+        from facegen.core.weights import load_flux_components
+
+        super().__init__()
+        self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
+        s, t = self.section, self.section.train
+        s.check_model(None)
+        skip = parts_an_export_brings(s.model)
+        if not load_base:
+            skip += ("vae",)
+        c = load_flux_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
+        if s.model:
+            from facegen.core.pins import verify_sha256
+
+            verify_sha256(s.model, s.model_sha256, "the FaceT5 encoder to fine-tune")
+            encoder = FaceT5FluxEncoder.from_pretrained(s.model, torch_dtype=torch.float32)
+            transformer = load_trained_transformer(s.model, c["transformer"], torch.float32)
+        else:
+            encoder = FaceT5FluxEncoder.fresh(s.encoder, c["text_encoder"], c["tokenizer"], c["tokenizer_2"],
+                                              c["text_encoder_2"])
+            transformer = c["transformer"]
+        encoder.requires_grad_(False)
+        if t.train_fuser:
+            encoder.encoder_2.fuser.requires_grad_(True)
+            encoder.encoder_2.face_patch_proj.requires_grad_(True)
+        encoder.train()
+        transformer.requires_grad_(False)
+        transformer.add_adapter(LoraConfig(r=t.lora_rank, lora_alpha=t.lora_rank, init_lora_weights="gaussian",
+                                           target_modules=list(t.lora_targets)))
+        # The DiT's base weights stay frozen, so they run in frozen_dtype (bf16 on a GPU: 12 GB of FLUX's 24 saved);
+        # the adapters train in fp32.
+        for p in transformer.parameters():
+            p.data = p.data.to(torch.float32 if p.requires_grad else frozen_dtype)
+        self.trainable = FaceT5Trainable(encoder, transformer).to(self.device)
+        if load_base:
+            self.vae = frozen(c["vae"], self.device, frozen_dtype)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+
+    @staticmethod
+    def check_config(preset, rows: int) -> None:
+        """Before any worker starts: the section can train (a real base model needs a converted encoder)."""
+        preset.method(METHOD_NAME).check_model(None)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        t, encoder, transformer = self.section.train, self.trainable.encoder, self.trainable.transformer
+        prompts = [str(p) for p in batch["prompt"]]
+        faces = (batch["face"].to(self.device, torch.float32) + 1) / 2  # decode_batch's [-1, 1] → ToTensor's [0, 1]
+        b = len(prompts)
+        if t.cond_dropout > 0:  # the zero face with an empty prompt: the negative the sampler guides against
+            drop = torch.rand(b, generator=self.generator) < t.cond_dropout
+            faces = torch.where(drop.to(self.device)[:, None, None, None], torch.zeros_like(faces), faces)
+            prompts = ["" if d else p for d, p in zip(drop.tolist(), prompts)]
+        with torch.no_grad():
+            face_tokens = encoder.encoder_2.read_faces(faces)
+        embeds, pooled = encoder.encode(prompts, face_tokens)
+
+        fixed = self.cfg.fixed_noise  # each row's noise and σ from its content: the loss a function of the weights
+        with torch.no_grad():
+            vae = self.vae
+            dist = vae.encode(batch["target"].to(self.device, vae.dtype)).latent_dist
+            x0 = (((dist.mean if fixed else dist.sample()) - vae.config.shift_factor) * vae.config.scaling_factor).float()
+        if fixed:
+            gens = [torch.Generator().manual_seed(seed) for seed in row_seeds(batch)]
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
+            normal = torch.cat([torch.randn(1, generator=g) for g in gens])
+        else:
+            noise, normal = torch.randn(x0.shape, dtype=torch.float32), torch.randn(b)
+        noise, sigma = noise.to(self.device), torch.sigmoid(t.logit_mean + t.logit_std * normal).to(self.device)
+        s = sigma[:, None, None, None]
+        noisy = (1 - s) * x0 + s * noise
+        h, w = x0.shape[-2:]
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, torch.float32)
+        dtype = next(p.dtype for p in transformer.parameters() if not p.requires_grad)
+        guidance = (torch.full((b,), self.section.distilled_guidance, device=self.device)
+                    if transformer.config.guidance_embeds else None)
+        pred = transformer(hidden_states=pack(noisy).to(dtype), timestep=sigma.to(dtype), guidance=guidance,
+                           pooled_projections=pooled.to(dtype), encoder_hidden_states=embeds.to(dtype),
+                           txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device),
+                           img_ids=img_ids, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), pack(noise - x0))
+        return loss, {"mse": float(loss.detach())}
+
+    def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
+        """The encoder as its `save_pretrained` (what --model loads), the DiT's LoRA adapters beside it
+        (transformer_lora/), and the converted DiT training started from (transformer/) when there was one."""
+        from peft.utils import get_peft_model_state_dict
+
+        from facegen.core.models.checkpoints import write_safetensors
+
+        load_trained_weights(self.trainable, state_dict)
+        self.trainable.encoder.save_pretrained(directory)
+        start = self.section.model
+        if start and has_trained_transformer(start):
+            shutil.copytree(os.path.join(start, TRANSFORMER_DIR), os.path.join(directory, TRANSFORMER_DIR),
+                            dirs_exist_ok=True)
+        os.makedirs(os.path.join(directory, LORA_DIR), exist_ok=True)
+        write_safetensors(os.path.join(directory, LORA_DIR, LORA_FILE),
+                          get_peft_model_state_dict(self.trainable.transformer), {"format": "pt"})
