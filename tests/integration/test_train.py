@@ -99,7 +99,7 @@ def test_faceclip_diffusion_stage_fine_tunes_the_published_model_with_lora(train
     import torch
     from facegen.core.methods import load_pipeline
     from facegen.core.methods.faceclip.official import OfficialFaceCLIPEncoder
-    from facegen.core.methods.faceclip.pipeline import LORA_DIR, LORA_FILE
+    from facegen.core.methods.faceclip.pipeline import UNET
     from safetensors.torch import load_file
 
     out = tmp_path / "lora"
@@ -111,7 +111,7 @@ def test_faceclip_diffusion_stage_fine_tunes_the_published_model_with_lora(train
     assert rc == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("mse" in r for r in rows)
-    lora = load_file(out / "model" / LORA_DIR / LORA_FILE)
+    lora = load_file(out / "model" / UNET.lora_dir / UNET.lora_file)
     ups = [v for k, v in lora.items() if "lora_B" in k]
     assert ups and any(v.abs().sum() > 0 for v in ups)  # peft starts lora_B at zero: training moved it
     pipe = load_pipeline("faceclip", load_preset("tiny"), out / "model")

@@ -81,7 +81,7 @@ def test_pins_per_model_for_every_file_a_loader_reads(tmp_path):
     DreamIdentityPipeline.load_face_encoder(load_preset("tiny", [f'methods.dreamidentity.sha256={{"{unet}": "{right}"}}']))
 
     exported = tmp_path / "m2"
-    DreamIdentityPipeline.load_face_encoder("tiny").m2_encoder.save_pretrained(exported)
+    DreamIdentityPipeline.load_face_encoder("tiny").reader.save_pretrained(exported)
     good = sha256_of(exported / "model.safetensors")
     for pin, ok in ((good, True), (wrong, False)):
         p = load_preset("tiny", [f"methods.dreamidentity.model={exported}",

@@ -1,11 +1,12 @@
-"""What both methods' pipelines share: scheduler choice, input checks, the face stack as a pipeline component, and
+"""What the methods' pipelines share: scheduler choice, input checks, the face stack as a pipeline component,
 `FaceIdentityEncoder` — photos → a method's identity without the diffusion model (the pipeline's encode_identity
-and the service's face-encoder deployment run the same code)."""
+and the service's face-encoder deployment run the same code) — and how an export carries its denoising model."""
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,26 +76,99 @@ def resize_faces(faces: np.ndarray, size: int) -> np.ndarray:
                      for f in faces])
 
 
-class FaceIdentityEncoder:
-    """Photos of one person → the method's identity. Subclasses turn detections into the identity."""
+@dataclass(frozen=True)
+class ExportedDenoiser:
+    """How an export carries the denoising model it draws with (FaceCLIP's UNet, FaceT5's DiT): a full model in the
+    diffusers layout (<export>/<full_dir>/ — the converted official one, or one fine-tuned in full) that replaces the
+    base model's, and LoRA adapters (<export>/<lora_dir>/<lora_file>, a fine-tuning run's) on top."""
 
-    def __init__(self, face_analyzer: FaceAnalyzer):
-        self.face_analyzer = face_analyzer
+    model_class: str  # the diffusers class of the full model
+    full_dir: str
+    lora_dir: str
+    adapter_name: str
+    lora_file: str = "pytorch_lora_weights.safetensors"
+
+    def has_full(self, model_dir: str | os.PathLike) -> bool:
+        return (Path(model_dir) / self.full_dir / "config.json").is_file()
+
+    def load(self, model_dir: str | os.PathLike, base, dtype):
+        """The model the export draws with: its own full model, else `base` (the base model's; None when it was not
+        loaded), with the export's adapters on top when it has any."""
+        import diffusers
+
+        d = Path(model_dir)
+        model = getattr(diffusers, self.model_class).from_pretrained(d / self.full_dir, torch_dtype=dtype) \
+            if self.has_full(d) else base
+        if (d / self.lora_dir / self.lora_file).is_file():
+            model.load_lora_adapter(str(d / self.lora_dir), weight_name=self.lora_file, prefix=None,
+                                    adapter_name=self.adapter_name)
+        return model
+
+    def save(self, directory: str | os.PathLike, start: str | os.PathLike | None, model=None, full: bool = False):
+        """Write a trained export's denoiser: `model` in full (`full`), else the full model of the export training
+        started from (when it has one: the converted official model) and `model`'s LoRA adapters (a peft model)."""
+        import shutil
+
+        from facegen.core.models.checkpoints import write_safetensors
+
+        d = Path(directory)
+        if full:
+            model.save_pretrained(d / self.full_dir)
+            return
+        if start and self.has_full(start):
+            shutil.copytree(Path(start) / self.full_dir, d / self.full_dir, dirs_exist_ok=True)
+        if model is not None:
+            from peft.utils import get_peft_model_state_dict
+
+            (d / self.lora_dir).mkdir(parents=True, exist_ok=True)
+            write_safetensors(d / self.lora_dir / self.lora_file,
+                              {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, {"format": "pt"})
+
+
+class FaceIdentityEncoder:
+    """Photos of one person → the method's identity, with the face stack and the method's face reader alone (no
+    diffusion model, no text towers): faces are aligned on the ArcFace template at `crop_size` (the reader's), and
+    `condition` — each method's — turns the crops into one person's identity (several photos: the mean)."""
+
+    uses_embeddings = False  # does `condition` read the recognizer's embeddings (computed for pre-aligned faces)?
+
+    def __init__(self, face_analyzer: FaceAnalyzer, reader):
+        self.face_analyzer, self.reader = face_analyzer, reader
+
+    @property
+    def crop_size(self) -> int:
+        return self.reader.crop_size
 
     def encode_identity(self, image: ImageInput | Sequence[ImageInput]):
         """One photo, or several of one person (averaged)."""
         return self.from_detections(detect_faces(self.face_analyzer, image))
 
     def from_detections(self, detections: list[tuple[np.ndarray, DetectedFace]]):
-        raise NotImplementedError
+        import torch
+
+        from facegen.core.face.align import align_face
+
+        with torch.no_grad():
+            return self.condition(np.stack([align_face(rgb, face.kps, self.crop_size) for rgb, face in detections]),
+                                  np.stack([face.embedding for _, face in detections]))
 
     def from_aligned(self, faces: np.ndarray):
         """Faces already aligned on the ArcFace template (N×S×S×3 uint8, any S), of one person (averaged): no
         detection — for pre-aligned datasets and the miniature world's drawings."""
+        import torch
+
+        embeddings = self.face_analyzer.embed_aligned(list(faces)) if self.uses_embeddings else None
+        with torch.no_grad():
+            return self.condition(resize_faces(faces, self.crop_size), embeddings)
+
+    def condition(self, crops: np.ndarray, embeddings: np.ndarray | None):
+        """Aligned crops N×crop_size×crop_size×3 (uint8) and, where the method reads them, the recognizer's
+        embeddings N×512 → the identity of the one person they show."""
         raise NotImplementedError
 
     def to(self, device):
-        raise NotImplementedError
+        self.reader.to(device)
+        return self
 
 
 class FaceAnalyzerComponent:
@@ -243,10 +317,37 @@ def place_pipeline(pipe, device, memory: str):
 class MethodPipeline:
     """Pipeline mixin: what ties a pipeline to its method (`method_name`, its registry entry). Its input check is the
     registry entry's, and it is built from its own preset section (`methods.<method_name>`) and the face stack's
-    config, never the whole Preset — `from_section` / `face_encoder_from_section`, which each method writes;
-    `from_preset` / `load_face_encoder` only pick the two out of a preset (name, file or Preset)."""
+    config, never the whole Preset — `from_section` and `face_reader`, which each method writes; `from_preset` /
+    `load_face_encoder` only pick the two out of a preset (name, file or Preset)."""
 
     method_name = ""
+    encoder_label = ""  # what a pin mismatch calls the method's trained encoder ("the trained FaceCLIP encoder")
+    face_encoder_class: type[FaceIdentityEncoder] = FaceIdentityEncoder
+
+    @classmethod
+    def encoder_weights(cls, section, model: str | os.PathLike | None = None) -> str | os.PathLike | None:
+        """The trained encoder to load — `model`, else the section's — once the section accepts it (`check_model`)
+        and its sha256 pin holds; None: the method's fresh encoder."""
+        from facegen.core.pins import verify_sha256
+
+        weights = model or section.model
+        section.check_model(weights)
+        if weights:
+            verify_sha256(weights, section.model_sha256, cls.encoder_label)
+        return weights
+
+    @classmethod
+    def face_reader(cls, section, weights):
+        """The encoder's face side alone (what `face_encoder_class` reads faces with) from `weights`, or a fresh one."""
+        raise NotImplementedError
+
+    @classmethod
+    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None, device=None):
+        """The face stack and the encoder's face side alone (photos → identity): no diffusion model, no text towers."""
+        from facegen.core import devices
+
+        reader = cls.face_reader(section, cls.encoder_weights(section, model))
+        return cls.face_encoder_class(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
 
     @classmethod
     def check_inputs(cls, prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:

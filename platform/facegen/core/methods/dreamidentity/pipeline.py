@@ -17,7 +17,6 @@ from diffusers import DiffusionPipeline, StableDiffusionControlNetPipeline, Stab
 from diffusers.utils import BaseOutput
 
 from facegen.core.errors import BadPrompt, ConfigError
-from facegen.core.face.align import align_face
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.dreamidentity.encoder import M2Encoder, with_token_dim
 from facegen.core.methods.pipeline_utils import (
@@ -30,7 +29,6 @@ from facegen.core.methods.pipeline_utils import (
     assemble,
     in_dtype,
     make_scheduler,
-    resize_faces,
 )
 from facegen.core.models.tokens import token_embedding_override, tokenize_with_placeholders
 from facegen.core.prompts import PLACEHOLDER, as_prompts
@@ -54,32 +52,18 @@ class DreamIdentityPipelineOutput(BaseOutput):
 class M2FaceEncoder(FaceIdentityEncoder):
     """Photos → IdTokens with only the face stack and the M² encoder loaded (no diffusion model)."""
 
-    def __init__(self, face_analyzer: FaceAnalyzer, m2_encoder: M2Encoder):
-        super().__init__(face_analyzer)
-        self.m2_encoder = m2_encoder
+    @property
+    def crop_size(self) -> int:
+        return self.reader.face_size
 
-    @torch.no_grad()
-    def from_detections(self, detections) -> IdTokens:
-        size = self.m2_encoder.face_size
-        return self.from_aligned(np.stack([align_face(rgb, face.kps, size) for rgb, face in detections]))
-
-    @torch.no_grad()
-    def from_aligned(self, faces: np.ndarray) -> IdTokens:
-        faces = resize_faces(faces, self.m2_encoder.face_size)
-        return IdTokens(self.m2_encoder.encode_aligned(faces).mean(dim=0))
-
-    def to(self, device):
-        self.m2_encoder.to(device)
-        return self
+    def condition(self, crops: np.ndarray, embeddings=None) -> IdTokens:
+        return IdTokens(self.reader.encode_aligned(crops).mean(dim=0))
 
 
-def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
-    """The trained encoder (`model`, else the section's `model`) or a fresh seeded one for this base model."""
-    weights = model or section.model
+def load_m2_encoder(section, weights, token_dim: int) -> M2Encoder:
+    """The trained encoder (`weights`: checked by MethodPipeline.encoder_weights) or a fresh seeded one for this base
+    model."""
     if weights:
-        from facegen.core.pins import verify_sha256
-
-        verify_sha256(weights, section.model_sha256, "the trained M² encoder")
         encoder = M2Encoder.from_pretrained(weights)
         with_token_dim(encoder.m2_config, token_dim)  # an encoder trained for another base model is refused here
         return encoder
@@ -88,7 +72,7 @@ def load_m2_encoder(section, model, token_dim: int) -> M2Encoder:
 
 class DreamIdentityPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
                             DiffusionPipeline):
-    method_name = METHOD_NAME
+    method_name, encoder_label, face_encoder_class = METHOD_NAME, "the trained M² encoder", M2FaceEncoder
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -118,19 +102,18 @@ class DreamIdentityPipeline(MethodPipeline, IdentityDiffusionCall, ControlCompon
 
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
         components = load_sd21_components(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
-        m2 = load_m2_encoder(section, model, components["text_encoder"].get_input_embeddings().embedding_dim)
+        m2 = load_m2_encoder(section, cls.encoder_weights(section, model),
+                             components["text_encoder"].get_input_embeddings().embedding_dim)
         components["scheduler"] = make_scheduler(section.sampling.scheduler, components["scheduler"])
         return assemble(cls, section, place.device, face_analyzer, face_config, **components,
                         m2_encoder=in_dtype(m2, place.encoder_dtype))
 
     @classmethod
-    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
-                                  device=None) -> M2FaceEncoder:
-        from facegen.core import devices
+    def face_reader(cls, section, weights) -> M2Encoder:
+        """The whole M² encoder (it is all face side), for the base model's token width: no diffusion model."""
         from facegen.core.weights import text_token_dim
 
-        m2 = load_m2_encoder(section, model, text_token_dim(section.base_model, section.sha256))
-        return M2FaceEncoder(FaceAnalyzer(face_config), m2).to(devices.resolve(section.dtype, device).device)
+        return load_m2_encoder(section, weights, text_token_dim(section.base_model, section.sha256))
 
     @property
     def face_encoder(self) -> M2FaceEncoder:

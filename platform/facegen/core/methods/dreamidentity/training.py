@@ -29,7 +29,7 @@ class DreamIdentityTask(nn.Module):
         parts = load_sd21_components(s.base_model, s.sha256) if load_base else None
         token_dim = (parts["text_encoder"].get_input_embeddings().embedding_dim if parts
                      else text_token_dim(s.base_model, s.sha256))
-        self.trainable = load_m2_encoder(s, None, token_dim).to(self.device).train()
+        self.trainable = load_m2_encoder(s, DreamIdentityPipeline.encoder_weights(s), token_dim).to(self.device).train()
         self.trainable.vit.requires_grad_(s.train.train_vit)
         if parts is not None:
             self.vae = frozen(parts["vae"], self.device, frozen_dtype)

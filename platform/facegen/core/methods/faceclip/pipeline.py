@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -17,11 +16,11 @@ from diffusers import DiffusionPipeline, StableDiffusionXLControlNetPipeline, St
 from diffusers.utils import BaseOutput
 
 from facegen.core.errors import BadPrompt
-from facegen.core.face.align import align_face
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader
 from facegen.core.methods.pipeline_utils import (
     ControlComponent,
+    ExportedDenoiser,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
@@ -29,32 +28,12 @@ from facegen.core.methods.pipeline_utils import (
     assemble,
     in_dtype,
     make_scheduler,
-    resize_faces,
 )
-from facegen.core.pins import verify_sha256
 from facegen.core.prompts import as_prompts
 
 METHOD_NAME = "faceclip"
-LORA_DIR, LORA_FILE = "unet_lora", "pytorch_lora_weights.safetensors"
-
-
-def has_trained_unet(model_dir: str | os.PathLike) -> bool:
-    """An export of a train.unet=full run: its UNet replaces the base model's."""
-    return (Path(model_dir) / "unet" / "config.json").is_file()
-
-
-def load_trained_unet(model_dir: str | os.PathLike, unet, dtype: torch.dtype):
-    """The UNet an export draws with: its own full UNet (<model>/unet/: a train.unet=full run, or the converted
-    official model and what was fine-tuned from it) or else `unet` (the base model's; None when it was not loaded),
-    with the export's LoRA adapters (<model>/unet_lora/) on top when there are any."""
-    from diffusers import UNet2DConditionModel
-
-    d = Path(model_dir)
-    if has_trained_unet(d):
-        unet = UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype)
-    if (d / LORA_DIR / LORA_FILE).is_file():
-        unet.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="faceclip")
-    return unet
+# A full UNet (a train.unet=full run, the converted official model and what was fine-tuned from it) and/or adapters.
+UNET = ExportedDenoiser("UNet2DConditionModel", full_dir="unet", lora_dir="unet_lora", adapter_name=METHOD_NAME)
 
 
 @dataclass
@@ -97,34 +76,17 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
     """Photos → FaceCLIPCondition with only the face stack and the encoder's face reader loaded (its face ViTs; no
     text towers)."""
 
-    def __init__(self, face_analyzer: FaceAnalyzer, reader):
-        super().__init__(face_analyzer)
-        self.reader = reader
+    uses_embeddings = True  # the recognizer's embedding is the condition's face_embedding
 
-    @torch.no_grad()
-    def from_detections(self, detections) -> FaceCLIPCondition:
-        faces = np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections])
-        return self._condition(faces, np.stack([face.embedding for _, face in detections]))
-
-    @torch.no_grad()
-    def from_aligned(self, faces: np.ndarray) -> FaceCLIPCondition:
-        embeddings = self.face_analyzer.embed_aligned(list(faces))
-        return self._condition(resize_faces(faces, self.reader.crop_size), embeddings)
-
-    def _condition(self, crops: np.ndarray, embeddings: np.ndarray) -> FaceCLIPCondition:
-        """Aligned crops at the reader's size + their recognizer embeddings → the mean condition of one person."""
+    def condition(self, crops: np.ndarray, embeddings: np.ndarray) -> FaceCLIPCondition:
         face_embedding, face_tokens = self.reader(torch.from_numpy(crops), torch.from_numpy(embeddings))
         return FaceCLIPCondition.mean([FaceCLIPCondition(e.float().cpu(), t.float().cpu())
                                        for e, t in zip(face_embedding, face_tokens)])
 
-    def to(self, device):
-        self.reader.to(device)
-        return self
-
 
 class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
                            DiffusionPipeline):
-    method_name = METHOD_NAME
+    method_name, encoder_label, face_encoder_class = METHOD_NAME, "the trained FaceCLIP encoder", FaceCLIPFaceEncoder
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -148,38 +110,28 @@ class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlCompone
         from facegen.core.weights import load_sdxl_components
 
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
-        weights = model or section.model
+        weights = cls.encoder_weights(section, model)
         dtype = torch_dtype or place.dtype
         # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
         # loaded for nothing), and a fully trained UNet replaces the base one (10 GB in fp32).
         skip = ()
-        section.check_model(weights)
         if weights:
-            skip = ("text_encoder", "text_encoder_2") + (("unet",) if has_trained_unet(weights) else ())
+            skip = ("text_encoder", "text_encoder_2") + (("unet",) if UNET.has_full(weights) else ())
         c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
         if weights:
-            verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
             encoder = load_encoder(weights)
         else:
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
-        unet = load_trained_unet(weights, c["unet"], dtype) if weights else c["unet"]
+        unet = UNET.load(weights, c["unet"], dtype) if weights else c["unet"]
         return assemble(cls, section, place.device, face_analyzer, face_config, unet=unet, vae=c["vae"],
                         scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
                         faceclip_encoder=in_dtype(encoder, place.encoder_dtype))
 
     @classmethod
-    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
-                                  device=None) -> FaceCLIPFaceEncoder:
-        """The face stack and the encoder's face ViT alone (photos → FaceCLIPCondition): no SDXL text towers."""
-        from facegen.core import devices
-
-        weights = model or section.model
-        section.check_model(weights)
-        if weights:
-            verify_sha256(weights, section.model_sha256, "the trained FaceCLIP encoder")
-        reader = load_face_reader(weights, section.encoder)
-        return FaceCLIPFaceEncoder(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
+    def face_reader(cls, section, weights):
+        """The encoder's face ViT(s) alone (photos → FaceCLIPCondition): no SDXL text towers."""
+        return load_face_reader(weights, section.encoder)
 
     @property
     def face_encoder(self) -> FaceCLIPFaceEncoder:

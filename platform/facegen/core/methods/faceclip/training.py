@@ -12,7 +12,7 @@ from torch import nn
 from facegen.core.errors import ConfigError
 from facegen.core.methods.faceclip.config import FaceCLIPTrainConfig
 from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder, architecture_of, load_encoder
-from facegen.core.methods.faceclip.pipeline import LORA_DIR, LORA_FILE, METHOD_NAME, has_trained_unet, load_trained_unet
+from facegen.core.methods.faceclip.pipeline import METHOD_NAME, UNET, FaceCLIPSDXLPipeline
 from facegen.core.methods.training_utils import (
     diffusion_loss,
     frozen,
@@ -73,22 +73,18 @@ class FaceCLIPTask(nn.Module):
         skip = () if needs_unet else ("unet", "vae")
         # An export brings its own text towers, and its UNet when it was trained with one (the converted official
         # model's fine-tuned SDXL UNet): fine-tuning continues from that, not from the base model's.
-        trained_unet = bool(s.model) and has_trained_unet(s.model)
+        trained_unet = bool(s.model) and UNET.has_full(s.model)
         if s.model:
             skip += ("text_encoder", "text_encoder_2") + (("unet",) if trained_unet else ())
         # fp32 whatever the checkpoint's dtype on disk: the text towers inside the encoder and a LoRA / full UNet are
         # trained (fp32 master weights); the frozen VAE and UNet are cast to frozen_dtype below.
         c = load_sdxl_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
-        if s.model:
-            from facegen.core.pins import verify_sha256
-
-            verify_sha256(s.model, s.model_sha256, "the FaceCLIP encoder to fine-tune")
-        encoder = (load_encoder(s.model) if s.model else
+        encoder = (load_encoder(FaceCLIPSDXLPipeline.encoder_weights(s)) if s.model else
                    FaceCLIPEncoder.from_sdxl(s.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                              c["tokenizer_2"]))
         encoder.set_trainable(t.train_text, t.train_vit).train()
         if trained_unet and needs_unet:
-            c["unet"] = load_trained_unet(s.model, None, torch.float32)
+            c["unet"] = UNET.load(s.model, None, torch.float32)
         unet = None
         if self.diffusion and t.unet == "full":
             unet = c["unet"].train().requires_grad_(True)
@@ -164,20 +160,7 @@ class FaceCLIPTask(nn.Module):
         """The encoder as its class's `save_pretrained`; the UNet it draws with beside it: a trained one (LoRA
         adapters or a full UNet), and the full UNet of the export training started from (the converted official
         model's) when that one was not itself trained in full."""
-        import shutil
-
         load_trained_weights(self.trainable, state_dict)
         self.trainable.encoder.save_pretrained(directory)
-        unet, mode, start = self.trainable.unet, self.section.train.unet, self.section.model
-        if unet is not None and mode == "full":
-            unet.save_pretrained(os.path.join(directory, "unet"))
-            return
-        if start and has_trained_unet(start):
-            shutil.copytree(os.path.join(start, "unet"), os.path.join(directory, "unet"), dirs_exist_ok=True)
-        if unet is not None and mode == "lora":
-            from peft.utils import get_peft_model_state_dict
-            from safetensors.torch import save_file
-
-            os.makedirs(os.path.join(directory, LORA_DIR), exist_ok=True)
-            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()},
-                      os.path.join(directory, LORA_DIR, LORA_FILE))
+        unet, mode = self.trainable.unet, self.section.train.unet
+        UNET.save(directory, self.section.model, unet if mode in ("lora", "full") else None, full=mode == "full")

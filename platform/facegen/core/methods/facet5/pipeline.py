@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -19,11 +18,11 @@ from diffusers import DiffusionPipeline, FluxControlNetPipeline, FluxPipeline
 from diffusers.utils import BaseOutput
 
 from facegen.core.errors import BadPrompt
-from facegen.core.face.align import align_face
 from facegen.core.face.analyzer import FaceAnalyzer
-from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder, FaceTokenReader, load_face_reader
+from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder, load_face_reader
 from facegen.core.methods.pipeline_utils import (
     ControlComponent,
+    ExportedDenoiser,
     FaceAnalyzerComponent,
     FaceIdentityEncoder,
     IdentityDiffusionCall,
@@ -32,17 +31,12 @@ from facegen.core.methods.pipeline_utils import (
     assemble,
     in_dtype,
     make_scheduler,
-    resize_faces,
 )
-from facegen.core.pins import verify_sha256
 
 METHOD_NAME = "facet5"
-TRANSFORMER_DIR = "transformer"  # a converted or fully fine-tuned DiT in an export
-LORA_DIR, LORA_FILE = "transformer_lora", "pytorch_lora_weights.safetensors"
-
-
-def has_trained_transformer(model_dir: str | os.PathLike) -> bool:
-    return (Path(model_dir) / TRANSFORMER_DIR / "config.json").is_file()
+# A converted (or fully fine-tuned) DiT and/or a fine-tuning run's adapters.
+TRANSFORMER = ExportedDenoiser("FluxTransformer2DModel", full_dir="transformer", lora_dir="transformer_lora",
+                               adapter_name=METHOD_NAME)
 
 
 def parts_an_export_brings(model_dir: str | os.PathLike | None) -> tuple[str, ...]:
@@ -51,20 +45,7 @@ def parts_an_export_brings(model_dir: str | os.PathLike | None) -> tuple[str, ..
     if not model_dir:
         return ()
     return ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") + (
-        ("transformer",) if has_trained_transformer(model_dir) else ())
-
-
-def load_trained_transformer(model_dir: str | os.PathLike, transformer, dtype: torch.dtype):
-    """The DiT an export draws with: its own (<model>/transformer/: the converted dit.pt) or else `transformer` (the
-    base model's), with the export's LoRA adapters (<model>/transformer_lora/: a fine-tuning run's) on top."""
-    from diffusers import FluxTransformer2DModel
-
-    d = Path(model_dir)
-    if has_trained_transformer(d):
-        transformer = FluxTransformer2DModel.from_pretrained(d / TRANSFORMER_DIR, torch_dtype=dtype)
-    if (d / LORA_DIR / LORA_FILE).is_file():
-        transformer.load_lora_adapter(str(d / LORA_DIR), weight_name=LORA_FILE, prefix=None, adapter_name="facet5")
-    return transformer
+        (TRANSFORMER.full_dir,) if TRANSFORMER.has_full(model_dir) else ())
 
 
 @dataclass
@@ -84,29 +65,13 @@ class FaceT5FluxPipelineOutput(BaseOutput):
 class FaceT5FaceEncoder(FaceIdentityEncoder):
     """Photos → FaceT5Condition with only the face stack and the encoder's face ViT loaded (no T5, no CLIP)."""
 
-    def __init__(self, face_analyzer: FaceAnalyzer, reader: FaceTokenReader):
-        super().__init__(face_analyzer)
-        self.reader = reader
-
-    @torch.no_grad()
-    def from_detections(self, detections) -> FaceT5Condition:
-        return self._condition(np.stack([align_face(rgb, face.kps, self.reader.crop_size) for rgb, face in detections]))
-
-    @torch.no_grad()
-    def from_aligned(self, faces: np.ndarray) -> FaceT5Condition:
-        return self._condition(resize_faces(faces, self.reader.crop_size))
-
-    def _condition(self, crops: np.ndarray) -> FaceT5Condition:
+    def condition(self, crops: np.ndarray, embeddings=None) -> FaceT5Condition:
         return FaceT5Condition.mean([FaceT5Condition(t.float().cpu()) for t in self.reader(crops)])
-
-    def to(self, device):
-        self.reader.to(device)
-        return self
 
 
 class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
                          DiffusionPipeline):
-    method_name = METHOD_NAME
+    method_name, encoder_label, face_encoder_class = METHOD_NAME, "the FaceT5 encoder", FaceT5FaceEncoder
     model_cpu_offload_seq = "facet5_encoder->transformer->vae"
     _optional_components = ["face_analyzer", "controlnet"]
 
@@ -131,15 +96,13 @@ class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent
         from facegen.core.weights import load_flux_components
 
         place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
-        weights = model or section.model
+        weights = cls.encoder_weights(section, model)
         dtype = torch_dtype or place.dtype
-        section.check_model(weights)
         c = load_flux_components(section.base_model, section.sha256, torch_dtype=dtype,
                                  skip=parts_an_export_brings(weights))
         if weights:
-            verify_sha256(weights, section.model_sha256, "the FaceT5 encoder")
             encoder = FaceT5FluxEncoder.from_pretrained(weights)
-            transformer = load_trained_transformer(weights, c["transformer"], dtype)
+            transformer = TRANSFORMER.load(weights, c["transformer"], dtype)
         else:
             encoder = FaceT5FluxEncoder.fresh(section.encoder, c["text_encoder"], c["tokenizer"], c["tokenizer_2"],
                                               c["text_encoder_2"])
@@ -151,17 +114,9 @@ class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent
         return pipe
 
     @classmethod
-    def face_encoder_from_section(cls, section, face_config, model: str | os.PathLike | None = None,
-                                  device=None) -> FaceT5FaceEncoder:
-        """The face stack and the encoder's face ViT alone (photos → FaceT5Condition): no T5, no CLIP-L."""
-        from facegen.core import devices
-
-        weights = model or section.model
-        section.check_model(weights)
-        if weights:
-            verify_sha256(weights, section.model_sha256, "the FaceT5 encoder")
-        reader = load_face_reader(weights, section.encoder)
-        return FaceT5FaceEncoder(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
+    def face_reader(cls, section, weights):
+        """The encoder's face ViT alone (photos → FaceT5Condition): no T5, no CLIP-L."""
+        return load_face_reader(weights, section.encoder)
 
     @property
     def face_encoder(self) -> FaceT5FaceEncoder:

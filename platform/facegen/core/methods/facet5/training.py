@@ -8,7 +8,6 @@ predicts the velocity ε − x₀ from the packed 2×2 latent patches, MSE."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import torch
 import torch.nn.functional as F
@@ -16,15 +15,7 @@ from diffusers import FluxPipeline
 from torch import nn
 
 from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
-from facegen.core.methods.facet5.pipeline import (
-    LORA_DIR,
-    LORA_FILE,
-    METHOD_NAME,
-    TRANSFORMER_DIR,
-    has_trained_transformer,
-    load_trained_transformer,
-    parts_an_export_brings,
-)
+from facegen.core.methods.facet5.pipeline import METHOD_NAME, TRANSFORMER, FaceT5FluxPipeline, parts_an_export_brings
 from facegen.core.methods.training_utils import frozen, load_trained_weights, row_seeds
 
 
@@ -59,11 +50,8 @@ class FaceT5Task(nn.Module):
             skip += ("vae",)
         c = load_flux_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
         if s.model:
-            from facegen.core.pins import verify_sha256
-
-            verify_sha256(s.model, s.model_sha256, "the FaceT5 encoder to fine-tune")
-            encoder = FaceT5FluxEncoder.from_pretrained(s.model, torch_dtype=torch.float32)
-            transformer = load_trained_transformer(s.model, c["transformer"], torch.float32)
+            encoder = FaceT5FluxEncoder.from_pretrained(FaceT5FluxPipeline.encoder_weights(s), torch_dtype=torch.float32)
+            transformer = TRANSFORMER.load(s.model, c["transformer"], torch.float32)
         else:
             encoder = FaceT5FluxEncoder.fresh(s.encoder, c["text_encoder"], c["tokenizer"], c["tokenizer_2"],
                                               c["text_encoder_2"])
@@ -132,16 +120,6 @@ class FaceT5Task(nn.Module):
     def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
         """The encoder as its `save_pretrained` (what --model loads), the DiT's LoRA adapters beside it
         (transformer_lora/), and the converted DiT training started from (transformer/) when there was one."""
-        from peft.utils import get_peft_model_state_dict
-
-        from facegen.core.models.checkpoints import write_safetensors
-
         load_trained_weights(self.trainable, state_dict)
         self.trainable.encoder.save_pretrained(directory)
-        start = self.section.model
-        if start and has_trained_transformer(start):
-            shutil.copytree(os.path.join(start, TRANSFORMER_DIR), os.path.join(directory, TRANSFORMER_DIR),
-                            dirs_exist_ok=True)
-        os.makedirs(os.path.join(directory, LORA_DIR), exist_ok=True)
-        write_safetensors(os.path.join(directory, LORA_DIR, LORA_FILE),
-                          get_peft_model_state_dict(self.trainable.transformer), {"format": "pt"})
+        TRANSFORMER.save(directory, self.section.model, self.trainable.transformer)
