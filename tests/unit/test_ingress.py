@@ -68,7 +68,7 @@ def assert_error(r, status: int, code: str, *words: str):
     ({"method": "dreamidentity", "face_image": "AAAA", "identity_token": "x", "prompt": "S*"}, 422, "validation", ()),
     ({"method": "painting", "face_image": "AAAA", "prompt": "S*"}, 422, "validation", ("method",)),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "num_images": 9}, 422, "validation", ("num_images",)),
-    # The values that no caller may ask (the CLI refuses the same ones: tests/integration/test_cli.py).
+    # The values that no caller may ask (the CLI refuses the same ones: tests/unit/test_sampling.py).
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "steps": 0}, 422, "validation", ("steps",)),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "steps": 1001}, 422, "validation", ("steps",)),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "guidance_scale": -3}, 422, "validation", ("guidance",)),

@@ -323,6 +323,7 @@ class MethodPipeline:
     method_name = ""
     encoder_label = ""  # what a pin mismatch calls the method's trained encoder ("the trained FaceCLIP encoder")
     face_encoder_class: type[FaceIdentityEncoder] = FaceIdentityEncoder
+    encoder_component = ""  # the component holding the method's encoder; its face_reader() is the face side alone
 
     @classmethod
     def encoder_weights(cls, section, model: str | os.PathLike | None = None) -> str | os.PathLike | None:
@@ -348,6 +349,11 @@ class MethodPipeline:
 
         reader = cls.face_reader(section, cls.encoder_weights(section, model))
         return cls.face_encoder_class(FaceAnalyzer(face_config), reader).to(devices.resolve(section.dtype, device).device)
+
+    @property
+    def face_encoder(self) -> FaceIdentityEncoder:
+        """This pipeline's face stack and its loaded encoder's face side: photos → identity."""
+        return self.face_encoder_class(self.face_analyzer, getattr(self, self.encoder_component).face_reader())
 
     @classmethod
     def check_inputs(cls, prompt, negative_prompt="", height: int | None = None, width: int | None = None) -> list[str]:
@@ -411,7 +417,8 @@ class OneTensorIdentity:
 class IdentityDiffusionCall:
     """Pipeline mixin: the `__call__` every method shares, in diffusers' numbered steps. A method supplies
     `encode_conditioning(prompts, negatives, identity)` (its prompt embeddings, as diffusers' pipelines take them),
-    `denoiser(control)` (the diffusers pipeline that draws with them), `check_inputs` and `output_class`."""
+    `denoiser(control)` (the diffusers pipeline that draws with them), `check_inputs` and `output_class`
+    (identity_pipeline.IdentityPipeline gives the last two)."""
 
     output_class = None
 

@@ -70,6 +70,10 @@ class M2Encoder(ModelMixin):
         """Aligned RGB uint8 faces (one array, a stack or a list; vit.img_size square) → B×k×token_dim."""
         return self(faces_to_tensor(faces))
 
+    def face_reader(self) -> M2Encoder:
+        """The face side alone, as every method's encoder gives it: M² is all face side."""
+        return self
+
     @property
     def face_size(self) -> int:
         return self.m2_config.vit.img_size

@@ -11,20 +11,15 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionControlNetPipeline, StableDiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
 from facegen.core.errors import BadPrompt, ConfigError
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.dreamidentity.encoder import M2Encoder, with_token_dim
+from facegen.core.methods.identity_pipeline import IdentityPipeline
 from facegen.core.methods.pipeline_utils import (
-    ControlComponent,
-    FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    IdentityDiffusionCall,
-    MethodPipeline,
     OneTensorIdentity,
     assemble,
     in_dtype,
@@ -42,11 +37,6 @@ class IdTokens(OneTensorIdentity):
 
     field, array_key = "tokens", "id_tokens"
     tokens: torch.Tensor
-
-
-@dataclass
-class DreamIdentityPipelineOutput(BaseOutput):
-    images: list[PIL.Image.Image] | np.ndarray
 
 
 class M2FaceEncoder(FaceIdentityEncoder):
@@ -70,11 +60,10 @@ def load_m2_encoder(section, weights, token_dim: int) -> M2Encoder:
     return M2Encoder.from_config_random(with_token_dim(section.encoder, token_dim))
 
 
-class DreamIdentityPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
-                            DiffusionPipeline):
+class DreamIdentityPipeline(IdentityPipeline):
     method_name, encoder_label, face_encoder_class = METHOD_NAME, "the trained M² encoder", M2FaceEncoder
+    encoder_component = "m2_encoder"
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["face_analyzer", "controlnet"]
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, m2_encoder: M2Encoder,
                  face_analyzer: FaceAnalyzer | None = None, num_inference_steps: int = 30,
@@ -115,10 +104,6 @@ class DreamIdentityPipeline(MethodPipeline, IdentityDiffusionCall, ControlCompon
 
         return load_m2_encoder(section, weights, text_token_dim(section.base_model, section.sha256))
 
-    @property
-    def face_encoder(self) -> M2FaceEncoder:
-        return M2FaceEncoder(self.face_analyzer, self.m2_encoder)
-
     # -- inputs ------------------------------------------------------------------------------------------------
     def check_prompt_tokens(self, prompt: str | list[str]) -> None:
         """Every S* within the tokenizer's length (BadPrompt otherwise): the check only the tokenizer can make, run by
@@ -155,8 +140,6 @@ class DreamIdentityPipeline(MethodPipeline, IdentityDiffusionCall, ControlCompon
             return self.text_encoder(input_ids)[0]
 
     # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
-    output_class = DreamIdentityPipelineOutput
-
     def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
         """S* filled with the id_tokens in the prompts, and in the negative prompts where they say S*."""
         if isinstance(identity, (list, tuple)):  # one identity per prompt (batched service requests)

@@ -10,21 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
-from diffusers.utils import BaseOutput
+from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 
 from facegen.core.errors import BadPrompt
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader
+from facegen.core.methods.identity_pipeline import IdentityPipeline
 from facegen.core.methods.pipeline_utils import (
-    ControlComponent,
     ExportedDenoiser,
-    FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    IdentityDiffusionCall,
-    MethodPipeline,
     assemble,
     in_dtype,
     make_scheduler,
@@ -67,11 +62,6 @@ class FaceCLIPCondition:
         return cls(torch.stack([i.face_embedding for i in items]), torch.stack([i.face_tokens for i in items]))
 
 
-@dataclass
-class FaceCLIPPipelineOutput(BaseOutput):
-    images: list[PIL.Image.Image] | np.ndarray
-
-
 class FaceCLIPFaceEncoder(FaceIdentityEncoder):
     """Photos → FaceCLIPCondition with only the face stack and the encoder's face reader loaded (its face ViTs; no
     text towers)."""
@@ -84,11 +74,10 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
                                        for e, t in zip(face_embedding, face_tokens)])
 
 
-class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
-                           DiffusionPipeline):
+class FaceCLIPSDXLPipeline(IdentityPipeline):
     method_name, encoder_label, face_encoder_class = METHOD_NAME, "the trained FaceCLIP encoder", FaceCLIPFaceEncoder
+    encoder_component = "faceclip_encoder"
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
-    _optional_components = ["face_analyzer", "controlnet"]
 
     def __init__(self, unet, vae, scheduler, faceclip_encoder, face_analyzer: FaceAnalyzer | None = None,
                  num_inference_steps: int = 30, guidance_scale: float = 5.0, height: int = 1152, width: int = 864,
@@ -133,10 +122,6 @@ class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlCompone
         """The encoder's face ViT(s) alone (photos → FaceCLIPCondition): no SDXL text towers."""
         return load_face_reader(weights, section.encoder)
 
-    @property
-    def face_encoder(self) -> FaceCLIPFaceEncoder:
-        return FaceCLIPFaceEncoder(self.face_analyzer, self.faceclip_encoder.face_reader())
-
     # -- inputs ------------------------------------------------------------------------------------------------
     def encode_negative(self, negative_prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The negative (and unconditional) conditioning: the encoder on the all-zero face with the negative
@@ -158,8 +143,6 @@ class FaceCLIPSDXLPipeline(MethodPipeline, IdentityDiffusionCall, ControlCompone
         return self.faceclip_encoder(prompts, embedding, tokens)
 
     # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
-    output_class = FaceCLIPPipelineOutput
-
     def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
         """SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt."""
         embeds, pooled = self.encode_prompt_with_identity(prompts, identity)

@@ -12,21 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, FluxControlNetPipeline, FluxPipeline
-from diffusers.utils import BaseOutput
+from diffusers import FluxControlNetPipeline, FluxPipeline
 
 from facegen.core.errors import BadPrompt
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder, load_face_reader
+from facegen.core.methods.identity_pipeline import IdentityPipeline
 from facegen.core.methods.pipeline_utils import (
-    ControlComponent,
     ExportedDenoiser,
-    FaceAnalyzerComponent,
     FaceIdentityEncoder,
-    IdentityDiffusionCall,
-    MethodPipeline,
     OneTensorIdentity,
     assemble,
     in_dtype,
@@ -57,11 +52,6 @@ class FaceT5Condition(OneTensorIdentity):
     face_tokens: torch.Tensor
 
 
-@dataclass
-class FaceT5FluxPipelineOutput(BaseOutput):
-    images: list[PIL.Image.Image] | np.ndarray
-
-
 class FaceT5FaceEncoder(FaceIdentityEncoder):
     """Photos → FaceT5Condition with only the face stack and the encoder's face ViT loaded (no T5, no CLIP)."""
 
@@ -69,11 +59,10 @@ class FaceT5FaceEncoder(FaceIdentityEncoder):
         return FaceT5Condition.mean([FaceT5Condition(t.float().cpu()) for t in self.reader(crops)])
 
 
-class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent, FaceAnalyzerComponent,
-                         DiffusionPipeline):
+class FaceT5FluxPipeline(IdentityPipeline):
     method_name, encoder_label, face_encoder_class = METHOD_NAME, "the FaceT5 encoder", FaceT5FaceEncoder
+    encoder_component = "facet5_encoder"
     model_cpu_offload_seq = "facet5_encoder->transformer->vae"
-    _optional_components = ["face_analyzer", "controlnet"]
 
     def __init__(self, transformer, vae, scheduler, facet5_encoder, face_analyzer: FaceAnalyzer | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 3.5, height: int = 1152, width: int = 864,
@@ -118,10 +107,6 @@ class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent
         """The encoder's face ViT alone (photos → FaceT5Condition): no T5, no CLIP-L."""
         return load_face_reader(weights, section.encoder)
 
-    @property
-    def face_encoder(self) -> FaceT5FaceEncoder:
-        return FaceT5FaceEncoder(self.face_analyzer, self.facet5_encoder.face_reader())
-
     # -- inputs ------------------------------------------------------------------------------------------------
     def encode_prompt_with_identity(self, prompts: list[str], identity: FaceT5Condition | Sequence[FaceT5Condition]):
         """→ (prompt_embeds B×max_length×d_model, pooled_prompt_embeds B×768), as FLUX's encode_prompt returns them."""
@@ -136,8 +121,6 @@ class FaceT5FluxPipeline(MethodPipeline, IdentityDiffusionCall, ControlComponent
         return self.facet5_encoder.encode(prompts, tokens)
 
     # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
-    output_class = FaceT5FluxPipelineOutput
-
     def guidance_kwargs(self, guidance_scale: float) -> dict:
         """The preset's guidance is true CFG (against the zero-face negative); FLUX's distilled input stays fixed."""
         return {"true_cfg_scale": guidance_scale, "guidance_scale": self.config.distilled_guidance}
