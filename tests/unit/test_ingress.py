@@ -2,6 +2,7 @@
 and is given before any replica is called. What needs Serve itself (its proxy, replicas, batching, back-pressure) is
 tests/integration/test_serve.py's."""
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -47,8 +48,6 @@ def front(info):
 
 
 def post(client, path, body, headers=AUTH):
-    import json
-
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return client.post(path, content=data, headers={"Content-Type": "application/json", **headers})
 

@@ -106,3 +106,18 @@ def test_save_and_load_round_trip(tiny_pipe, photos, tmp_path):
     kw = dict(prompt="S* as a chef", identity=a, num_inference_steps=3, output_type="np")
     np.testing.assert_allclose(loaded(**kw, generator=torch.Generator().manual_seed(1)).images,
                                tiny_pipe(**kw, generator=torch.Generator().manual_seed(1)).images, atol=1e-6)
+
+
+def test_an_export_keeps_the_full_denoiser_it_started_from(tmp_path):
+    """ExportedDenoiser.save: a run that trained no denoiser (the alignment stage, whatever train.unet says) still
+    carries the full UNet of the export it started from, and writes no adapters."""
+    from facegen.core.methods.faceclip.pipeline import UNET
+
+    start, out = tmp_path / "start", tmp_path / "out"
+    (start / UNET.full_dir).mkdir(parents=True)
+    (start / UNET.full_dir / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    out.mkdir()
+    UNET.save(out, start, None, full=True)
+    assert UNET.has_full(out) and not (out / UNET.lora_dir).exists()
+    UNET.save(tmp_path / "fresh", None, None)
+    assert not UNET.has_full(tmp_path / "fresh")

@@ -105,14 +105,15 @@ class ExportedDenoiser:
         return model
 
     def save(self, directory: str | os.PathLike, start: str | os.PathLike | None, model=None, full: bool = False):
-        """Write a trained export's denoiser: `model` in full (`full`), else the full model of the export training
-        started from (when it has one: the converted official model) and `model`'s LoRA adapters (a peft model)."""
+        """Write a trained export's denoiser: `model` in full (`full`, when a model was trained: an alignment-stage run
+        trains none), else the full model of the export training started from (when it has one: the converted official
+        model) and `model`'s LoRA adapters (a peft model)."""
         import shutil
 
         from facegen.core.models.checkpoints import write_safetensors
 
         d = Path(directory)
-        if full:
+        if full and model is not None:
             model.save_pretrained(d / self.full_dir)
             return
         if start and self.has_full(start):

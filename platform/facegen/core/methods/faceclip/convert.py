@@ -71,8 +71,10 @@ def convert_official(encoder: str | os.PathLike, unet: str | os.PathLike | None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         write_export(tmp, state, config, "OfficialFaceCLIPEncoder")
-        if unet_model is not None:
-            unet_model.save_pretrained(tmp / "unet")
+        if unet_model is not None:  # where the pipeline looks for an export's own UNet
+            from facegen.core.methods.faceclip.pipeline import UNET
+
+            unet_model.save_pretrained(tmp / UNET.full_dir)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

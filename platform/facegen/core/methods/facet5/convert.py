@@ -83,10 +83,13 @@ def convert(encoder: str | os.PathLike, dit: str | os.PathLike | None, out: str 
         for sub in ("tokenizer", "tokenizer_2"):  # the base model's: the official wrapper tokenizes with FLUX.1-dev's
             AutoTokenizer.from_pretrained(base / sub).save_pretrained(tmp / sub)
         write_export(tmp, state, section.encoder, "FaceT5FluxEncoder")
-        if dit_state is not None:
-            (tmp / "transformer").mkdir()
-            shutil.copyfile(base / "transformer" / "config.json", tmp / "transformer" / "config.json")
-            write_sharded(tmp / "transformer", dit_state, TRANSFORMER_WEIGHTS, max_shard_bytes)
+        if dit_state is not None:  # where the pipeline looks for an export's own DiT
+            from facegen.core.methods.facet5.pipeline import TRANSFORMER
+
+            dit_dir = tmp / TRANSFORMER.full_dir
+            dit_dir.mkdir()
+            shutil.copyfile(base / "transformer" / "config.json", dit_dir / "config.json")
+            write_sharded(dit_dir, dit_state, TRANSFORMER_WEIGHTS, max_shard_bytes)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
