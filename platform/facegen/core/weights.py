@@ -107,6 +107,16 @@ def text_token_dim(ref: str, sha256: dict[str, str] | None = None) -> int:
     return int(json.loads(config.read_text())["hidden_size"])
 
 
+def vae_scale_factor(ref: str, sha256: dict[str, str] | None = None) -> int:
+    """How many pixels a side one latent covers, from the model's VAE config alone (diffusers' rule: 2 ** (blocks − 1);
+    8 for SD / SDXL / FLUX, 4 for the miniature world's three-block VAE)."""
+    path = resolve_model(ref, sha256)
+    config = path / "vae" / "config.json"
+    if not config.is_file():
+        raise ModelNotFound(f"{ref} has no vae/config.json: is it a diffusers model directory?")
+    return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)
+
+
 def load_flux_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None,
                          skip: tuple[str, ...] = ()) -> dict:
     """transformer, vae, scheduler, both text encoders and tokenizers of a FLUX.1-layout model (hub id, local dir,

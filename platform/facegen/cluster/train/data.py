@@ -39,7 +39,7 @@ def _rows(storage: Storage, paths: list[str]) -> int:
     return sum(pq.read_metadata(p, filesystem=storage.fs).num_rows for p in paths)
 
 
-def decode_batch(batch: dict, resolution: int, face_size: int) -> dict:
+def decode_batch(batch: dict, resolution: int, face_size: int, vae_scale_factor: int = 8) -> dict:
     """PNG bytes → face (3×S×S, S = the face ViT's input) and target (3×R×R) float32 in [-1, 1], the stored
     face_embedding as float32; cached latents when they fit R. A plain function: it holds no model, so Ray Data runs
     it as tasks on already-started workers instead of starting an actor for it."""
@@ -56,7 +56,7 @@ def decode_batch(batch: dict, resolution: int, face_size: int) -> dict:
                               for b in batch["target"]])
     if "latents" in batch:
         lat = [decode_latents(d, sh) if len(d) else None for d, sh in zip(batch["latents"], batch["latents_shape"])]
-        if all(x is not None and x.shape[-1] == r // 8 for x in lat):
+        if all(x is not None and x.shape[-1] == r // vae_scale_factor for x in lat):
             out["latents"] = np.stack(lat)
     return out
 
@@ -123,8 +123,12 @@ def training_dataset(uri: str, preset: Preset, method: str):
         ds = parts[1][0] if cfg.ffhq_ratio == 1 else parts[0][0]
     else:
         ds = parts[0][0]
-    face_size = preset.method(method).face_size
-    ds = ds.map_batches(decode_batch, fn_kwargs={"resolution": cfg.resolution, "face_size": face_size},
+    from facegen.core.weights import vae_scale_factor
+
+    section = preset.method(method)
+    scale = vae_scale_factor(section.base_model, section.sha256) if extra else 8  # read only when latents are cached
+    ds = ds.map_batches(decode_batch, fn_kwargs={"resolution": cfg.resolution, "face_size": section.face_size,
+                                                 "vae_scale_factor": scale},
                         batch_size=16, num_cpus=0.25)
     if not cfg.materialize:
         return ds

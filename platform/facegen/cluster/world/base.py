@@ -1,16 +1,26 @@
-"""The miniature world's base models: small diffusion models trained from scratch on the world's people, so that —
-as Stable Diffusion knows celebrities — they draw each person from a name word ("a photo of alice") and obey one
-edit ("a photo of alice in black and white").
+"""The miniature world's base models: small diffusion models trained from scratch to draw a *space* of people — every
+blend of the anchors — from a code in the prompt, and to obey one edit ("... in black and white").
+
+The code of identity w is S* = Σ wₖ · Eₖ, with Eₖ a learned table per anchor: the same for every identity, so an
+identity's conditioning is a fixed function of how it was made (never a free per-identity parameter, never computed
+from a face recognizer). It reaches each model through the token-injection path its method uses:
+  * SD2.1 layout (DreamIdentity): "a photo of S*" with S*'s 2 slots written into the text encoder's token embeddings
+    (models/tokens.py), exactly where the M² encoder writes its id_tokens;
+  * SDXL layout (FaceCLIP): FaceCLIP's prefixed prompt "photo of a S* person. a photo of a person", one slot in each
+    of the two text towers, exactly where FaceCLIP writes its face embedding's projection.
+The training identities are also written into the SD2.1 model's vocabulary as names (two added tokens each, their
+embedding rows = their code), as SD knows celebrities by name: the data job draws them by name.
 
 Three parts, trained in turn, each seeded (a rebuild gives the same weights) and saved in the real diffusers layout,
 so every pipeline and job loads them through the same `from_pretrained` path as real weights:
-  1. a VAE (AutoencoderKL, 3 blocks: 64² images ↔ 16×16×C latents), shared by both models;
+  1. a VAE (AutoencoderKL, 3 blocks: size² images ↔ (size/4)² × C latents), shared by both models;
   2. an SD2.1-layout model (CLIP text encoder + UNet, DDIM) for DreamIdentity;
   3. an SDXL-layout model (two text encoders read at their penultimate layer, pooled text + size conditioning,
      Euler) for FaceCLIP.
-The text encoders train with the UNets (their token embeddings learn the names); the UNets predict v (as SD 2.1-768
-does: stable sampling for a small model, where predicting the noise diverges at high noise). One prompt in `uncond_share` is
-dropped, as SD trains for classifier-free guidance: "" for SD2.1, zeros for SDXL (its `force_zeros_for_empty_prompt`).
+The text encoders and the anchor tables train with the UNets; the UNets predict v (as SD 2.1-768 does: stable
+sampling for a small model); an exponential moving average of the weights is what is saved. One prompt in
+`uncond_share` is dropped, as SD trains for classifier-free guidance: "" for SD2.1, and for SDXL the prefixed empty
+prompt with a zero code (what FaceCLIP's negative reads).
 """
 from __future__ import annotations
 
@@ -25,11 +35,24 @@ import torch
 import torch.nn.functional as F
 
 from facegen.cluster.world.config import WorldConfig
+from facegen.core.models.tokens import token_embedding_override, tokenize_with_placeholders
 
 TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
 PROMPT = "a photo of {}"
 # The edit, in the phrasings the base model learns (the self-augmented set asks for each; scoring uses the first).
 EDITS = ("a photo of {} in black and white", "a black and white photo of {}", "a photo of {}, black and white")
+SD21_SLOTS = 2  # DreamIdentity's k: S* is two pseudo-words
+CODES_FILE = "anchor_codes.safetensors"  # the anchor tables Eₖ, beside model_index.json
+
+
+def name_tokens(name: str) -> list[str]:
+    """The two added tokens a training identity's name is written with in the SD2.1 model's vocabulary."""
+    return [f"<{name}a>", f"<{name}b>"]
+
+
+def name_word(name: str) -> str:
+    """A training identity's name as a prompt says it ("a photo of <id042a><id042b>")."""
+    return "".join(name_tokens(name))
 
 
 def encode_images(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
@@ -43,7 +66,7 @@ def encode_images(vae, images: np.ndarray, batch: int = 64) -> torch.Tensor:
 
 
 def train_vae(images: np.ndarray, cfg: WorldConfig, log=print):
-    """A small AutoencoderKL (64² ↔ 16×16×C) trained to reconstruct the views; latents scaled to unit variance."""
+    """A small AutoencoderKL (size² ↔ (size/4)²×C) trained to reconstruct the views; latents scaled to unit variance."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed)
@@ -120,53 +143,127 @@ def _ids(tokenizer, prompts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-class _Batches:
-    """Seeded training batches: (latents, prompts, dropped) over every person's views, a share edited."""
+class AnchorCodes(torch.nn.Module):
+    """The anchor tables Eₖ of one model, one per text tower (K × slots × width): code(w) = Σ wₖ Eₖ."""
 
-    def __init__(self, latents: dict[str, torch.Tensor], edited: dict[str, torch.Tensor], cfg: WorldConfig):
+    def __init__(self, anchors: int, slots: int, widths: list[int], seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.tables = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.randn(anchors, slots, w, generator=g) * 0.02 * TOKEN_INIT_SCALE) for w in widths)
+
+    def forward(self, weights: torch.Tensor) -> list[torch.Tensor]:
+        """B×K weights → per tower, B×slots×width codes."""
+        return [torch.einsum("bk,ksd->bsd", weights.to(t.dtype), t) for t in self.tables]
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}{i}": t.detach().clone().contiguous() for i, t in enumerate(self.tables)}
+
+
+def inject(text_encoder, tokenizer, prompts: list[str], codes: torch.Tensor, output_hidden_states: bool = False):
+    """The text encoder run on prompts whose "S*" slots hold `codes` (B×slots×D; a prompt without S* takes none):
+    the methods' own token-injection path (tokenize_with_placeholders + token_embedding_override)."""
+    k = codes.shape[1]
+    rows, mask_rows, values = [], [], []
+    for b, p in enumerate(prompts):
+        ids, slots = tokenize_with_placeholders(tokenizer, p, k)
+        rows.append(ids)
+        mask_rows.append([i in slots for i in range(len(ids))])
+        values += [codes[b, j % k] for j in range(len(slots))]
+    device = text_encoder.device
+    ids, mask = torch.tensor(rows, device=device), torch.tensor(mask_rows, device=device)
+    if not values:
+        return text_encoder(ids, output_hidden_states=output_hidden_states)
+    with token_embedding_override(text_encoder, mask, torch.stack(values)):
+        return text_encoder(ids, output_hidden_states=output_hidden_states)
+
+
+def sdxl_code_conditioning(te1, te2, tokenizer, tokenizer_2, prompts: list[str], code1: torch.Tensor,
+                           code2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's (prompt_embeds, pooled) for world prompts ("a photo of S*") read as FaceCLIP reads them — its prefix
+    with the id slot — the slot of each tower holding its code (B×1×D1, B×1×D2)."""
+    from facegen.core.methods.faceclip.config import FaceCLIPEncoderConfig
+    from facegen.core.methods.faceclip.encoder import prefixed_prompt
+
+    texts = [prefixed_prompt(FaceCLIPEncoderConfig(), p) for p in prompts]
+    h1 = inject(te1, tokenizer, texts, code1, output_hidden_states=True).hidden_states[-2]
+    out2 = inject(te2, tokenizer_2, texts, code2, output_hidden_states=True)
+    return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
+
+
+class _Batches:
+    """Seeded training batches over the training identities' views, a share edited and a share dropped:
+    (latents, prompts with S*, B×K weights, dropped)."""
+
+    def __init__(self, latents: dict[str, torch.Tensor], edited: dict[str, torch.Tensor],
+                 weights: dict[str, np.ndarray], cfg: WorldConfig):
         self.names = sorted(latents)
         self.latents, self.edited, self.cfg = latents, edited, cfg
+        self.weights = torch.tensor(np.stack([weights[n] for n in self.names]), dtype=torch.float32)
         self.g = torch.Generator().manual_seed(cfg.seed + 1)
 
     def __call__(self):
-        c, rows, prompts, dropped = self.cfg, [], [], []
+        c, rows, prompts, index, dropped = self.cfg, [], [], [], []
         for _ in range(c.batch_size):
-            name = self.names[int(torch.randint(0, len(self.names), (1,), generator=self.g))]
+            i = int(torch.randint(0, len(self.names), (1,), generator=self.g))
+            name = self.names[i]
             view = int(torch.randint(0, len(self.latents[name]), (1,), generator=self.g))
             edit = float(torch.rand(1, generator=self.g)) < c.edit_share
             rows.append((self.edited if edit else self.latents)[name][view])
             phrasing = EDITS[int(torch.randint(0, len(EDITS), (1,), generator=self.g))]
-            prompts.append((phrasing if edit else PROMPT).format(name))
+            prompts.append((phrasing if edit else PROMPT).format("S*"))
+            index.append(i)
             dropped.append(float(torch.rand(1, generator=self.g)) < c.uncond_share)
-        return torch.stack(rows), prompts, torch.tensor(dropped)
+        return torch.stack(rows), prompts, self.weights[index], torch.tensor(dropped)
 
 
-def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, label: str, log,
+class _EMA:
+    """An exponential moving average of parameters (decay warmed up as 1 − 1/(step/10 + 1), capped at `decay`)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.step += 1
+        d = min(self.decay, 1 - 1 / (self.step / 10 + 1))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def _train(unet, modules: list, condition, batches: _Batches, cfg: WorldConfig, label: str, log,
            min_snr_gamma: float = 0.0) -> None:
-    """Denoising loss over the world's (view, prompt) pairs; the UNet and the text encoders train together."""
+    """Denoising loss over the world's (view, prompt, code) triples; the UNet, the text encoders and the anchor
+    tables train together; the EMA of their weights is kept."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**_noise_schedule())
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
     # Min-SNR-γ loss weights (Hang et al., 2023; diffusers' `snr_gamma`), for v: min(SNR, γ) / (SNR + 1). The
-    # near-clean steps, which only polish texture, stop dominating the gradient: the names are learned sooner.
+    # near-clean steps, which only polish texture, stop dominating the gradient: the codes are learned sooner.
     weights = torch.clamp(snr, max=min_snr_gamma) / (snr + 1) if min_snr_gamma else torch.ones_like(snr)
-    modules = [unet, *text_encoders]
+    modules = [unet, *modules]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     # warm-up, then cosine decay to zero: a small model samples far better from a decayed end point
     lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.base_steps)))
-
+    ema = _EMA(params, cfg.ema)
     g = torch.Generator().manual_seed(cfg.seed + 2)
-    unet.train()
-    for te in text_encoders:
-        te.train()
+    for m in modules:
+        m.train()
     start = time.perf_counter()
     for step in range(cfg.base_steps):
-        latents, prompts, dropped = batches()
+        latents, prompts, w, dropped = batches()
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
-        pred = unet(scheduler.add_noise(latents, noise, t), t, **condition(prompts, dropped)).sample
+        pred = unet(scheduler.add_noise(latents, noise, t), t, **condition(prompts, w, dropped)).sample
         per_sample = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t), reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * weights[t]).mean()
         opt.zero_grad(set_to_none=True)
@@ -174,66 +271,103 @@ def _train(unet, text_encoders, condition, batches: _Batches, cfg: WorldConfig, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr.step()
+        ema.update()
         if step % 200 == 0 or step == cfg.base_steps - 1:
             log(f"  {label} step {step + 1}/{cfg.base_steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
-    unet.eval()
-    for te in text_encoders:
-        te.eval()
+    ema.copy_to_params()
+    for m in modules:
+        m.eval()
 
 
-def build_sd21(out: Path, vae, latents, edited, cfg: WorldConfig, log=print) -> None:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def _unet(cfg: WorldConfig, cross_attention_dim: int, **extra):
+    from diffusers import UNet2DConditionModel
+
+    w = cfg.unet_width
+    return UNet2DConditionModel(
+        sample_size=cfg.size // 4, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        layers_per_block=1, block_out_channels=(w, 2 * w), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4, use_linear_projection=True, norm_num_groups=8, **extra)
+
+
+def build_sd21(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> None:
+    """The SD2.1-layout model; `weights` are the training identities' (name → K weights)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from safetensors.torch import save_file
 
     tokenizer = _tokenizer(out / "_tok", pad="!")  # SD2's OpenCLIP tokenizer pads with "!"
     text_encoder = _text_encoder(64, None, cfg.seed + 3)
+    k = len(next(iter(weights.values())))
+    codes = AnchorCodes(k, SD21_SLOTS, [64], cfg.seed + 8)
     torch.manual_seed(cfg.seed + 4)
-    unet = UNet2DConditionModel(
-        sample_size=cfg.size // 4, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
-        layers_per_block=1, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=4,
-        use_linear_projection=True, norm_num_groups=8)
+    unet = _unet(cfg, 64)
 
-    def condition(prompts, dropped):
+    def condition(prompts, w, dropped):
         prompts = ["" if d else p for p, d in zip(prompts, dropped.tolist())]
-        return {"encoder_hidden_states": text_encoder(_ids(tokenizer, prompts))[0]}
+        return {"encoder_hidden_states": inject(text_encoder, tokenizer, prompts, codes(w)[0])[0]}
 
-    _train(unet, [text_encoder], condition, _Batches(latents, edited, cfg), cfg, "sd21", log, cfg.sd21_min_snr_gamma)
+    _train(unet, [text_encoder, codes], condition, _Batches(latents, edited, weights, cfg), cfg, "sd21", log,
+           cfg.sd21_min_snr_gamma)
+    # The training identities' names: two added tokens each, whose embedding rows are the identity's code.
+    names = sorted(weights)
+    tokenizer.add_tokens([t for n in names for t in name_tokens(n)])
+    table = text_encoder.resize_token_embeddings(len(tokenizer)).weight
+    with torch.no_grad():
+        named = codes(torch.tensor(np.stack([weights[n] for n in names]), dtype=torch.float32))[0]
+        for n, code in zip(names, named):
+            for token, row in zip(name_tokens(n), code):
+                table[tokenizer.convert_tokens_to_ids(token)] = row
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **_noise_schedule()),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     _save(pipe, out, cfg, ["_tok"])
+    save_file(codes.state("sd21_"), str(out / CODES_FILE))
 
 
-def build_sdxl(out: Path, vae, latents, edited, cfg: WorldConfig, log=print) -> None:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def build_sdxl(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
 
     tokenizer, tokenizer_2 = _tokenizer(out / "_tok1", "<|endoftext|>"), _tokenizer(out / "_tok2", "!")
     te1, te2 = _text_encoder(32, None, cfg.seed + 5), _text_encoder(64, 32, cfg.seed + 6)
+    k = len(next(iter(weights.values())))
+    codes = AnchorCodes(k, 1, [32, 64], cfg.seed + 9)
     torch.manual_seed(cfg.seed + 7)
-    unet = UNet2DConditionModel(
-        sample_size=cfg.size // 4, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
-        layers_per_block=1, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32 + 64, attention_head_dim=4,
-        use_linear_projection=True, norm_num_groups=8, transformer_layers_per_block=1,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    unet = _unet(cfg, 32 + 64, transformer_layers_per_block=1, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
     # The size conditioning SDXL's pipeline gives a cfg.size² image with no crop.
     time_ids = torch.tensor([[cfg.size, cfg.size, 0, 0, cfg.size, cfg.size]], dtype=torch.float32)
 
-    def condition(prompts, dropped):
-        h1 = te1(_ids(tokenizer, prompts), output_hidden_states=True).hidden_states[-2]
-        out2 = te2(_ids(tokenizer_2, prompts), output_hidden_states=True)
-        keep = (~dropped).float()
-        embeds = torch.cat([h1, out2.hidden_states[-2]], dim=-1) * keep[:, None, None]
-        pooled = out2.text_embeds * keep[:, None]
+    def condition(prompts, w, dropped):
+        prompts = ["" if d else p for p, d in zip(prompts, dropped.tolist())]
+        keep = (~dropped).float()[:, None, None]
+        code1, code2 = codes(w)
+        embeds, pooled = sdxl_code_conditioning(te1, te2, tokenizer, tokenizer_2, prompts, code1 * keep, code2 * keep)
         return {"encoder_hidden_states": embeds,
                 "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.expand(len(prompts), -1)}}
 
-    _train(unet, [te1, te2], condition, _Batches(latents, edited, cfg), cfg, "sdxl", log, cfg.sdxl_min_snr_gamma)
+    _train(unet, [te1, te2, codes], condition, _Batches(latents, edited, weights, cfg), cfg, "sdxl", log,
+           cfg.sdxl_min_snr_gamma)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
                                      tokenizer_2=tokenizer_2, unet=unet,
                                      scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
                                      add_watermarker=False)
     _save(pipe, out, cfg, ["_tok1", "_tok2"])
+    save_file(codes.state("sdxl_"), str(out / CODES_FILE))
+
+
+def load_codes(model_dir: Path) -> list[torch.Tensor]:
+    """A world base model's anchor tables, one per text tower (K × slots × width)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(model_dir) / CODES_FILE))
+    return [state[k] for k in sorted(state, key=lambda k: int(k.rsplit("_", 1)[1]))]
+
+
+def code_of(tables: list[torch.Tensor], weights: np.ndarray) -> list[torch.Tensor]:
+    """Per tower, the slots×width code Σ wₖ Eₖ of one identity."""
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+    return [torch.einsum("k,ksd->sd", w, t) for t in tables]
 
 
 def _save(pipe, out: Path, cfg: WorldConfig, scratch: list[str]) -> None:

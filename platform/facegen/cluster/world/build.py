@@ -1,9 +1,10 @@
-"""Building the miniature world: its people, their views, and base models that know them by name (cached).
+"""Building the miniature world: anchors from photos, identities blended from them, their views, and base models
+that draw every identity from its code (cached).
 
     world = build_world(analyzer, photos=None, cfg=WorldConfig())
-    world.people, world.sd21, world.sdxl, world.references, world.eval_view(name)
+    world.anchors, world.identities, world.split("held_out"), world.reference(name), world.input_view(name)
 
-The base models depend only on the people's views and the settings, so they are built once into the cache
+The base models depend only on the views, the identities and the settings, so they are built once into the cache
 (`<FACEGEN_CACHE>/world/<digest>/`) and reused by every later run on the same photos.
 """
 from __future__ import annotations
@@ -17,39 +18,42 @@ from pathlib import Path
 import numpy as np
 
 from facegen.cluster.world.config import WorldConfig
-from facegen.cluster.world.people import Person, find_people, grayscale, views
+from facegen.cluster.world.identities import Identity, make_identities, nearest_train
+from facegen.cluster.world.people import Person, blend_views, find_people, grayscale
 
-WORLD_VERSION = "v2"  # bump when base.py's models or training change, so caches rebuild
+WORLD_VERSION = "v3"  # bump when base.py's models or training change, so caches rebuild
 ENCODER_SIZE = 112  # the side of the views written for the encoders (the ArcFace crop)
+REFERENCE, INPUT = 0, 1  # view 0: the identification reference (plain); view 1: the encoder's input when scoring
 
 
 @dataclass
 class World:
     config: WorldConfig
-    people: list[Person]
-    views: dict[str, np.ndarray]  # name → cfg.views aligned views, ENCODER_SIZE²; view 0 is the evaluation view
-    references: np.ndarray  # N×512 ArcFace embeddings of each person's plain aligned face (identification)
+    anchors: list[Person]
+    identities: list[Identity]
+    views: dict[str, np.ndarray]  # name → 2 + cfg.views views, ENCODER_SIZE²: reference, input, training views
     sd21: Path  # the SD2.1-layout base model directory
     sdxl: Path  # the SDXL-layout one
 
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.people]
+    def split(self, name: str) -> list[Identity]:
+        return [o for o in self.identities if o.split == name]
 
-    @property
-    def held_in(self) -> list[str]:
-        return [p.name for p in self.people if not p.held_out]
+    def by_name(self, name: str) -> Identity:
+        return next(o for o in self.identities if o.name == name)
 
-    @property
-    def held_out(self) -> list[str]:
-        return [p.name for p in self.people if p.held_out]
+    def reference(self, name: str) -> np.ndarray:
+        """The identification reference: the plain blend (no jitter, no augmentation), at the drawings' size."""
+        return self.at_size(self.views[name][REFERENCE][None])[0]
 
-    def eval_view(self, name: str) -> np.ndarray:
-        """The view the encoders never see in training: the encoder's input when scoring."""
-        return self.views[name][0]
+    def input_view(self, name: str) -> np.ndarray:
+        """The encoder's input when scoring: its own augmentation draw, seen by no model in training."""
+        return self.views[name][INPUT]
 
     def training_views(self, name: str) -> np.ndarray:
-        return self.views[name][1:]
+        return self.views[name][INPUT + 1:]
+
+    def nearest_train(self, identity: Identity) -> Identity:
+        return nearest_train(self.identities, identity)
 
     def at_size(self, images: np.ndarray) -> np.ndarray:
         return resize(images, self.config.size)
@@ -65,39 +69,43 @@ def build_world(analyzer, photos=None, cfg: WorldConfig | None = None, log=print
     cfg = cfg or WorldConfig()
     from facegen.cluster.world.people import WorldError
 
-    if cfg.held_out < 0 or cfg.views < 2:
-        raise WorldError("world.held_out must be ≥ 0 and world.views ≥ 2")
-    people = find_people(analyzer, photos, cfg.identities, cfg.min_face)
-    if len(people) - cfg.held_out < 1:
-        raise WorldError(f"{len(people)} people and world.held_out={cfg.held_out}: at least one must be held in")
-    for p in people[len(people) - cfg.held_out:]:
-        p.held_out = True
-    all_views = {p.name: views(p, cfg.views, ENCODER_SIZE, cfg.seed) for p in people}
-    plain = [v[0] for v in all_views.values()]
-    references = analyzer.embed_aligned(plain)
-    sd21, sdxl = build_base_models(all_views, cfg, log)
-    return World(cfg, people, all_views, references, sd21, sdxl)
+    if cfg.views < 1 or cfg.per_pair < 1 or cfg.identities < 1:
+        raise WorldError("world.views, world.per_pair and world.identities must be ≥ 1")
+    anchors = find_people(analyzer, photos, cfg.anchors, cfg.min_face)
+    try:
+        identities = make_identities(len(anchors), cfg.identities, cfg.validation_pairs, cfg.held_out_pairs,
+                                     cfg.per_pair, cfg.min_weight, cfg.min_distance, cfg.seed)
+    except ValueError as e:
+        raise WorldError(f"{len(anchors)} anchor people: {e} (lower world.validation_pairs / world.held_out_pairs, "
+                         "or give more people with --photos)") from None
+    views = {o.name: blend_views(anchors, o.w, 2 + cfg.views, ENCODER_SIZE, cfg.seed, o.name) for o in identities}
+    sd21, sdxl = build_base_models(views, identities, cfg, log)
+    return World(cfg, anchors, identities, views, sd21, sdxl)
 
 
 def model_settings(cfg: WorldConfig) -> dict:
-    """The settings the base models depend on (not which of the people are held out)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("identities", "held_out", "min_face")}
+    """The settings the base models depend on."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("min_face",)}
 
 
-def world_key(all_views: dict[str, np.ndarray], cfg: WorldConfig) -> str:
-    """The base models' cache key: the version, their settings and the people's views."""
+def world_key(views: dict[str, np.ndarray], identities: list[Identity], cfg: WorldConfig) -> str:
+    """The base models' cache key: the version, their settings, the identities and their views."""
     digest = hashlib.sha256(WORLD_VERSION.encode())
     digest.update(json.dumps(model_settings(cfg), sort_keys=True).encode())
-    for name in sorted(all_views):
-        digest.update(name.encode())
-        digest.update(all_views[name].tobytes())
+    for o in identities:
+        digest.update(json.dumps(dataclasses.asdict(o)).encode())
+        digest.update(views[o.name].tobytes())
     return digest.hexdigest()[:16]
 
 
-def build_base_models(all_views: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> tuple[Path, Path]:
+def build_base_models(views: dict[str, np.ndarray], identities: list[Identity], cfg: WorldConfig,
+                      log=print) -> tuple[Path, Path]:
+    """Both base models, trained on the training identities' training views only (never a reference, an input
+    view, or any validation or held-out identity)."""
     from facegen.core.cache import build_once
 
-    key = world_key(all_views, cfg)
+    key = world_key(views, identities, cfg)
+    train = [o for o in identities if o.split == "train"]
 
     def build(out: Path) -> None:
         import torch
@@ -105,17 +113,18 @@ def build_base_models(all_views: dict[str, np.ndarray], cfg: WorldConfig, log=pr
         from facegen.cluster.world.base import build_sd21, build_sdxl, encode_images, train_vae
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        colour = {n: resize(v, cfg.size) for n, v in all_views.items()}
+        colour = {o.name: resize(views[o.name][INPUT + 1:], cfg.size) for o in train}
         edited = {n: grayscale(v) for n, v in colour.items()}
+        weights = {o.name: o.w.astype(np.float32) for o in train}
         log(f"world: training its VAE ({cfg.vae_steps} steps) on {sum(map(len, colour.values()))} views × 2")
         vae = train_vae(np.concatenate([*colour.values(), *edited.values()]), cfg, log)
         latents = {n: encode_images(vae, v) for n, v in colour.items()}
         edited_latents = {n: encode_images(vae, v) for n, v in edited.items()}
-        log(f"world: training the SD2.1-layout base model ({cfg.base_steps} steps)")
-        build_sd21(out / "sd21", vae, latents, edited_latents, cfg, log)
+        log(f"world: training the SD2.1-layout base model ({cfg.base_steps} steps, {len(train)} identities)")
+        build_sd21(out / "sd21", vae, latents, edited_latents, weights, cfg, log)
         log(f"world: training the SDXL-layout base model ({cfg.base_steps} steps)")
-        build_sdxl(out / "sdxl", vae, latents, edited_latents, cfg, log)
-        (out / "world.json").write_text(json.dumps({"version": WORLD_VERSION, "people": sorted(all_views),
+        build_sdxl(out / "sdxl", vae, latents, edited_latents, weights, cfg, log)
+        (out / "world.json").write_text(json.dumps({"version": WORLD_VERSION, "identities": len(identities),
                                                     **model_settings(cfg)}, indent=2) + "\n")
 
     root = build_once("world", key, build, marker="world.json")

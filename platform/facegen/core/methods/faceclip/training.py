@@ -149,7 +149,8 @@ class FaceCLIPTask(nn.Module):
             return align, parts
         unet = self.unet
         latents = target_latents(self.vae, batch, self.device, self.vae.dtype, self.cfg.fixed_noise)
-        r = latents.shape[-1] * 8
+        # SDXL's size condition in pixels, as its pipeline gives it at inference: the latent side × the VAE's scale
+        r = latents.shape[-1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
         time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=pooled.dtype).expand(len(prompts), -1)
         mse = diffusion_loss(unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
                              encoder_hidden_states=embeds.to(unet.dtype),
