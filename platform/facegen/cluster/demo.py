@@ -180,25 +180,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def show_learn(out: Path, bench: Path) -> None:
-    """Pictures in which the person appears: the miniature world's, when `make learn` has been run."""
+    """Pictures of faces the encoders never saw: the miniature world's, when `make learn` has been run."""
     import json
 
     record, grid = bench / "learn.json", bench / "learn_grid.png"
     if not (record.is_file() and grid.is_file()):
-        print("\nThe miniature world, where training makes the person appear, has not been run here: `make learn`")
-        print("(≈ 35 min on 2 cores, first time) trains both encoders on real faces and writes its pictures; `make demo` shows them then.")
+        print("\nThe miniature world, where training must carry a face it never saw, has not been run here: `make learn`")
+        print("(≈ 45 min on 2 cores, first time) trains both encoders on blended real faces and writes its pictures; "
+              "`make demo` shows them then.")
         return
     r = json.loads(record.read_text())
     shutil.copyfile(grid, out / "learn_grid.png")
-    print(f"\nThe miniature world (`make learn`, {r['identities']} people, chance {r['chance']:.2f}) — {out / 'learn_grid.png'}:")
-    print("  reference | fresh encoder | trained | base model with the person's name, plain and \"in black and white\"")
+    n = r["identities"]
+    print(f"\nThe miniature world (`make learn`: {n['train']} training identities, {n['held_out']} held-out ones no model "
+          f"saw, chance {r['chance']['held_out']:.2f}) — {out / 'learn_grid.png'}:")
+    print("  input photo | reference | fresh encoder | trained | lookup | ceiling (true code) | zeroed")
     for method in ("dreamidentity", "faceclip"):
         for group in ("held_in", "held_out"):
             m = r.get(method, {}).get(group)
-            if m:
-                print(f"  {method:<13} {group:<8} identification {m['identification']:.2f}, face sim {m['face_sim']:.2f} "
-                      f"(fresh {m['face_sim_fresh']:.2f}, ceiling {m['face_sim_ceiling']:.2f}), edit obeyed "
-                      f"{m['edit_obeyed']:.2f}")
+            if not m:
+                continue
+            cells = ", ".join(f"{c} {m[c]['identification']:.2f} [{m[c]['ci95'][0]:.2f}, {m[c]['ci95'][1]:.2f}]"
+                              for c in ("trained", "fresh", "lookup", "ceiling") if c in m)
+            print(f"  {method:<13} {group:<8} identification: {cells}")
+            b = m.get("beyond_lookup")
+            if b:
+                print(f"  {'':<13} {'':<8} trained − lookup {b['difference']:+.2f} {b['ci95']}, closer than the nearest "
+                      f"training identity {b['closer_than_nearest_train']:.2f}")
 
 
 if __name__ == "__main__":
