@@ -167,6 +167,11 @@ class Scorer:
         per = {c: self.identification(x, names, shuffle if c == "shuffled" else None) for c, x in d.items()}
         r = self.cfg.bootstrap
         out = {c: summary(v, r, seed) for c, v in per.items()}
+        # Given another identity's photo, is the row's own identity still drawn? (≈ chance when the photo decides;
+        # "identification" above scores the same drawings against the photo's identity.)
+        own = self.identification(d["shuffled"], names)["identification"]
+        out["shuffled"]["own_identity"] = round(float(own.mean()), 4)
+        out["shuffled"]["own_identity_ci95"] = bootstrap(own, r, seed)
         # beyond lookup: paired per identity, and closeness to the own reference vs the nearest training identity's
         diff = per["trained"]["identification"] - per["lookup"]["identification"]
         own, other = self.references(names), self.references([o.name for o in nearest])
@@ -361,6 +366,8 @@ def gate(r: dict) -> list[dict]:
               b["closer_than_nearest_train"] >= 0.65)
         check(f"{m}: zeroed ≤ chance + 0.1", o["zeroed"]["identification"], o["zeroed"]["identification"] <= chance + 0.1)
         check(f"{m}: shuffled follows the photo ≥ 0.5", o["shuffled"]["identification"], o["shuffled"]["identification"] >= 0.5)
+        check(f"{m}: shuffled draws its own identity ≤ chance + 0.1", o["shuffled"]["own_identity"],
+              o["shuffled"]["own_identity"] <= chance + 0.1)
         e = o["edit"]
         check(f"{m}: edit effect ≥ 0.5 × the ceiling's", [e["effect"], e["ceiling"]["effect"]],
               e["effect"] >= 0.5 * e["ceiling"]["effect"] and e["effect"] > 0)
