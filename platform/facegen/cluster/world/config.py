@@ -19,7 +19,9 @@ class WorldConfig:
     unet_width: int = 64  # the UNet's block widths are (w, 2w)
     seed: int = 0
     vae_steps: int = 1000
-    base_steps: int = 2500  # per base model (SD2.1 and SDXL layouts)
+    # Per base model (SD2.1 and SDXL layouts). Chosen on the validation identities: the true code's identification
+    # (best guidance) rose from 0.70 / 0.575 at 2,500 steps to 0.725 / 0.70 at 3,500 (SD2.1 / SDXL layout).
+    base_steps: int = 3500
     batch_size: int = 32
     lr: float = 1e-3
     ema: float = 0.999  # the base models keep an exponential moving average of their weights: it draws finer blends
