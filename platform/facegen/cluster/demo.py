@@ -205,7 +205,8 @@ def show_learn(out: Path, bench: Path) -> None:
             print(f"  {method:<13} {group:<8} identification: {cells}")
             b = m.get("beyond_lookup")
             if b:
-                print(f"  {'':<13} {'':<8} trained − lookup {b['difference']:+.2f} {b['ci95']}, closer than the nearest "
+                print(f"  {'':<13} {'':<8} trained − lookup {b['difference']:+.2f} [{b['ci95'][0]:+.2f}, {b['ci95'][1]:+.2f}], "
+                      "closer than the nearest "
                       f"training identity {b['closer_than_nearest_train']:.2f}")
 
 
