@@ -128,11 +128,11 @@ def bench_generation(method: str, dry: bool, steps: int, compile_unet: bool, dev
 
 def bench_m2_training(dry: bool, device) -> dict:
     """M² training steps with cached latents: samples/s on this device (bf16 frozen parts on CUDA)."""
-    from facegen.core.methods.dreamidentity.training import DreamIdentityTask
+    from facegen.core.methods import get_method
 
     preset = preset_for("dreamidentity", dry)
     resolution, batch = (64, 2) if dry else (512, 8)
-    task = DreamIdentityTask(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    task = get_method("dreamidentity").load_task(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     optimizer = torch.optim.AdamW([p for p in task.trainable.parameters() if p.requires_grad], lr=1e-5)
     rows = {"face": random_faces(batch, task.trainable.face_size, "cpu"), "prompt": ["a photo of S*"] * batch,
             "latents": torch.randn(batch, 4, resolution // 8, resolution // 8), "target": torch.zeros(batch, 3, 8, 8)}

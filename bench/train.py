@@ -45,14 +45,14 @@ def plain_loop(method: str, preset, data: str, steps: int) -> float:
 
     cfg = preset.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    task = get_method(method).task_class()(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    task = get_method(method).load_task(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     table = pd.concat([pq.read_table(p).to_pandas() for p in Storage.open(data).list("selfaug", suffixes=(".parquet",))])
     table = table[table["kept"]].rename(columns={"edited_image": "target"})
     columns = ("source_face", "face_embedding", "prompt", "target")
     decoded = decode_batch({c: table[c].tolist() for c in columns}, cfg.resolution,
-                           preset.method(method).encoder.vit.img_size)
+                           preset.method(method).encoder.vit.img_size, get_method(method).base_family.config.vae_scale_factor)
     rows = {k: np.asarray(v) for k, v in decoded.items()}
     n = len(rows["prompt"])
     start, samples = None, 0

@@ -11,7 +11,7 @@ from facegen.cluster.train.run import training_main
 
 
 def main(argv=None) -> int:
-    return training_main("train_faceclip", "faceclip", __doc__.splitlines()[0], argv)
+    return training_main("train_faceclip", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

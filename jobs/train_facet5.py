@@ -13,7 +13,7 @@ from facegen.cluster.train.run import training_main
 
 
 def main(argv=None) -> int:
-    return training_main("train_facet5", "facet5", __doc__.splitlines()[0], argv)
+    return training_main("train_facet5", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

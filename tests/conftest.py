@@ -52,13 +52,13 @@ def official_checkpoint(tmp_path_factory) -> dict:
     import numpy as np
     import torch
     from facegen.__main__ import main
-    from facegen.core.weights import load_sdxl_components
+    from facegen.core.bases import SDXL
 
     d = tmp_path_factory.mktemp("official")
     z = np.load(OFFICIAL_FIXTURE)
     state = {"model." + k[len("state/"):]: torch.from_numpy(z[k]) for k in z.files if k.startswith("state/")}
     torch.save(state, d / "face_clip_encoder.pt")
-    unet = load_sdxl_components("tiny:sdxl", skip=("vae", "text_encoder", "text_encoder_2"))["unet"]
+    unet = SDXL.load("tiny:sdxl", skip=("vae", "text_encoder", "text_encoder_2"))["unet"]
     unet_state = {k: v + 0.01 if k.endswith("bias") else v for k, v in unet.state_dict().items()}
     torch.save(unet_state, d / "unet.pt")
     assert main(["convert", "faceclip-official", "--encoder", str(d / "face_clip_encoder.pt"), "--unet",

@@ -28,11 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="draw the person in a photo into the scene a prompt describes")
-    g.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | faceclip-sdxl | production | a .yaml file")
+    g.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | dreamidentity-sdxl | faceclip-sdxl | "
+                                                    "facet5-flux | production | a .yaml file")
     g.add_argument("--method", choices=NAMES, default=None, help="default: the preset's first method")
     g.add_argument("--face", action="append", required=True, help="a photo of the person (repeat for several)")
     g.add_argument("--prompt", required=True,
-                   help='DreamIdentity: "S* as a chef" (S* marks the person); FaceCLIP: "a chef in a kitchen"')
+                   help='DreamIdentity (either base): "S* as a chef" (S* marks the person); FaceCLIP, FaceT5: '
+                        '"a chef in a kitchen"')
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--out", required=True, help="output .png (with --num-images N: NAME-1.png … NAME-N.png)")
     g.add_argument("--model", default=None,
@@ -131,9 +133,11 @@ def cmd_generate(args) -> int:
         from facegen.core.models.export import check_export
 
         check_export(args.model)
-    # The pipelines' own input checks (what their check_inputs runs), before diffusers is imported or a model loads.
-    method.check_inputs(args.prompt, args.negative_prompt or "", args.height, args.width)
-    control = control_arguments(args, method.name, section)
+    # The request resolved once, before diffusers is imported or a model loads: the pipelines' own input checks,
+    # the sampling defaults, the scene-switch rules.
+    sampling = section.sampling.resolve(args.steps, args.guidance, args.width, args.height, args.negative_prompt)
+    method.check_inputs(args.prompt, sampling.negative_prompt, sampling.height, sampling.width)
+    rules = control_rules(args, method.name, section, sampling)
     # An unreadable or faceless photo fails now (in a second or two), not after the models have loaded; the pipeline
     # reuses this analyzer, and its face encoder turns these detections into the identity (as the service does).
     from facegen.core.face.analyzer import FaceAnalyzer
@@ -141,24 +145,25 @@ def cmd_generate(args) -> int:
 
     analyzer = FaceAnalyzer(preset.face)
     detections = detect_faces(analyzer, args.face)
-    if control.get("pose_image"):
-        analyzer.largest(control["pose_image"], "the pose photo")
+    pose = None  # a head box is posed as the --pose-from photo's face, else the (first) --face photo's
+    if rules is not None and rules.head_box is not None:
+        face = analyzer.largest(args.pose_from, "the pose photo")[1] if args.pose_from else detections[0][1]
+        pose = (face.kps, face.bbox)
     import torch
 
-    from facegen.core.methods import load_pipeline
+    from facegen.core.plan import GenerationPlan
 
     _quiet(args)
 
-    pipe = load_pipeline(method.name, preset, args.model, face_analyzer=analyzer)
+    pipe = method.load_pipeline(preset, args.model, face_analyzer=analyzer)
     if not args.verbose:
         pipe.set_progress_bar_config(disable=True)
     identity = pipe.face_encoder.from_detections(detections)  # several --face photos of one person are averaged
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", ControlImageResized)
-        out = pipe(prompt=args.prompt, identity=identity, negative_prompt=args.negative_prompt,
-                   num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
-                   num_images_per_prompt=args.num_images, generator=torch.Generator().manual_seed(args.seed),
-                   face_image=args.face, **control)
+        control = None if rules is None else pipe.make_control(rules, sampling.width, sampling.height, 1, pose)
+        plan = GenerationPlan.from_sampling(sampling, args.num_images, control)
+        out = pipe(prompt=args.prompt, identity=identity, plan=plan, generator=torch.Generator().manual_seed(args.seed))
     for note in notes:
         if issubclass(note.category, ControlImageResized):
             print(f"note: {note.message}", file=sys.stderr)
@@ -168,24 +173,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def control_arguments(args, method: str, section) -> dict:
-    """The scene-switch flags as pipeline arguments, checked (`facegen.core.control.resolve`) before any model loads."""
+def control_rules(args, method: str, section, sampling):
+    """The scene-switch flags checked (`facegen.core.control.resolve`, once) before any model loads: the ControlPlan
+    the pipeline makes the control image from, or None without control flags."""
     from facegen.core.control import parse_head_box, resolve
     from facegen.core.face.images import load_image
 
-    plan = resolve(section.controlnet, args.width or section.sampling.width, args.height or section.sampling.height,
-                   parse_head_box(args.head_box) if args.head_box else None, args.pose_from, args.control_image,
-                   args.control_scale, args.control_start, args.control_end, names=CONTROL_FLAGS,
-                   key=f"methods.{method}.controlnet")
-    if plan is None:
-        return {}
+    rules = resolve(section.controlnet, sampling.width, sampling.height,
+                    parse_head_box(args.head_box) if args.head_box else None, args.pose_from, args.control_image,
+                    args.control_scale, args.control_start, args.control_end, names=CONTROL_FLAGS,
+                    key=f"methods.{method}.controlnet")
     for photo in (args.pose_from, args.control_image):
-        if photo:
+        if rules is not None and photo:
             load_image(photo)  # unreadable now, not after the models have loaded
-    out = {"control_scale": args.control_scale, "control_start": args.control_start, "control_end": args.control_end}
-    if plan.head_box is not None:
-        return {**out, "head_box": plan.head_box, "pose_image": args.pose_from}
-    return {**out, "control_image": args.control_image}
+    return rules
 
 
 def cmd_faces(args) -> int:

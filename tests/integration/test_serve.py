@@ -111,6 +111,7 @@ def test_the_next_batch_forms_while_a_draw_runs(service):
 
     from facegen.cluster.serving.batching import GenerationJob
     from facegen.cluster.serving.replicas import Generator
+    from facegen.core.plan import GenerationPlan
     from ray import serve
 
     class SlowDrawGenerator(Generator):
@@ -119,7 +120,8 @@ def test_the_next_batch_forms_while_a_draw_runs(service):
             self.draws = []
 
         def job(self, req):
-            return GenerationJob(prompt="S* at the beach", identity={}, seed=req["seed"], width=256, height=256)
+            return GenerationJob(prompt="S* at the beach", identity={}, seed=req["seed"],
+                                 plan=GenerationPlan(steps=30, guidance_scale=7.5, width=256, height=256))
 
         def _draw(self, jobs):
             start = time.time()

@@ -114,7 +114,9 @@ def test_work_grows_faster_than_pixels_past_the_native_canvas_and_with_control()
     from facegen.core.methods.base import CONTROL_COST, request_work, work_budget
 
     section = load_preset("production").method("dreamidentity")
-    native = section.NATIVE_PIXELS
+    from facegen.core.methods import get_method
+
+    native = get_method("dreamidentity").native_pixels
     assert request_work(2048, 2048, 19, 1, native, False) > 5 * work_budget(section)
     assert request_work(768, 768, 30, 4, native, False) <= work_budget(section)  # the budget's own example
     assert request_work(512, 512, 30, 1, native, True) == CONTROL_COST * request_work(512, 512, 30, 1, native, False)

@@ -87,8 +87,8 @@ def test_dreamidentity_control_equals_diffusers_controlnet_pipeline(tiny_pipe, p
     on = pipe(**kw, head_box=box, face_image=photos["astronaut"], generator=torch.Generator().manual_seed(3)).images
     assert np.abs(on - plain).max() > 1e-3  # the (random tiny) ControlNet acts
     tokens = identity.tokens.to(pipe.text_encoder.dtype)
-    embeds = pipe.encode_prompt_with_identity(["S* as a chef"], tokens)
-    neg = pipe.encode_prompt_with_identity([""], tokens, require_placeholder=False)
+    embeds = pipe.encode_prompt_with_identity(["S* as a chef"], tokens)["prompt_embeds"]
+    neg = pipe.encode_prompt_with_identity([""], tokens, require_placeholder=False)["prompt_embeds"]
     _, face = pipe.face_analyzer.largest(photos["astronaut"])
     control_image = head_control_image(128, 128, box, (face.kps, face.bbox), pipe.control_config.render)
     stock = StableDiffusionControlNetPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
@@ -173,12 +173,18 @@ def test_facet5_control_equals_diffusers_flux_controlnet_pipeline(photos):
     box = dict(head_box=(16, 8, 32, 32), face_image=photos["astronaut"])
     on = pipe(**kw, **box, control_end=0.5, output_type="np", generator=torch.Generator().manual_seed(1)).images
     assert np.abs(on - plain).max() > 1e-4
-    control = pipe.prepare_control(64, 48, 1, head_box=(16, 8, 32, 32), face_image=photos["astronaut"])
+    control = pipe.plan(1, head_box=(16, 8, 32, 32), face_image=photos["astronaut"], width=64, height=48).control
     stock = FluxControlNetPipeline(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=None, tokenizer=None,
                                    text_encoder_2=None, tokenizer_2=None, transformer=pipe.transformer,
                                    controlnet=pipe.controlnet)
     stock.set_progress_bar_config(disable=True)
-    theirs = stock(**pipe.encode_conditioning(["a chef"], [""], identity), control_image=control.image,
+    conditioning = pipe.encode_conditioning(["a chef"], [""], identity)
+    # The noise drawn first from the request's generator, as FluxPipeline draws it without control (the FLUX family's
+    # prepare_call): diffusers' ControlNet pipeline would sample the control image's latents first.
+    g = torch.Generator().manual_seed(1)
+    latents, _ = stock.prepare_latents(1, pipe.transformer.config.in_channels // 4, 48, 64,
+                                       conditioning["prompt_embeds"].dtype, "cpu", g)
+    theirs = stock(**conditioning, control_image=control.image, latents=latents,
                    control_guidance_end=0.5, true_cfg_scale=3.5, guidance_scale=1.0, width=64, height=48,
-                   num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(1)).images
+                   num_inference_steps=2, output_type="np", generator=g).images
     np.testing.assert_allclose(on, theirs, atol=1e-5)

@@ -21,9 +21,9 @@ def test_fp16_sdxl_vae_is_decoded_in_fp32():
     import numpy as np
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from facegen.core.weights import load_sdxl_components
+    from facegen.core.bases import SDXL
 
-    c = load_sdxl_components("tiny:sdxl", torch_dtype=torch.float16)
+    c = SDXL.load("tiny:sdxl", torch_dtype=torch.float16)
     assert c["vae"].dtype == torch.float16 and c["vae"].config.force_upcast
     pipe = StableDiffusionXLPipeline(**c, add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -35,10 +35,10 @@ def test_fp16_sdxl_vae_is_decoded_in_fp32():
 
 
 def test_vae_slices_batches_and_tiles_large_canvases():
+    from facegen.core.bases import SD21
     from facegen.core.methods.pipeline_utils import fit_vae_to
-    from facegen.core.weights import load_sd21_components
 
-    vae = load_sd21_components("tiny:sd21")["vae"]
+    vae = SD21.load("tiny:sd21")["vae"]
     fit_vae_to(vae, images=1, height=512, width=512)
     assert (vae.use_slicing, vae.use_tiling) == (False, False)
     fit_vae_to(vae, images=4, height=512, width=512)

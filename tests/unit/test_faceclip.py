@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
+from facegen.core.bases import SDXL
 from facegen.core.config import load_preset
+from facegen.core.methods import REGISTRY
 from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder
 from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
 from facegen.core.models.tokens import token_embedding_override, tokenize_with_placeholders
-from facegen.core.weights import load_sdxl_components
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def fc_pipe():
 
 def sdxl_reference(fc_pipe, prompt: str, identity):
     """diffusers' own SDXL encode_prompt on the prefixed prompt, with the "id" token embedding replaced."""
-    comps = load_sdxl_components("tiny:sdxl")
+    comps = SDXL.load("tiny:sdxl")
     sdxl = StableDiffusionXLPipeline(**comps, add_watermarker=False)
     sdxl.set_progress_bar_config(disable=True)
     enc = fc_pipe.faceclip_encoder
@@ -90,7 +91,7 @@ def _batch(fc_pipe, photos):
 def test_alignment_loss_goes_down_and_gradients_reach_the_trainable_parts(photos):
     p = load_preset("tiny")
     section = p.method("faceclip")
-    c = load_sdxl_components(section.base_model)
+    c = SDXL.load(section.base_model)
     torch.manual_seed(0)
     enc = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                     c["tokenizer_2"]).train()
@@ -129,7 +130,7 @@ def test_alignment_loss_goes_down_and_gradients_reach_the_trainable_parts(photos
 
 def test_text_towers_train_when_configured():
     section = load_preset("tiny").method("faceclip")
-    c = load_sdxl_components(section.base_model)
+    c = SDXL.load(section.base_model)
     enc = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                     c["tokenizer_2"]).set_trainable(train_text=True).train()
     tokens = enc.encode_faces(torch.zeros(1, 3, 112, 112))
@@ -155,11 +156,10 @@ def test_round_trip(fc_pipe, photos, tmp_path):
 def test_trained_unet_is_exported_and_loaded_by_the_pipeline(mode, tmp_path):
     """train.stage=diffusion with a trained UNet: the export holds it, and the pipeline draws with it (not the base)."""
     from facegen.core.methods import load_pipeline
-    from facegen.core.methods.faceclip.training import FaceCLIPTask
     from facegen.core.methods.training_utils import trained_weights
 
     preset = load_preset("tiny", ["methods.faceclip.train.stage=diffusion", f"methods.faceclip.train.unet={mode}"])
-    task = FaceCLIPTask(preset, load_base=False)
+    task = REGISTRY["faceclip"].load_task(preset, load_base=False)
     torch.manual_seed(1)
     with torch.no_grad():  # stand-in for training: move every trainable UNet weight
         for p in task.trainable.unet.parameters():
@@ -185,7 +185,6 @@ def test_a_base_model_stored_in_fp16_trains_in_fp32(tmp_path):
     """Checkpoints are often fp16 on disk (hub fp16 variants; the random real-shape models): the trained parts must
     come up in fp32 anyway — at real shapes, fp32 fusion layers met fp16 text towers and training stopped."""
     from diffusers import StableDiffusionXLPipeline
-    from facegen.core.methods.faceclip.training import FaceCLIPTask
     from facegen.core.weights import resolve_model
 
     fp16 = tmp_path / "sdxl-fp16"
@@ -193,7 +192,7 @@ def test_a_base_model_stored_in_fp16_trains_in_fp32(tmp_path):
         torch.float16).save_pretrained(fp16)
     preset = load_preset("tiny", [f"methods.faceclip.base_model={fp16}", "methods.faceclip.train.stage=diffusion",
                                   "methods.faceclip.train.unet=lora"])
-    task = FaceCLIPTask(preset, load_base=False)
+    task = REGISTRY["faceclip"].load_task(preset, load_base=False)
     assert {p.dtype for p in task.trainable.parameters()} == {torch.float32}
     encoder = task.trainable.encoder
     embeds, pooled = encoder(["a chef"], torch.randn(1, 512), encoder.encode_faces(torch.zeros(1, 3, 112, 112)))
@@ -203,12 +202,11 @@ def test_a_base_model_stored_in_fp16_trains_in_fp32(tmp_path):
 def test_lora_training_keeps_the_frozen_unet_in_the_frozen_dtype():
     """LoRA on SDXL: the base UNet weights run in the frozen dtype (bf16 on a GPU halves its 10 GB), the adapters
     train in fp32, and the loss reaches them through the mixed-precision forward."""
-    from facegen.core.methods.faceclip.training import FaceCLIPTask
     from facegen.core.methods.training_utils import trained_weights
 
     preset = load_preset("tiny", ["methods.faceclip.train.stage=diffusion", "methods.faceclip.train.unet=lora",
                                   "methods.faceclip.train.cond_dropout=0"])
-    task = FaceCLIPTask(preset, frozen_dtype=torch.bfloat16)
+    task = REGISTRY["faceclip"].load_task(preset, frozen_dtype=torch.bfloat16)
     unet = task.trainable.unet
     assert {p.dtype for p in unet.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in unet.parameters() if not p.requires_grad} == {torch.bfloat16}

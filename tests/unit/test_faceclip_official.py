@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from facegen.__main__ import main
 from facegen.core.config import load_preset
 from facegen.core.errors import ConfigError, ModelNotFound
+from facegen.core.methods import REGISTRY
 from facegen.core.methods.faceclip.config import OfficialFaceCLIPConfig
 from facegen.core.methods.faceclip.official import OfficialFaceCLIPEncoder, exported_face_reader
 
@@ -178,10 +179,10 @@ def test_fine_tunes_with_the_diffusion_loss_only(official_checkpoint):
 
     model = f"methods.faceclip.model={official_checkpoint['model']}"
     with pytest.raises(ConfigError, match="align_weight=0"):
-        FaceCLIPTask.check_config(load_preset("tiny", [model]), rows=4)
+        FaceCLIPTask.check_config(load_preset("tiny", [model]).method("faceclip"), rows=4)
     preset = load_preset("tiny", [model, "methods.faceclip.train.stage=diffusion", "methods.faceclip.train.align_weight=0",
                                   "train.resolution=64"])
-    task = FaceCLIPTask(preset)
+    task = REGISTRY["faceclip"].load_task(preset)
     torch.testing.assert_close(task.unet.conv_out.bias, official_checkpoint["unet_state"]["conv_out.bias"])
     g = torch.Generator().manual_seed(0)
     batch = {"prompt": ["a chef", "a knight"], "face": torch.rand(2, 3, 112, 112, generator=g) * 2 - 1,

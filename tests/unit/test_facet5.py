@@ -80,9 +80,9 @@ def pipe():
 def test_a_fresh_encoder_reads_text_with_flux_own_t5(pipe):
     """The T5 stack (FlashT5's names, plain PyTorch) given tiny:flux's T5EncoderModel weights computes what
     transformers' T5 computes: the fresh encoder's text stream is FLUX's own T5."""
-    from facegen.core.weights import load_flux_components
+    from facegen.core.bases import FLUX
 
-    t5 = load_flux_components("tiny:flux")["text_encoder_2"]
+    t5 = FLUX.load("tiny:flux")["text_encoder_2"]
     _, ids = pipe.facet5_encoder.tokenize(["a portrait of a man in a city", "a woman at the beach"])
     with torch.no_grad():
         ours = pipe.facet5_encoder.encoder_2.t5_encoder(ids)

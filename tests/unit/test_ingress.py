@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from facegen.cluster.serving.app import model_info
+from facegen.cluster.serving.batching import DrawRequest
 from facegen.cluster.serving.ingress import Ingress
 from facegen.core.methods import NAMES
 from fastapi.testclient import TestClient
@@ -172,14 +173,17 @@ def test_a_valid_request_goes_to_the_encoder_then_its_generator(front, info):
     encoder.answers["encode"] = lambda method, images: {"identity_token": "tok", "faces": [{"score": 0.9}], "ms": 1.0,
                                                         "pose": None}
     side = info["faceclip"]["default_size"]
-    generators["faceclip"].answers["generate"] = lambda payload: {
-        "arrays": [np.zeros((side[1], side[0], 3), np.uint8)], "seed": payload["seed"], "ms": 2.0, "batch_size": 1,
+    generators["faceclip"].answers["generate"] = lambda draw: {
+        "arrays": [np.zeros((side[1], side[0], 3), np.uint8)], "seed": draw.seed, "ms": 2.0, "batch_size": 1,
         "info": {"method": "faceclip"}}
     r = post(client, "/v1/generate", {"method": "faceclip", "face_image": base64.b64encode(photo).decode(),
                                       "prompt": "a knight", "seed": 7, "steps": 2})
     assert r.status_code == 200, r.text
     assert encoder.calls == [("encode", ("faceclip", [photo]))]
-    (name, (payload,)), = generators["faceclip"].calls
-    assert name == "generate" and payload["identity_token"] == "tok" and payload["steps"] == 2 and payload["seed"] == 7
-    assert "face_image" not in payload and r.json()["seed"] == 7 and r.json()["format"] == "png"
+    (name, (draw,)), = generators["faceclip"].calls
+    # A typed request, resolved once here: the steps asked for, the rest the method's defaults, no control.
+    assert isinstance(draw, DrawRequest) and draw.identity_token == "tok" and draw.seed == 7
+    assert draw.plan.steps == 2 and draw.plan.guidance_scale == info["faceclip"]["guidance_scale"]
+    assert [draw.plan.width, draw.plan.height] == side and draw.plan.control is None
+    assert r.json()["seed"] == 7 and r.json()["format"] == "png"
     assert base64.b64decode(r.json()["images"][0]).startswith(b"\x89PNG")

@@ -8,6 +8,15 @@ import PIL.Image
 import pytest
 from facegen.cluster.serving import tokens, watermark
 from facegen.cluster.serving.batching import GenerationJob, group_compatible
+from facegen.core.control import Control
+from facegen.core.plan import GenerationPlan
+
+
+def make_job(prompt="S*", seed=0, num_images=1, steps=30, width=256, control=None, control_scale=1.0,
+             control_end=1.0) -> GenerationJob:
+    c = None if control is None else Control(image=[control], scale=control_scale, end=control_end)
+    plan = GenerationPlan(steps=steps, guidance_scale=7.5, width=width, height=width, num_images=num_images, control=c)
+    return GenerationJob(prompt=prompt, identity={}, seed=seed, plan=plan)
 
 
 def test_token_round_trip_tampering_expiry_and_rotation():
@@ -61,7 +70,7 @@ def test_the_largest_identity_token_is_accepted_back():
 
 def test_group_compatible_keeps_order_and_caps_images():
     def job(steps=30, n=1, w=256):
-        return GenerationJob(prompt="S*", identity={}, seed=0, num_images=n, steps=steps, width=w, height=w)
+        return make_job(num_images=n, steps=steps, width=w)
 
     jobs = [job(), job(steps=10), job(n=2), job(w=512), job(steps=10), job(n=4)]
     groups = group_compatible(jobs, max_images=4)
@@ -74,9 +83,9 @@ def test_control_is_part_of_batch_compatibility():
     """Requests with control batch together only at the same strength and window (their images may differ); never
     with requests without control."""
     img = np.zeros((8, 8, 3), np.uint8)
-    jobs = [GenerationJob("a", {}, 1), GenerationJob("b", {}, 2, control=img),
-            GenerationJob("c", {}, 3, control=img + 1), GenerationJob("d", {}, 4, control=img, control_scale=0.5),
-            GenerationJob("e", {}, 5, control=img, control_end=0.5), GenerationJob("f", {}, 6)]
+    jobs = [make_job("a", 1), make_job("b", 2, control=img), make_job("c", 3, control=img + 1),
+            make_job("d", 4, control=img, control_scale=0.5), make_job("e", 5, control=img, control_end=0.5),
+            make_job("f", 6)]
     assert group_compatible(jobs, max_images=8) == [[0, 5], [1, 2], [3], [4]]
 
 
@@ -133,8 +142,7 @@ def test_a_failing_batch_is_retried_one_request_at_a_time():
     from facegen.cluster.serving.batching import draw_groups
     from facegen.core.errors import GenerationFailed
 
-    jobs = [GenerationJob(prompt=p, identity={}, seed=i, num_images=2 if p == "big" else 1)
-            for i, p in enumerate(["a", "big", "b"])]
+    jobs = [make_job(p, i, num_images=2 if p == "big" else 1) for i, p in enumerate(["a", "big", "b"])]
     calls = []
 
     def draw(group):

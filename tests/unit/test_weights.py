@@ -47,14 +47,14 @@ def test_real_layout_loads_through_from_pretrained(tmp_path):
     """A local directory in the hub's layout (here: the tiny model copied) loads like a downloaded model."""
     import shutil
 
-    from facegen.core.weights import load_sd21_components
+    from facegen.core.bases import SD21
 
     local = tmp_path / "my-sd21"
     shutil.copytree(resolve_model("tiny:sd21"), local)
-    comps = load_sd21_components(str(local))
+    comps = SD21.load(str(local))
     assert type(comps["unet"]).__name__ == "UNet2DConditionModel"
-    with pytest.raises(ModelNotFound, match="not a Stable Diffusion model"):
-        load_sd21_components(str(tmp_path))
+    with pytest.raises(ModelNotFound, match="not a Stable Diffusion 2.1 model"):
+        SD21.load(str(tmp_path))
 
 
 def test_pins_per_model_for_every_file_a_loader_reads(tmp_path):

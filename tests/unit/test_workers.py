@@ -14,8 +14,8 @@ def test_quiet_libraries_silences_model_loading_imported_later_without_importing
         from facegen.cluster.workers import quiet_libraries
         quiet_libraries()
         assert "diffusers" not in sys.modules and "transformers" not in sys.modules
-        from facegen.core.weights import load_sd21_components
-        load_sd21_components("tiny:sd21")
+        from facegen.core.bases import SD21
+        SD21.load("tiny:sd21")
         import diffusers, transformers
         assert diffusers.utils.logging.get_verbosity() == logging.ERROR
         assert transformers.utils.logging.get_verbosity() == logging.ERROR

@@ -1,7 +1,7 @@
 """`make demo`: the whole platform on the tiny preset on a local Ray, each step through its real entry point:
 
-    build_data → train_m2, train_faceclip and train_facet5 (a few steps) → evaluate (M², FaceCLIP)
-    → generate (all three methods)
+    build_data → every registry entry the preset offers trained by its job (a few steps: train_m2 for DreamIdentity
+    on SD 2.1 and on SDXL, train_faceclip, train_facet5) → evaluate (each) → generate (each)
     → a scene-switch grid (the head in three boxes, through the ControlNet)
 
 Inputs are the face photos that ship with scikit-image and insightface. Each job's output lands in
@@ -37,25 +37,37 @@ def shipped_photos() -> dict[str, Path]:
 PROMPTS = {"chef": "S* as a chef, looking at the camera", "painting": "oil painting style, S* face"}
 
 
+def trained_dir(out: Path, method) -> Path:
+    """Where the demo trains a registry entry: its job's name (train_m2, …), with the base for a second entry of
+    the same job (train_m2_sdxl)."""
+    from facegen.core.methods import REGISTRY
+
+    first = next(m for m in REGISTRY.values() if m.job == method.job)
+    return out / (method.job if method is first else f"{method.job}_{method.base}")
+
+
+def offered(preset: str) -> list:
+    """The registry entries the preset configures, in registry order."""
+    from facegen.core.config import load_preset
+    from facegen.core.methods import REGISTRY
+
+    return [REGISTRY[m] for m in load_preset(preset).method_names]
+
+
 def chain(out: Path, preset: str) -> list[tuple[str, list[str]]]:
-    """(job, arguments) in order: a dataset, the three methods fine-tuned on it, M² and FaceCLIP evaluated."""
+    """(job, arguments) in order: a dataset, every offered method fine-tuned on it by its job, each evaluated."""
     inputs = out / "inputs"
     common = ["--preset", preset]
-    return [
-        ("build_data", [*common, "--output", str(out / "build_data"), "--num-identities", "3",
-                        "--ffhq", str(inputs / "ffhq"), "--set", "data.max_prompts=2", "--set", "data.steps=4",
-                        "--set", "data.keep_fraction=0.5"]),
-        ("train_m2", [*common, "--output", str(out / "train_m2"), "--data", str(out / "build_data"),
-                      "--max-steps", "10"]),
-        ("train_faceclip", [*common, "--output", str(out / "train_faceclip"), "--data", str(out / "build_data"),
-                            "--max-steps", "10"]),
-        ("train_facet5", [*common, "--output", str(out / "train_facet5"), "--data", str(out / "build_data"),
-                          "--max-steps", "10"]),
-        ("evaluate", [*common, "--output", str(out / "evaluate_m2"), "--method", "dreamidentity",
-                      "--model", str(out / "train_m2" / "model"), "--faces", str(inputs / "faces")]),
-        ("evaluate", [*common, "--output", str(out / "evaluate_faceclip"), "--method", "faceclip",
-                      "--model", str(out / "train_faceclip" / "model"), "--faces", str(inputs / "faces")]),
-    ]
+    steps = [("build_data", [*common, "--output", str(out / "build_data"), "--num-identities", "3",
+                             "--ffhq", str(inputs / "ffhq"), "--set", "data.max_prompts=2", "--set", "data.steps=4",
+                             "--set", "data.keep_fraction=0.5"])]
+    for method in offered(preset):
+        steps.append((method.job, [*common, "--method", method.name, "--output", str(trained_dir(out, method)),
+                                   "--data", str(out / "build_data"), "--max-steps", "10"]))
+    for method in offered(preset):
+        steps.append(("evaluate", [*common, "--output", str(out / f"evaluate_{method.name}"), "--method", method.name,
+                                   "--model", str(trained_dir(out, method) / "model"), "--faces", str(inputs / "faces")]))
+    return steps
 
 
 def _prepare_inputs(out: Path) -> None:
@@ -95,26 +107,22 @@ def run_jobs(out: Path, preset: str) -> dict[str, float]:
 
 
 def draw(out: Path, preset: str) -> list[Path]:
-    """Portraits of the shipped photos through `python -m facegen generate`, with the encoders just trained."""
+    """Portraits of the shipped photos through `python -m facegen generate`, with the encoders just trained: every
+    offered method, DreamIdentity's prompts with S* where the person goes."""
     written = []
-    models = {"dreamidentity": out / "train_m2" / "model", "faceclip": out / "train_faceclip" / "model",
-              "facet5": out / "train_facet5" / "model"}
     photos = shipped_photos()
     cli(["faces", *map(str, photos.values())])
     for name, photo in photos.items():
-        for tag, prompt in PROMPTS.items():
-            target = out / f"dreamidentity_{name}_{tag}.png"
-            if cli(["generate", "--preset", preset, "--method", "dreamidentity", "--model", str(models["dreamidentity"]),
-                    "--face", str(photo), "--prompt", prompt, "--out", str(target), "--seed", "0"]) != 0:
-                raise SystemExit(f"error: generate failed for {photo}")
-            written.append(target)
-        for method in ("faceclip", "facet5"):  # no S*: the face enters through the joint encoder
-            target = out / f"{method}_{name}_chef.png"
-            if cli(["generate", "--preset", preset, "--method", method, "--model", str(models[method]),
-                    "--face", str(photo), "--prompt", "a chef in a kitchen, looking at the camera", "--out", str(target),
-                    "--seed", "0"]) != 0:
-                raise SystemExit(f"error: generate failed for {photo}")
-            written.append(target)
+        for method in offered(preset):
+            # no S* for FaceCLIP and FaceT5: the face enters through the joint encoder
+            prompts = PROMPTS if method.needs_placeholder else {"chef": "a chef in a kitchen, looking at the camera"}
+            for tag, prompt in prompts.items():
+                target = out / f"{method.name}_{name}_{tag}.png"
+                if cli(["generate", "--preset", preset, "--method", method.name,
+                        "--model", str(trained_dir(out, method) / "model"), "--face", str(photo), "--prompt", prompt,
+                        "--out", str(target), "--seed", "0"]) != 0:
+                    raise SystemExit(f"error: generate failed for {photo}")
+                written.append(target)
     return written
 
 
@@ -167,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     timings["generate"] = time.time() - t
     print(f"\ndemo done in {time.time() - start:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     print(f"  dataset        {out / 'build_data'}/  (selfaug/*.parquet, ffhq/*.parquet, manifest.json)")
-    for job in ("train_m2", "train_faceclip", "train_facet5"):
-        print(f"  {job:<14} {out / job}/model/  (exported encoder; metrics.jsonl, loss.png)")
-    for job in ("evaluate_m2", "evaluate_faceclip"):
-        print(f"  {job:<14} {out / job}/report.md  (metrics.json, grids/, plot)")
+    for method in offered(args.preset):
+        d = trained_dir(out, method)
+        print(f"  {d.name:<18} {d}/model/  ({method.name}'s exported encoder; metrics.jsonl, loss.png)")
+    for method in offered(args.preset):
+        print(f"  {'evaluate_' + method.name:<18} {out / ('evaluate_' + method.name)}/report.md  (metrics.json, grids/, plot)")
     print(f"  pictures       {len(pictures)} in {out}/  (e.g. {pictures[0].name})")
     print(f"  scene switch   {pictures[-1]}  (head boxes left/centre/right: keypoint maps, then pictures)")
     print("The tiny preset's diffusion models are random, so the pictures are noise-like: the point is the chain;")
@@ -195,7 +204,9 @@ def show_learn(out: Path, bench: Path) -> None:
     print(f"\nThe miniature world (`make learn`: {n['train']} training identities, {n['held_out']} held-out ones no model "
           f"saw, chance {r['chance']['held_out']:.2f}) — {out / 'learn_grid.png'}:")
     print("  input photo | reference | fresh encoder | trained | lookup | ceiling (true code) | zeroed")
-    for method in ("dreamidentity", "faceclip"):
+    from facegen.core.methods import NAMES
+
+    for method in (m for m in NAMES if m in r):
         for group in ("held_in", "held_out"):
             m = r.get(method, {}).get(group)
             if not m:

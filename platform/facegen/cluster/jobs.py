@@ -21,7 +21,7 @@ from facegen.core.errors import ConfigError, FacegenError
 
 def job_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--preset", default="tiny", help="tiny | dreamidentity-sd21 | faceclip-sdxl | production | a .yaml file")
+    p.add_argument("--preset", default="tiny", help="tiny | a shipped preset (docs/models.md) | a .yaml file")
     p.add_argument("--output", required=True, help="a local directory or s3://bucket/prefix")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in the same --output")

@@ -1,13 +1,13 @@
 """Resolving model references: a local diffusers directory, a hub id, or an offline builder.
 
 Every base model goes through one path: `resolve_model(ref)` gives a local directory in the real diffusers layout,
-then the libraries' own `from_pretrained` loads it. "tiny:sd21" / "tiny:sdxl" (small random models, tiny.py) and
+then its family's loader (facegen.core.bases: `SD21.load`, `SDXL.load`, `FLUX.load`) runs diffusers' own
+`from_pretrained` on it. "tiny:sd21" / "tiny:sdxl" (small random models, tiny.py) and
 "random:sd21-base" / "random:sdxl-base" (random weights with the public models' exact configs, random_models.py)
 are built once into the cache and then loaded exactly like downloaded weights.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from facegen.core.errors import ModelNotFound
@@ -66,67 +66,3 @@ def _from_hub(repo_id: str, revision: str | None = None) -> Path:
             f"elsewhere (`hf download {repo_id} --local-dir DIR`) and point the preset at the directory, e.g. "
             f"--set methods.<method>.base_model=DIR"
         ) from None
-
-
-def load_sd21_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None) -> dict:
-    """vae, text_encoder, tokenizer, unet, scheduler of an SD2.1-layout model (hub id, local dir, tiny:sd21)."""
-    from diffusers import StableDiffusionPipeline
-
-    path = resolve_model(ref, sha256)
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False, torch_dtype=torch_dtype
-        )
-    except (OSError, ValueError) as e:
-        raise ModelNotFound(f"{ref} is not a Stable Diffusion model directory: {e}") from None
-    return {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-
-
-def load_sdxl_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None,
-                         skip: tuple[str, ...] = ()) -> dict:
-    """vae, both text encoders and tokenizers, unet, scheduler of an SDXL-layout model; components in `skip` are
-    not loaded (None) — SDXL's UNet alone is 10 GB in fp32, and FaceCLIP's alignment stage never calls it."""
-    from diffusers import StableDiffusionXLPipeline
-
-    path = resolve_model(ref, sha256)
-    try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, add_watermarker=False,
-                                                         **{name: None for name in skip})
-    except (OSError, ValueError) as e:
-        raise ModelNotFound(f"{ref} is not an SDXL model directory: {e}") from None
-    names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
-    return {k: getattr(pipe, k) for k in names}
-
-
-def text_token_dim(ref: str, sha256: dict[str, str] | None = None) -> int:
-    """The token-embedding width of a model's (first) text encoder, read from its config alone."""
-    path = resolve_model(ref, sha256)
-    config = path / "text_encoder" / "config.json"
-    if not config.is_file():
-        raise ModelNotFound(f"{ref} has no text_encoder/config.json: is it a Stable Diffusion model directory?")
-    return int(json.loads(config.read_text())["hidden_size"])
-
-
-def vae_scale_factor(ref: str, sha256: dict[str, str] | None = None) -> int:
-    """How many pixels a side one latent covers, from the model's VAE config alone (diffusers' rule: 2 ** (blocks − 1);
-    8 for SD / SDXL / FLUX, 4 for the miniature world's three-block VAE)."""
-    path = resolve_model(ref, sha256)
-    config = path / "vae" / "config.json"
-    if not config.is_file():
-        raise ModelNotFound(f"{ref} has no vae/config.json: is it a diffusers model directory?")
-    return 2 ** (len(json.loads(config.read_text())["block_out_channels"]) - 1)
-
-
-def load_flux_components(ref: str, sha256: dict[str, str] | None = None, torch_dtype=None,
-                         skip: tuple[str, ...] = ()) -> dict:
-    """transformer, vae, scheduler, both text encoders and tokenizers of a FLUX.1-layout model (hub id, local dir,
-    tiny:flux); components in `skip` are not loaded (None): FLUX's T5 is 9.5 GB in bf16, its transformer 24 GB."""
-    from diffusers import FluxPipeline
-
-    path = resolve_model(ref, sha256)
-    try:
-        pipe = FluxPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, **{name: None for name in skip})
-    except (OSError, ValueError) as e:
-        raise ModelNotFound(f"{ref} is not a FLUX model directory: {e}") from None
-    names = ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-    return {k: getattr(pipe, k) for k in names}

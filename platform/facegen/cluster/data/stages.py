@@ -36,22 +36,20 @@ def _timed(df: pd.DataFrame, column: str, start: float) -> pd.DataFrame:
 
 
 class _Generator:
-    """Stable Diffusion from the base model of data.method's section, drawing one image per (prompt, seed)."""
+    """The base model of data.method's section (its family's own diffusers pipeline: SD 2.1's, SDXL's), drawing one
+    image per (prompt, seed)."""
 
     def __init__(self, preset: Preset):
-        from diffusers import StableDiffusionPipeline
-
+        from facegen.core.methods import get_method
         from facegen.core.methods.pipeline_utils import make_scheduler
-        from facegen.core.weights import load_sd21_components
 
         quiet_libraries()
         self.preset, self.cfg = preset, preset.data
-        section = preset.method(self.cfg.method)
+        section, base = preset.method(self.cfg.method), get_method(self.cfg.method).base_family
         self.device, dtype = actor_device(section.dtype, key=f"methods.{self.cfg.method}.dtype")
-        parts = load_sd21_components(section.base_model, section.sha256, torch_dtype=dtype)
+        parts = base.load(section.base_model, section.sha256, torch_dtype=dtype)
         parts["scheduler"] = make_scheduler(section.sampling.scheduler, parts["scheduler"])
-        self.pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                            requires_safety_checker=False).to(self.device)
+        self.pipe = base.denoiser(parts).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
 
     def draw(self, prompts: list[str], seeds: list[int]) -> list[PIL.Image.Image]:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from facegen.core.errors import FacegenError, InvalidImage
 from facegen.core.methods import NAMES
 from facegen.core.methods.base import SAMPLING_BOUNDS as BOUNDS
-from facegen.core.methods.base import SIZE_MULTIPLE
+from facegen.core.sampling import SIZE_MULTIPLE
 
 log = logging.getLogger("facegen.serve")
 DEFAULT_MAX_BODY = 10 * 1024 * 1024

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from facegen.cluster.serving import tokens
 from facegen.cluster.serving.ingress import IngressDeployment
 from facegen.cluster.serving.replicas import FaceEncoder, generator_deployment, public_name, served_default_size
+from facegen.core.methods import get_method
 from facegen.core.methods.base import work_budget
 
 
@@ -38,8 +39,8 @@ def model_info(preset: str, models: dict) -> dict:
         info[method] = {"method": method, "preset": p.name, "base_model": public_name(section.base_model),
                         "encoder": public_name(model), "dtype": section.dtype,
                         "default_size": list(served_default_size(s)),
-                        "steps": s.steps, "guidance_scale": s.guidance_scale,
-                        "max_megapixel_steps": work_budget(section), "native_pixels": section.NATIVE_PIXELS,
+                        "steps": s.steps, "guidance_scale": s.guidance_scale, "negative_prompt": s.negative_prompt,
+                        "max_megapixel_steps": work_budget(section), "native_pixels": get_method(method).native_pixels,
                         "service_caps": asdict(s.service),
                         "control": {"model": public_name(section.controlnet.model) if section.controlnet.model else None,
                                     "render": section.controlnet.render, "scale": section.controlnet.scale,

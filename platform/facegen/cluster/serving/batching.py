@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from facegen.core.errors import FacegenError, GenerationFailed
-from facegen.core.methods.base import SamplingConfig
+from facegen.core.plan import GenerationPlan
 
 log = logging.getLogger("facegen.serve")
 
@@ -31,27 +31,35 @@ class BatchingConfig:
             raise ValueError(f"user_config.batch_wait_timeout_s must be 0..10 seconds, got {self.batch_wait_timeout_s!r}")
 
 
+@dataclass(frozen=True)
+class DrawRequest:
+    """What the ingress hands a generator replica: one request, resolved once by the ingress (the sampling values
+    with the method's defaults, the control image made, in `plan`), and the identity token the replica opens."""
+
+    prompt: str
+    identity_token: str
+    seed: int
+    plan: GenerationPlan
+
+
 @dataclass
 class GenerationJob:
+    """A DrawRequest whose token the replica opened: the identity as arrays (Identity.to_arrays)."""
+
     prompt: str
-    identity: dict  # the method's identity as arrays (Identity.to_arrays)
+    identity: dict
     seed: int
-    num_images: int = 1
-    # Filled in by the generator (SamplingConfig.resolve); the defaults here are SamplingConfig's, for tests.
-    steps: int = SamplingConfig.steps
-    guidance_scale: float = SamplingConfig.guidance_scale
-    width: int = SamplingConfig.width
-    height: int = SamplingConfig.height
-    negative_prompt: str = SamplingConfig.negative_prompt
-    control: object = None  # the ControlNet's image (H×W×3 uint8), or None
-    control_scale: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
+    plan: GenerationPlan
+
+    @property
+    def num_images(self) -> int:
+        return self.plan.num_images
 
     def batch_key(self) -> tuple:
         # Control images may differ within a batch (one per image); whether there is control and how strong may not.
-        control = None if self.control is None else (round(self.control_scale, 6), self.control_start, self.control_end)
-        return (self.steps, round(self.guidance_scale, 6), self.width, self.height, self.negative_prompt, control)
+        p = self.plan
+        control = None if p.control is None else (round(p.control.scale, 6), p.control.start, p.control.end)
+        return (p.steps, round(p.guidance_scale, 6), p.width, p.height, p.negative_prompt, control)
 
 
 def group_compatible(jobs: list[GenerationJob], max_images: int) -> list[list[int]]:

@@ -32,11 +32,13 @@ from facegen.cluster.serving.api import (
     install_error_handlers,
     read_body,
 )
-from facegen.core.control import fit_control_image, head_control_image, resolve
+from facegen.cluster.serving.batching import DrawRequest
+from facegen.core.control import Control, fit_control_image, head_control_image, resolve
 from facegen.core.errors import FacegenError
 from facegen.core.face.images import load_image
 from facegen.core.methods import REGISTRY, get_method
-from facegen.core.methods.base import ControlNetConfig, request_work
+from facegen.core.methods.base import ControlNetConfig, SamplingConfig, request_work
+from facegen.core.plan import GenerationPlan
 
 log = logging.getLogger("facegen.serve")
 
@@ -192,30 +194,34 @@ class Ingress:
         info = self.model_info[req.method]
         width, height = req.width or info["default_size"][0], req.height or info["default_size"][1]
         c = req.control or ControlRequest.model_construct()
-        plan = resolve(ControlNetConfig(**info["control"]), width, height, c.head_box, c.pose_image, c.control_image,
-                       c.scale, c.start, c.end, names=CONTROL_FIELDS, key=f"methods.{req.method}.controlnet")
-        if plan is not None and plan.control_image is not None:
+        rules = resolve(ControlNetConfig(**info["control"]), width, height, c.head_box, c.pose_image, c.control_image,
+                        c.scale, c.start, c.end, names=CONTROL_FIELDS, key=f"methods.{req.method}.controlnet")
+        if rules is not None and rules.control_image is not None:
             # Decoding user bytes is CPU work of unbounded cost: on the thread pool, never in this event loop
             # (which answers /healthz and every other request), and shrunk to the canvas at once.
             control_image, note = await asyncio.get_running_loop().run_in_executor(
-                self.image_pool, _control_image, plan.control_image, width, height)
+                self.image_pool, _control_image, rules.control_image, width, height)
         encoded = await self._encode(req) if req.identity_token is None else None
         token = encoded["identity_token"] if encoded else req.identity_token
         seed = req.seed if req.seed is not None else int.from_bytes(np.random.bytes(4), "little") & 0x7FFFFFFF
-        payload = req.model_dump(exclude={"face_image", "face_images", "control"}) | {"identity_token": token, "seed": seed}
-        notes = []
-        if plan is not None:
-            if plan.head_box is not None:  # posed as the pose photo's face, else the face photo's, else frontal
-                pose = (await self._call(self.encoder.pose, req.method, decode_base64_image(plan.pose_image, "control.pose_image"))
-                        if plan.pose_image is not None else encoded["pose"] if encoded else None)
+        notes, control = [], None
+        if rules is not None:
+            if rules.head_box is not None:  # posed as the pose photo's face, else the face photo's, else frontal
+                pose = (await self._call(self.encoder.pose, req.method, decode_base64_image(rules.pose_image, "control.pose_image"))
+                        if rules.pose_image is not None else encoded["pose"] if encoded else None)
                 face = (np.array(pose["kps"]), np.array(pose["bbox"])) if pose else None
-                image = head_control_image(width, height, plan.head_box, face, info["control"]["render"])
+                image = head_control_image(width, height, rules.head_box, face, info["control"]["render"])
             else:
                 image = control_image
                 notes += [note] if note else []
-            payload["control"] = {"control": np.asarray(image, np.uint8), "control_scale": plan.scale,
-                                  "control_start": plan.start, "control_end": plan.end}
-        out = await self._call(self.generators[req.method].generate, payload)
+            control = Control(image=[image], scale=rules.scale, start=rules.start, end=rules.end)
+        # The request resolved once, here: the replica draws this plan as it is.
+        sampling = SamplingConfig(steps=info["steps"], guidance_scale=info["guidance_scale"], width=width, height=height,
+                                  negative_prompt=info["negative_prompt"])
+        sampling = sampling.resolve(req.steps, req.guidance_scale, negative_prompt=req.negative_prompt)
+        draw = DrawRequest(prompt=req.prompt, identity_token=token, seed=seed,
+                           plan=GenerationPlan.from_sampling(sampling, req.num_images, control))
+        out = await self._call(self.generators[req.method].generate, draw)
         if isinstance(out, Exception):
             raise _unwrap(out)
         images, encode_ms = await self._encode_images(out, req.format, req.quality)

@@ -11,11 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 from ray import serve
 
 from facegen.cluster.serving import tokens, watermark
-from facegen.cluster.serving.batching import BatchingConfig, GenerationJob, draw_groups
+from facegen.cluster.serving.batching import BatchingConfig, DrawRequest, GenerationJob, draw_groups
 from facegen.cluster.workers import quiet_libraries
 from facegen.core.errors import FacegenError
 from facegen.core.methods import get_method
@@ -60,7 +59,7 @@ class FaceEncoder:
         self.preset, self.models, self.keys, self.token_ttl_s = preset, models, keys, token_ttl_s
         self.encoders = {}
         for name, model in models.items():
-            enc = get_method(name).pipeline_class().load_face_encoder(preset, model)
+            enc = get_method(name).load_face_encoder(preset, model)
             if self.encoders:  # one face stack serves every method
                 enc.face_analyzer = next(iter(self.encoders.values())).face_analyzer
             self.encoders[name] = enc
@@ -101,13 +100,12 @@ class Generator:
     def __init__(self, method: str, preset: str, model: str | None, keys: list[bytes]):
         quiet_libraries()
         from facegen.core.config import load_preset
-        from facegen.core.methods import load_pipeline
 
         self.method, self.preset, self.model, self.keys = get_method(method), preset, model, keys
         loaded = load_preset(preset)
         self.preset_name, self.section = loaded.name, loaded.method(method)
         self.identity_cls = self.method.identity_class()
-        self.pipe = load_pipeline(method, preset, model)
+        self.pipe = self.method.load_pipeline(preset, model)
         self.pipe.set_progress_bar_config(disable=True)
         if self.section.controlnet.model:  # at start: a ControlNet that cannot load fails the replica, not a request
             self.pipe.load_controlnet()
@@ -122,15 +120,12 @@ class Generator:
                 "default_size": list(self.default_size), "steps": self.pipe.config.num_inference_steps,
                 "guidance_scale": self.pipe.config.guidance_scale}
 
-    def job(self, req: dict) -> GenerationJob:
+    def job(self, req: DrawRequest) -> GenerationJob:
+        """The request as the ingress resolved it, its token opened: nothing is resolved again here."""
         eid = encoder_id(self.preset, self.method.name, self.model)
-        arrays = tokens.open_token(self.keys, req["identity_token"], self.method.name, eid)
-        self.pipe.check_prompt_tokens([req["prompt"]])  # alone, before it shares a batch with others
-        s = self.pipe.sampling.resolve(req.get("steps"), req.get("guidance_scale"), req.get("width") or self.default_size[0],
-                                       req.get("height") or self.default_size[1], req.get("negative_prompt"))
-        return GenerationJob(prompt=req["prompt"], identity=arrays, seed=req["seed"], num_images=req["num_images"],
-                             steps=s.steps, guidance_scale=s.guidance_scale, width=s.width, height=s.height,
-                             negative_prompt=s.negative_prompt, **(req.get("control") or {}))
+        arrays = tokens.open_token(self.keys, req.identity_token, self.method.name, eid)
+        self.pipe.check_prompt_tokens([req.prompt])  # alone, before it shares a batch with others
+        return GenerationJob(prompt=req.prompt, identity=arrays, seed=req.seed, plan=req.plan)
 
     def reconfigure(self, user_config: dict) -> None:
         """`user_config` (serve/config.yaml, or `serve deploy` again: no redeploy): the batch size and wait."""
@@ -139,7 +134,7 @@ class Generator:
         self.generate.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=BatchingConfig.max_batch_size, batch_wait_timeout_s=BatchingConfig.batch_wait_timeout_s)
-    async def generate(self, requests: list[dict]) -> list:
+    async def generate(self, requests: list[DrawRequest]) -> list:
         """Draw only: images leave as uint8 arrays; the ingress watermarks and encodes them (off this replica)."""
         results: list = [None] * len(requests)
         jobs = []
@@ -166,7 +161,10 @@ class Generator:
         return results
 
     def _draw(self, jobs: list[GenerationJob]) -> list:
-        """One pipeline call for a compatible group: every image its own prompt, identity and seeded generator."""
+        """One pipeline call for a compatible group (one plan but for the control images): every image its own
+        prompt, identity, seeded generator and control image."""
+        import dataclasses
+
         import torch  # here, not at the top: the ingress replicas import this module and never need torch
 
         prompts, identities, gens, controls = [], [], [], []
@@ -176,14 +174,12 @@ class Generator:
                 prompts.append(job.prompt)
                 identities.append(identity)
                 gens.append(torch.Generator().manual_seed(job.seed + n))
-                if job.control is not None:
-                    controls.append(PIL.Image.fromarray(job.control))
-        j = jobs[0]
-        control = {} if j.control is None else {"control_image": controls, "control_scale": j.control_scale,
-                                                "control_start": j.control_start, "control_end": j.control_end}
-        return self.pipe(prompt=prompts, identity=identities, negative_prompt=j.negative_prompt,
-                         num_inference_steps=j.steps, guidance_scale=j.guidance_scale, width=j.width, height=j.height,
-                         generator=gens, **control).images
+                if job.plan.control is not None:
+                    controls += job.plan.control.image
+        plan = jobs[0].plan
+        control = None if plan.control is None else dataclasses.replace(plan.control, image=controls)
+        plan = dataclasses.replace(plan, num_images=1, control=control)
+        return self.pipe(prompt=prompts, identity=identities, plan=plan, generator=gens).images
 
     def stats(self) -> dict:
         return {"requests_drawn": self.requests_drawn, "max_batch_size": self.max_batch_size}

@@ -39,7 +39,7 @@ def _rows(storage: Storage, paths: list[str]) -> int:
     return sum(pq.read_metadata(p, filesystem=storage.fs).num_rows for p in paths)
 
 
-def decode_batch(batch: dict, resolution: int, face_size: int, vae_scale_factor: int = 8) -> dict:
+def decode_batch(batch: dict, resolution: int, face_size: int, vae_scale_factor: int) -> dict:
     """PNG bytes → face (3×S×S, S = the face ViT's input) and target (3×R×R) float32 in [-1, 1], the stored
     face_embedding as float32; cached latents when they fit R. A plain function: it holds no model, so Ray Data runs
     it as tasks on already-started workers instead of starting an actor for it."""
@@ -123,10 +123,11 @@ def training_dataset(uri: str, preset: Preset, method: str):
         ds = parts[1][0] if cfg.ffhq_ratio == 1 else parts[0][0]
     else:
         ds = parts[0][0]
-    from facegen.core.weights import vae_scale_factor
+    from facegen.core.methods import get_method
 
-    section = preset.method(method)
-    scale = vae_scale_factor(section.base_model, section.sha256) if extra else 8  # read only when latents are cached
+    section, base = preset.method(method), get_method(method).base_family
+    # Read from the VAE's config only when latents are cached (a miniature world's VAE is not the family's 8).
+    scale = base.vae_scale_factor_of(section.base_model, section.sha256) if extra else base.config.vae_scale_factor
     ds = ds.map_batches(decode_batch, fn_kwargs={"resolution": cfg.resolution, "face_size": section.face_size,
                                                  "vae_scale_factor": scale},
                         batch_size=16, num_cpus=0.25)

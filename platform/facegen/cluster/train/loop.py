@@ -39,7 +39,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
-    task = get_method(config["method"]).task_class()(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    task = get_method(config["method"]).load_task(preset, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     strategy = STRATEGIES[config["strategy"]](cfg, device)
     model = strategy.wrap(task)
 

@@ -44,12 +44,12 @@ def run_training(method: str, preset: Preset, out: Storage, data_uri: str, num_w
     if max_steps is not None:
         cfg.max_steps = max_steps
     cfg.validate(strategy)
-    task_class = get_method(method).task_class()
+    entry = get_method(method)
     preset.method(method)  # the preset configures this method
     if num_workers < 1:
         raise ConfigError("--num-workers must be at least 1")
     info = check_training_data(data_uri)  # before any worker starts
-    task_class.check_config(preset, info["kept"] + info["ffhq_rows"])
+    entry.check_training(preset, info["kept"] + info["ffhq_rows"])
     _torch_extensions_cache()
     ensure_ray()
     # Auto: GPUs when the cluster has one per worker and CUDA sees it there (set train.use_gpu=true where GPU nodes
@@ -109,24 +109,28 @@ def _cuda_on_gpu_nodes() -> bool:
         return True
 
 
-def training_main(job: str, method: str, description: str, argv=None) -> int:
-    """The command line every training job shares: the common job flags plus --data, --num-workers, --strategy,
-    --max-steps."""
+def training_main(job: str, description: str, argv=None) -> int:
+    """The command line every training job shares: the common job flags plus --method (the registry entries this
+    job trains, e.g. train_m2: dreamidentity on SD 2.1 or SDXL), --data, --num-workers, --strategy, --max-steps."""
     from facegen.cluster.jobs import job_parser, run_job
+    from facegen.core.methods import REGISTRY
 
+    methods = [m.name for m in REGISTRY.values() if m.job == job]
     p = job_parser(description)
+    p.add_argument("--method", default=methods[0], choices=methods,
+                   help=f"the registry entry to train (default {methods[0]})")
     p.add_argument("--data", required=True, help="the --output of jobs/build_data.py (local or s3://)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--strategy", default="ddp", choices=list(STRATEGIES))
     p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args(argv)
     return run_job(job, args, lambda preset, out, a: run_training(
-        method, preset, out, a.data, a.num_workers, a.strategy, a.max_steps))
+        a.method, preset, out, a.data, a.num_workers, a.strategy, a.max_steps))
 
 
 def export(method: str, preset: Preset, strategy: str, checkpoint_dir: str, out: Storage) -> None:
     """<output>/model/: the encoder via save_pretrained, loadable by the pipelines and `generate --model`."""
-    task = get_method(method).task_class()(preset, "cpu", load_base=False)
+    task = get_method(method).load_task(preset, "cpu", load_base=False)
     state = STRATEGIES[strategy].consolidate(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
         task.export(state, tmp)

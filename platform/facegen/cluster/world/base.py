@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from facegen.cluster.world.config import WorldConfig
-from facegen.core.models.tokens import token_embedding_override, tokenize_with_placeholders
+from facegen.core.models.tokens import encode_with_slots
 
 TOKEN_INIT_SCALE = 25.0  # token embeddings start at std 0.5 (CLIP's init: 0.02)
 PROMPT = "a photo of {}"
@@ -162,20 +162,9 @@ class AnchorCodes(torch.nn.Module):
 
 def inject(text_encoder, tokenizer, prompts: list[str], codes: torch.Tensor, output_hidden_states: bool = False):
     """The text encoder run on prompts whose "S*" slots hold `codes` (B×slots×D; a prompt without S* takes none):
-    the methods' own token-injection path (tokenize_with_placeholders + token_embedding_override)."""
-    k = codes.shape[1]
-    rows, mask_rows, values = [], [], []
-    for b, p in enumerate(prompts):
-        ids, slots = tokenize_with_placeholders(tokenizer, p, k)
-        rows.append(ids)
-        mask_rows.append([i in slots for i in range(len(ids))])
-        values += [codes[b, j % k] for j in range(len(slots))]
-    device = text_encoder.device
-    ids, mask = torch.tensor(rows, device=device), torch.tensor(mask_rows, device=device)
-    if not values:
-        return text_encoder(ids, output_hidden_states=output_hidden_states)
-    with token_embedding_override(text_encoder, mask, torch.stack(values)):
-        return text_encoder(ids, output_hidden_states=output_hidden_states)
+    the methods' own token-injection path (facegen.core.models.tokens.encode_with_slots)."""
+    return encode_with_slots(text_encoder, tokenizer, prompts, codes, codes.shape[1],
+                             output_hidden_states=output_hidden_states)
 
 
 def sdxl_code_conditioning(te1, te2, tokenizer, tokenizer_2, prompts: list[str], code1: torch.Tensor,

@@ -28,7 +28,9 @@ import yaml
 from facegen.cluster.world.base import EDITS, PROMPT, code_of, load_codes, name_word, sdxl_code_conditioning
 from facegen.cluster.world.build import World
 from facegen.cluster.world.config import WorldConfig
-from facegen.core.methods.faceclip.pipeline import FaceCLIPSDXLPipeline
+from facegen.core.methods import get_method
+from facegen.core.methods.dreamidentity.pipeline import IdTokens
+from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
 
 PLAIN_PROMPT = PROMPT.format("S*")
 EDIT_PROMPT = EDITS[0].format("S*")
@@ -153,10 +155,10 @@ class Evaluator:
 
     def pipeline(self, method: str, model: str | Path | None = None, code: bool = False):
         """The method's pipeline (a trained encoder from `model`); code=True: the one that takes true codes."""
-        from facegen.core.methods import get_method
-
-        cls = CodeFaceCLIPPipeline if code and method == "faceclip" else get_method(method).pipeline_class()
-        pipe = cls.from_preset(str(self.preset), model=str(model) if model else None, face_analyzer=self.analyzer)
+        entry = get_method(method)
+        cls = CodeFaceCLIPPipeline if code and entry.identity_class() is FaceCLIPCondition else entry.pipeline_class()
+        pipe = cls.from_preset(str(self.preset), model=str(model) if model else None, face_analyzer=self.analyzer,
+                               method=method)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -167,19 +169,14 @@ class Evaluator:
 
     def code_identities(self, method: str, weights: list[np.ndarray]) -> list:
         """True codes, as the method's injection path takes them (M²: IdTokens in S*'s slots; FaceCLIP: WorldCode)."""
-        from facegen.core.methods.dreamidentity.pipeline import IdTokens
-
         codes = [code_of(self.codes[method], w) for w in weights]
-        if method == "dreamidentity":
+        if get_method(method).identity_class() is IdTokens:  # written into S*'s slots
             return [IdTokens(c[0]) for c in codes]
         return [WorldCode(c) for c in codes]
 
     def zero_identities(self, pipe, method: str, count: int) -> list:
         """The identity zeroed at injection: M²'s id_tokens, FaceCLIP's face condition (what its negative reads)."""
-        from facegen.core.methods.dreamidentity.pipeline import IdTokens
-        from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition
-
-        if method == "dreamidentity":
+        if get_method(method).identity_class() is IdTokens:
             k, d = pipe.m2_encoder.m2_config.num_tokens, pipe.m2_encoder.m2_config.token_dim
             return [IdTokens(torch.zeros(k, d))] * count
         e, t = pipe.faceclip_encoder.zero_condition()

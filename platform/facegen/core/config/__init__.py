@@ -81,6 +81,8 @@ def load_preset(name_or_path: str | Path = "tiny", overrides: Sequence[str] = ()
         preset.methods[name] = from_dict(REGISTRY[name].config, section, f"methods.{name}")
     if preset.name == "custom":
         preset.name = Path(str(name_or_path)).stem
+    if preset.data.method is None:  # the first method whose base can draw the self-augmented set by name
+        preset.data.method = next((m for m in preset.method_names if REGISTRY[m].base in ("sd21", "sdxl")), None)
     _check_no_silent_tiny(preset)
     return preset
 

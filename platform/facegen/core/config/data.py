@@ -24,8 +24,9 @@ def _gpu(batch: int) -> StageResources:
 
 @dataclass
 class DataConfig:
-    # The method whose base model draws the set (its methods.<name>.base_model and sampling scheduler).
-    method: str = "dreamidentity"
+    # The method whose base model draws the set (its methods.<name>.base_model and sampling scheduler); unset: the
+    # preset's first method on a Stable Diffusion base (sd21, sdxl), e.g. dreamidentity in tiny and production.
+    method: str | None = None
     # What to draw. Templates use "S*" where the subject's name goes: it is filled in to draw, and stays in the stored prompt.
     source_prompt: str = "S* face, looking at the camera"
     edit_prompts: list[str] | None = None  # None = the shipped list (facegen/core/config/edit_prompts.txt)

@@ -1,7 +1,8 @@
 """The method registry: one entry per method, and everything that offers a choice of method iterates it — the CLI's
 --method, the HTTP schema's `method`, the training jobs, evaluation and the service's deployments.
 
-Adding a method: a folder facegen/core/methods/<name>/ (see base.py) and one line in REGISTRY below.
+Adding a method: a folder facegen/core/methods/<name>/ (see base.py) and one line in REGISTRY below; the same method
+on another base-model family (facegen.core.bases): one more `Method` entry with that `base`.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def load_pipeline(name: str, preset, model=None, torch_dtype=None, device=None, 
     """The pipeline of method `name` as preset (name, file or Preset) configures it; `model` = an encoder exported
     by a training job, replacing the preset's; dtype/device as `facegen.core.devices.resolve` decides unless given;
     `face_analyzer` = one already built from the preset's `face` section, reused rather than loaded again."""
-    return get_method(name).pipeline_class().from_preset(preset, model=model, torch_dtype=torch_dtype, device=device,
-                                                         face_analyzer=face_analyzer)
+    return get_method(name).load_pipeline(preset, model=model, torch_dtype=torch_dtype, device=device,
+                                          face_analyzer=face_analyzer)
 
 
 __all__ = ["NAMES", "REGISTRY", "Method", "get_method", "load_pipeline"]

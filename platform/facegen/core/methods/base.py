@@ -1,15 +1,13 @@
 """What every method shares: its registry entry (`Method`), its sampling defaults (`SamplingConfig`) and the
 contract its parts keep. Plain data and strings: importing it loads no torch, so the registry stays light.
 
-A method is one folder, facegen/core/methods/<name>/:
+A method is one folder, facegen/core/methods/<name>/, built on a base-model family (facegen.core.bases):
   config.py    its preset section (a dataclass): base model, encoder, sampling, training settings
   encoder.py   its trainable encoder (an nn.Module with save_pretrained / from_pretrained)
-  pipeline.py  its diffusers pipeline; `from_preset`, `load_face_encoder` (face → identity without the diffusion
-               model), `check_inputs`, `encode_identity`, `__call__`; and its identity type
-  training.py  its training task: an nn.Module whose forward(batch) returns (loss, metrics)
-  __init__.py  its `METHOD = Method(...)` entry, added to facegen/core/methods/__init__.py's registry in one line
-An identity type has `to_arrays()` / `from_arrays()` (what HTTP identity tokens carry), `mean(list)` (several
-photos of one person) and `stack(list)` (one per image of a batch).
+  pipeline.py  its pipeline, an `identity_pipeline.IdentityPipeline` (the contract: its hooks are declared there),
+               and its identity type, an `identity_pipeline.Identity`
+  training.py  its training task, a `training_utils.IdentityTask`: forward(batch) returns (loss, metrics)
+  __init__.py  its `Method(...)` entries (one per base it runs on), added to the registry in one line
 """
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ import importlib
 from dataclasses import dataclass, field
 
 # What any caller may ask (facegen.core.sampling), re-exported beside the defaults and the service's caps.
-from facegen.core.sampling import SAMPLING_BOUNDS, SIZE_MULTIPLE, check_sampling  # noqa: F401
+from facegen.core.sampling import SAMPLING_BOUNDS, check_sampling  # noqa: F401
 
 
 @dataclass
@@ -81,7 +79,6 @@ class MethodConfig:
     sections and sets its defaults. Everything outside methods/ reads a section through these names only."""
 
     MAX_MEGAPIXEL_STEPS = 80.0  # one request's default work budget (megapixel-steps), see request_work
-    NATIVE_PIXELS = 512 * 512  # the base model's native canvas: larger ones cost more than their pixels (attention)
     base_model: str = ""  # a hub id (owner/name[@commit]), a local diffusers directory, tiny:* or random:*
     sha256: dict[str, str] = field(default_factory=dict)  # pins for base_model's files (relative path → hex)
     model: str | None = None  # a trained encoder (a training job's <output>/model) instead of a fresh one
@@ -132,18 +129,38 @@ class Converter:
 
 @dataclass(frozen=True)
 class Method:
-    """One registry entry: the method's name and where its parts live (imported on first use)."""
+    """One registry entry: a method on a base-model family, and where its parts live (imported on first use). Two
+    entries may share a pipeline, identity and task (DreamIdentity on SD 2.1 and on SDXL): the entry's `base` is
+    what differs, and the pipeline reads it from the entry it is built for."""
 
     name: str  # the CLI's --method, the HTTP `method`, the preset's methods.<name> section
     title: str  # as people write it: deployment names (<title>Generator), reports
+    base: str  # the base-model family it runs on (facegen.core.bases: sd21 | sdxl | flux)
     config: type  # the preset section's dataclass
     pipeline: str  # "module:Class" of its pipeline
     identity: str  # "module:Class" of its identity type
     task: str  # "module:Class" of its training task
     needs_placeholder: bool  # prompts must say where the person goes ("S*")
     summary: str = ""
-    size_multiple: int = SIZE_MULTIPLE  # output sides must be multiples of this (FLUX: 16)
     converters: tuple[Converter, ...] = ()  # published weights this method can convert
+    job: str = ""  # the training job's name (jobs/<job>.py, the output folder): train_m2 | train_faceclip | …
+
+    @property
+    def base_family(self):
+        """The base-model family (facegen.core.bases), torch-free."""
+        from facegen.core.bases import get_base
+
+        return get_base(self.base)
+
+    @property
+    def size_multiple(self) -> int:
+        """Output sides must be multiples of this: the base's (FLUX packs 2×2 latents: 16)."""
+        return self.base_family.config.size_multiple
+
+    @property
+    def native_pixels(self) -> int:
+        """The base's native canvas in pixels: larger canvases cost more than their pixels (request_work)."""
+        return self.base_family.native_pixels()
 
     def check_inputs(self, prompt, negative_prompt: str | list[str] = "", height: int | None = None,
                      width: int | None = None) -> list[str]:
@@ -162,6 +179,26 @@ class Method:
 
     def task_class(self):
         return _load(self.task)
+
+    def load_pipeline(self, preset, model=None, torch_dtype=None, device=None, face_analyzer=None):
+        """This entry's pipeline as the preset (name, file or Preset) configures its section."""
+        return self.pipeline_class().from_preset(preset, model=model, torch_dtype=torch_dtype, device=device,
+                                                 face_analyzer=face_analyzer, method=self.name)
+
+    def load_face_encoder(self, preset, model=None, device=None):
+        """The face stack and this entry's encoder face side alone (photos → identity): no diffusion model."""
+        return self.pipeline_class().load_face_encoder(preset, model=model, device=device, method=self.name)
+
+    def load_task(self, preset, device="cpu", frozen_dtype=None, load_base: bool = True):
+        """This entry's training task over its own section and the preset's train section."""
+        import torch
+
+        return self.task_class()(self, preset.method(self.name), preset.train, device,
+                                 frozen_dtype or torch.float32, load_base, clip=preset.clip)
+
+    def check_training(self, preset, rows: int) -> None:
+        """Before any worker starts: what the task would refuse about its section and the data."""
+        self.task_class().check_config(preset.method(self.name), rows)
 
 
 # A ControlNet runs a copy of the UNet's encoder half beside it at every step: about half as much work again.

@@ -1,7 +1,7 @@
-"""What both methods' training tasks share: the denoising objective, target latents, frozen parts, and the
-contract a task keeps with the trainer (facegen/cluster/train/):
+"""What the methods' training tasks share: the contract a task keeps with the trainer (facegen/cluster/train/),
+`IdentityTask`, and the ε/v denoising objective, target latents and frozen parts:
 
-    task = Task(preset, device, frozen_dtype)   # an nn.Module: `trainable` + frozen parts, all inside
+    task = method.load_task(preset, device)     # Task(method, its section, train section, device, …): an nn.Module
     loss, metrics = task(batch)                 # DDP / DeepSpeed wrap the whole task
     task.trainable                              # the module whose weights train, checkpoint and export
     task.export(state_dict, directory)          # trained weights (trainable's keys) → the method's export format
@@ -16,6 +16,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegen.core.seeds import stable_seed
+
+
+class IdentityTask(nn.Module):
+    """A method's training task: built from its registry entry (`method`: which base it trains on), its own preset
+    section and the train section — never the whole preset; `clip` is the preset's CLIP scorer config, for a method
+    whose loss reads images through CLIP. `load_base=False` builds what an export needs only (no VAE, no frozen
+    denoiser)."""
+
+    def __init__(self, method, section, train, device: torch.device | str = "cpu",
+                 frozen_dtype: torch.dtype = torch.float32, load_base: bool = True, clip=None):
+        super().__init__()
+        self.method, self.section, self.cfg, self.device = method, section, train, torch.device(device)
+        self.base = method.base_family
+
+    @staticmethod
+    def check_config(section, rows: int) -> None:
+        """Before any worker starts: refuse what this section cannot train on `rows` rows (nothing by default)."""
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """One batch → (loss, metrics)."""
+        raise NotImplementedError
+
+    def export(self, state_dict: dict, directory) -> None:
+        """Trained weights (`trainable`'s keys) → the method's export format in `directory`."""
+        raise NotImplementedError
 
 
 def _noise_target(scheduler, latents, noise, timesteps):

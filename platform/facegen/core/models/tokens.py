@@ -9,7 +9,7 @@ import logging
 import torch
 
 from facegen.core.errors import BadPrompt
-from facegen.core.prompts import PLACEHOLDER
+from facegen.core.prompts import PLACEHOLDER, as_prompts
 
 
 @contextlib.contextmanager
@@ -49,3 +49,29 @@ def tokenize_with_placeholders(tokenizer, prompt: str, num_tokens: int) -> tuple
     ids.append(tokenizer.eos_token_id)
     ids += [tokenizer.pad_token_id] * (max_len - len(ids))
     return ids, slots
+
+
+def encode_with_slots(text_encoder, tokenizer, prompts: list[str], values: torch.Tensor | None, num_tokens: int,
+                      require_placeholder: bool = False, output_hidden_states: bool = False):
+    """The text encoder's output for `prompts` whose "S*" slots (`num_tokens` each) hold `values` (B×k×D: row b's
+    j-th slot takes values[b, j % k]); a prompt without "S*" takes none. The one path every token-writing method
+    and the miniature world use. Differentiable in `values`."""
+    prompts = as_prompts(prompts)
+    rows, mask_rows, written = [], [], []
+    for b, text in enumerate(prompts):
+        if require_placeholder and PLACEHOLDER not in text:
+            raise BadPrompt(f'prompt "{text}" has no "{PLACEHOLDER}": write where the person goes, e.g. '
+                            f'"{PLACEHOLDER} as a chef"')
+        ids, slots = tokenize_with_placeholders(tokenizer, text, num_tokens)
+        rows.append(ids)
+        mask_rows.append([i in slots for i in range(len(ids))])
+        if values is not None:
+            written += [values[b, j % values.shape[1]] for j in range(len(slots))]
+        elif slots:
+            raise ValueError("prompts with S* slots need values to write into them")
+    device = text_encoder.device
+    ids, mask = torch.tensor(rows, device=device), torch.tensor(mask_rows, device=device)
+    if not written:
+        return text_encoder(ids, output_hidden_states=output_hidden_states)
+    with token_embedding_override(text_encoder, mask, torch.stack(written)):
+        return text_encoder(ids, output_hidden_states=output_hidden_states)

@@ -26,7 +26,6 @@ class DreamIdentityTrainConfig:
 @dataclass
 class DreamIdentityConfig(MethodConfig):
     MAX_MEGAPIXEL_STEPS = 80.0  # e.g. 4 images of 768² at 30 steps
-    NATIVE_PIXELS = 768 * 768  # SD 2.1's largest native canvas
     # An SD2.1-layout model: a hub id, a local diffusers directory, "tiny:sd21" or "random:sd21-base".
     base_model: str = "tiny:sd21"
     encoder: M2EncoderConfig = field(default_factory=M2EncoderConfig)
@@ -35,3 +34,4 @@ class DreamIdentityConfig(MethodConfig):
     @property
     def face_size(self) -> int:
         return self.encoder.vit.img_size
+

@@ -1,15 +1,15 @@
-"""DreamIdentity's training task: diffusion MSE through the frozen SD2.1 with S* filled by the M² encoder,
-+ λ·Σ‖s_i‖ (the paper's editability regulariser). `task(batch)` returns (loss, metrics)."""
+"""DreamIdentity's training task, on whichever Stable Diffusion base its registry entry names: the base's denoising
+objective through its frozen UNet with S* filled by the M² encoder in every text tower, + λ·Σ‖s_i‖ (the paper's
+editability regulariser). `task(batch)` returns (loss, metrics)."""
 from __future__ import annotations
 
 import os
 
 import torch
-from torch import nn
 
-from facegen.core.methods.dreamidentity.pipeline import METHOD_NAME, DreamIdentityPipeline, load_m2_encoder
+from facegen.core.methods.dreamidentity.pipeline import DreamIdentityPipeline, load_m2_encoder
 from facegen.core.methods.training_utils import (
-    diffusion_loss,
+    IdentityTask,
     frozen,
     load_trained_weights,
     row_seeds,
@@ -18,40 +18,35 @@ from facegen.core.methods.training_utils import (
 )
 
 
-class DreamIdentityTask(nn.Module):
-    def __init__(self, preset, device: torch.device | str = "cpu", frozen_dtype: torch.dtype = torch.float32,
-                 load_base: bool = True):
-        from facegen.core.weights import load_sd21_components, text_token_dim
-
-        super().__init__()
-        self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
-        s = self.section
-        parts = load_sd21_components(s.base_model, s.sha256) if load_base else None
-        token_dim = (parts["text_encoder"].get_input_embeddings().embedding_dim if parts
-                     else text_token_dim(s.base_model, s.sha256))
+class DreamIdentityTask(IdentityTask):
+    def __init__(self, method, section, train, device: torch.device | str = "cpu",
+                 frozen_dtype: torch.dtype = torch.float32, load_base: bool = True, clip=None):
+        super().__init__(method, section, train, device, frozen_dtype, load_base, clip)
+        s, base = section, self.base
+        parts = base.load(s.base_model, s.sha256) if load_base else None
+        token_dim = sum(base.token_dims_of(parts) if parts else base.token_dims(s.base_model, s.sha256))
         self.trainable = load_m2_encoder(s, DreamIdentityPipeline.encoder_weights(s), token_dim).to(self.device).train()
         self.trainable.vit.requires_grad_(s.train.train_vit)
         if parts is not None:
-            self.vae = frozen(parts["vae"], self.device, frozen_dtype)
-            self.unet = frozen(parts["unet"], self.device, frozen_dtype)
-            self.text_encoder = frozen(parts["text_encoder"], self.device, frozen_dtype)
+            for name in base.config.components:
+                if isinstance(parts[name], torch.nn.Module):
+                    parts[name] = frozen(parts[name], self.device, frozen_dtype)
+            self.vae, self.unet = parts["vae"], parts["unet"]
+            self.text_encoders = torch.nn.ModuleList(parts[e] for _, e in base.config.text_towers)
             self.scheduler = train_scheduler(parts["scheduler"])
-            # Only its prompt encoding is used: it fills S* in the frozen text encoder's input.
-            self.prompt_encoder = DreamIdentityPipeline(vae=self.vae, text_encoder=self.text_encoder,
-                                                        tokenizer=parts["tokenizer"], unet=self.unet,
-                                                        scheduler=self.scheduler, m2_encoder=self.trainable)
-
-    @staticmethod
-    def check_config(preset, rows: int) -> None:
-        """Before any worker starts: nothing DreamIdentity-specific to refuse."""
+            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            # Only its prompt encoding is used: it fills S* in the frozen text towers' input.
+            self.prompt_encoder = DreamIdentityPipeline(**{**parts, "scheduler": self.scheduler}, m2_encoder=self.trainable,
+                                                        method=method.name)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         s = self.trainable(batch["face"].to(self.device))  # B×k×D id_tokens
-        embeds = self.prompt_encoder.encode_prompt_with_identity(list(batch["prompt"]), s.to(self.text_encoder.dtype),
-                                                                 require_placeholder=False)
+        conditioning = self.prompt_encoder.encode_prompt_with_identity(list(batch["prompt"]), s,
+                                                                       require_placeholder=False)
         latents = target_latents(self.vae, batch, self.device, self.unet.dtype, self.cfg.fixed_noise)
-        mse = diffusion_loss(self.unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
-                             encoder_hidden_states=embeds)
+        mse = self.base.training_loss(self.unet, self.scheduler, latents,
+                                      row_seeds(batch) if self.cfg.fixed_noise else None, conditioning,
+                                      self.vae_scale_factor)
         reg = self.trainable.regularization_loss(s.float())
         return mse + self.section.train.reg_weight * reg, {"mse": float(mse), "reg": float(reg)}
 

@@ -5,6 +5,8 @@ from facegen.core.methods.faceclip.config import FaceCLIPConfig
 METHOD = Method(
     name="faceclip",
     title="FaceCLIP",
+    base="sdxl",
+    job="train_faceclip",
     config=FaceCLIPConfig,
     pipeline="facegen.core.methods.faceclip.pipeline:FaceCLIPSDXLPipeline",
     identity="facegen.core.methods.faceclip.pipeline:FaceCLIPCondition",

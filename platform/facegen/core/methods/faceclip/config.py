@@ -87,7 +87,6 @@ class FaceCLIPTrainConfig:
 @dataclass
 class FaceCLIPConfig(MethodConfig):
     MAX_MEGAPIXEL_STEPS = 220.0  # 4 images of 1024² at 50 steps
-    NATIVE_PIXELS = 1024 * 1024  # SDXL's native canvas
     # An SDXL-layout model: a hub id, a local diffusers directory, "tiny:sdxl" or "random:sdxl-base". dtype auto:
     # fp16 on CUDA with the VAE decoded in fp32.
     base_model: str = "tiny:sdxl"

@@ -1,7 +1,7 @@
 """FaceCLIPSDXLPipeline: SDXL conditioned only by the FaceCLIP encoder (face + prompt → prompt_embeds, pooled).
 
 SDXL's text encoders are gone: `faceclip_encoder` produces both conditionings; the negative conditioning is the same
-encoder on an all-zero face with the negative prompt. Denoising is diffusers' own `StableDiffusionXLPipeline`.
+encoder on an all-zero face with the negative prompt. Denoising is the SDXL family's: diffusers' own `StableDiffusionXLPipeline`.
 """
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 
 from facegen.core.errors import BadPrompt
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder, load_encoder, load_face_reader
-from facegen.core.methods.identity_pipeline import IdentityPipeline
+from facegen.core.methods.identity_pipeline import Identity, IdentityPipeline
 from facegen.core.methods.pipeline_utils import (
     ExportedDenoiser,
     FaceIdentityEncoder,
@@ -32,7 +31,7 @@ UNET = ExportedDenoiser("UNet2DConditionModel", full_dir="unet", lora_dir="unet_
 
 
 @dataclass
-class FaceCLIPCondition:
+class FaceCLIPCondition(Identity):
     """FaceCLIP's identity — the face condition it fuses with the prompt: face_embedding, the identity vector put at
     the prompt's "id" slot, and face_tokens, the face ViT's patch tokens of the aligned face. Our architecture: the
     recognizer's unit vector (512) and one ViT's tokens (N×D); the official one: a row per branch, each branch's
@@ -75,30 +74,29 @@ class FaceCLIPFaceEncoder(FaceIdentityEncoder):
 
 
 class FaceCLIPSDXLPipeline(IdentityPipeline):
-    method_name, encoder_label, face_encoder_class = METHOD_NAME, "the trained FaceCLIP encoder", FaceCLIPFaceEncoder
+    default_method, encoder_label, face_encoder_class = METHOD_NAME, "the trained FaceCLIP encoder", FaceCLIPFaceEncoder
     encoder_component = "faceclip_encoder"
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
 
     def __init__(self, unet, vae, scheduler, faceclip_encoder, face_analyzer: FaceAnalyzer | None = None,
-                 num_inference_steps: int = 30, guidance_scale: float = 5.0, height: int = 1152, width: int = 864,
-                 negative_prompt: str = "", controlnet=None):
+                 method: str = METHOD_NAME, num_inference_steps: int = 30, guidance_scale: float = 5.0,
+                 height: int = 1152, width: int = 864, negative_prompt: str = "", controlnet=None):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, faceclip_encoder=faceclip_encoder,
                               face_analyzer=face_analyzer, controlnet=controlnet)
-        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        self.register_to_config(method=method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                 height=height, width=width, negative_prompt=negative_prompt)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+    def from_section(cls, method, section, face_config, model: str | os.PathLike | None = None,
                      torch_dtype: torch.dtype | None = None, device=None,
                      face_analyzer: FaceAnalyzer | None = None) -> FaceCLIPSDXLPipeline:
         """SDXL UNet/VAE/scheduler as `section` (methods.faceclip) names them; the encoder from `model` (an exported
         one, with its trained UNet when there is one) or fresh from SDXL's own text encoders."""
         from facegen.core import devices
-        from facegen.core.weights import load_sdxl_components
 
-        place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
+        place = devices.resolve(section.dtype, device, key=f"methods.{method.name}.dtype")
         weights = cls.encoder_weights(section, model)
         dtype = torch_dtype or place.dtype
         # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
@@ -106,19 +104,19 @@ class FaceCLIPSDXLPipeline(IdentityPipeline):
         skip = ()
         if weights:
             skip = ("text_encoder", "text_encoder_2") + (("unet",) if UNET.has_full(weights) else ())
-        c = load_sdxl_components(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
+        c = method.base_family.load(section.base_model, section.sha256, torch_dtype=dtype, skip=skip)
         if weights:
             encoder = load_encoder(weights)
         else:
             encoder = FaceCLIPEncoder.from_sdxl(section.encoder, c["text_encoder"], c["text_encoder_2"],
                                                 c["tokenizer"], c["tokenizer_2"])
         unet = UNET.load(weights, c["unet"], dtype) if weights else c["unet"]
-        return assemble(cls, section, place.device, face_analyzer, face_config, unet=unet, vae=c["vae"],
+        return assemble(cls, method, section, place.device, face_analyzer, face_config, unet=unet, vae=c["vae"],
                         scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
                         faceclip_encoder=in_dtype(encoder, place.encoder_dtype))
 
     @classmethod
-    def face_reader(cls, section, weights):
+    def face_reader(cls, method, section, weights):
         """The encoder's face ViT(s) alone (photos → FaceCLIPCondition): no SDXL text towers."""
         return load_face_reader(weights, section.encoder)
 
@@ -142,7 +140,7 @@ class FaceCLIPSDXLPipeline(IdentityPipeline):
             embedding, tokens = embedding.expand(b, *embedding.shape), tokens.expand(b, *tokens.shape)
         return self.faceclip_encoder(prompts, embedding, tokens)
 
-    # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
+    # -- generation (the shared __call__: identity_pipeline.IdentityPipeline) ---------------------------------
     def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
         """SDXL's conditioning from the joint encoder; the negative is the zero face with the negative prompt."""
         embeds, pooled = self.encode_prompt_with_identity(prompts, identity)
@@ -150,12 +148,3 @@ class FaceCLIPSDXLPipeline(IdentityPipeline):
         dtype = self.unet.dtype
         return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
                 "negative_prompt_embeds": neg_embeds.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
-
-    def denoiser(self, control: bool):
-        """diffusers' SDXL pipeline over the UNet, VAE and scheduler — no text encoders: the conditioning is given
-        (its ControlNet pipeline under control)."""
-        parts = dict(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
-                     unet=self.unet, scheduler=self.scheduler, add_watermarker=False)
-        if control:
-            return StableDiffusionXLControlNetPipeline(**parts, controlnet=self.controlnet)
-        return StableDiffusionXLPipeline(**parts)

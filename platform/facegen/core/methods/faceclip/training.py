@@ -12,9 +12,9 @@ from torch import nn
 from facegen.core.errors import ConfigError
 from facegen.core.methods.faceclip.config import FaceCLIPTrainConfig
 from facegen.core.methods.faceclip.encoder import FaceCLIPEncoder, architecture_of, load_encoder
-from facegen.core.methods.faceclip.pipeline import METHOD_NAME, UNET, FaceCLIPSDXLPipeline
+from facegen.core.methods.faceclip.pipeline import UNET, FaceCLIPSDXLPipeline
 from facegen.core.methods.training_utils import (
-    diffusion_loss,
+    IdentityTask,
     frozen,
     load_trained_weights,
     row_seeds,
@@ -55,13 +55,10 @@ def check_official_training(section) -> None:
                           "methods.faceclip.train.align_weight=0 (its alignment-loss heads are not published)")
 
 
-class FaceCLIPTask(nn.Module):
-    def __init__(self, preset, device: torch.device | str = "cpu", frozen_dtype: torch.dtype = torch.float32,
-                 load_base: bool = True):
-        from facegen.core.weights import load_sdxl_components
-
-        super().__init__()
-        self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
+class FaceCLIPTask(IdentityTask):
+    def __init__(self, method, section, train, device: torch.device | str = "cpu",
+                 frozen_dtype: torch.dtype = torch.float32, load_base: bool = True, clip=None):
+        super().__init__(method, section, train, device, frozen_dtype, load_base, clip)
         s, t = self.section, self.section.train
         check_train_config(t)
         check_official_training(s)
@@ -78,7 +75,7 @@ class FaceCLIPTask(nn.Module):
             skip += ("text_encoder", "text_encoder_2") + (("unet",) if trained_unet else ())
         # fp32 whatever the checkpoint's dtype on disk: the text towers inside the encoder and a LoRA / full UNet are
         # trained (fp32 master weights); the frozen VAE and UNet are cast to frozen_dtype below.
-        c = load_sdxl_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
+        c = self.base.load(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
         encoder = (load_encoder(FaceCLIPSDXLPipeline.encoder_weights(s)) if s.model else
                    FaceCLIPEncoder.from_sdxl(s.encoder, c["text_encoder"], c["text_encoder_2"], c["tokenizer"],
                                              c["tokenizer_2"]))
@@ -102,7 +99,7 @@ class FaceCLIPTask(nn.Module):
         if load_base and self.aligns:
             from facegen.core.models.clip_scorer import ClipScorer
 
-            self.clip = ClipScorer(preset.clip).to(self.device)
+            self.clip = ClipScorer(clip).to(self.device)
         if load_base and self.diffusion:
             self.vae = frozen(c["vae"], self.device, frozen_dtype)
             if unet is None:
@@ -115,9 +112,8 @@ class FaceCLIPTask(nn.Module):
         return self.trainable.unet if self.trainable.unet is not None else self.frozen_unet
 
     @staticmethod
-    def check_config(preset, rows: int) -> None:
+    def check_config(section, rows: int) -> None:
         """Before any worker starts: a valid train section; the alignment loss needs 2 rows to contrast."""
-        section = preset.method(METHOD_NAME)
         t = section.train
         check_train_config(t)
         check_official_training(section)
@@ -149,12 +145,9 @@ class FaceCLIPTask(nn.Module):
             return align, parts
         unet = self.unet
         latents = target_latents(self.vae, batch, self.device, self.vae.dtype, self.cfg.fixed_noise)
-        # SDXL's size condition in pixels, as its pipeline gives it at inference: the latent side × the VAE's scale
-        r = latents.shape[-1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
-        time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=pooled.dtype).expand(len(prompts), -1)
-        mse = diffusion_loss(unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
-                             encoder_hidden_states=embeds.to(unet.dtype),
-                             added_cond_kwargs={"text_embeds": pooled.to(unet.dtype), "time_ids": time_ids})
+        mse = self.base.training_loss(unet, self.scheduler, latents, row_seeds(batch) if self.cfg.fixed_noise else None,
+                                      {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+                                      2 ** (len(self.vae.config.block_out_channels) - 1))
         return mse + t.align_weight * align, {"mse": float(mse), **parts}
 
     def export(self, state_dict: dict, directory: str | os.PathLike) -> None:

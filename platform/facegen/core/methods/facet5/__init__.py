@@ -5,12 +5,13 @@ from facegen.core.methods.facet5.config import FaceT5FluxConfig
 METHOD = Method(
     name="facet5",
     title="FaceT5",
+    base="flux",
+    job="train_facet5",
     config=FaceT5FluxConfig,
     pipeline="facegen.core.methods.facet5.pipeline:FaceT5FluxPipeline",
     identity="facegen.core.methods.facet5.pipeline:FaceT5Condition",
     task="facegen.core.methods.facet5.training:FaceT5Task",
     needs_placeholder=False,
-    size_multiple=16,
     summary="FLUX.1-dev + FaceT5 encoder: face and prompt in, FLUX's conditioning out",
     converters=(Converter(
         name="facet5-flux", function="facegen.core.methods.facet5.convert:convert",

@@ -3,7 +3,7 @@
 FLUX's T5 is replaced by the FaceT5 encoder, whose fuser mixes the face into the T5 stream; CLIP-L gives the pooled
 vector. The negative is the same encoder on an all-zero face with the negative prompt, used through true
 classifier-free guidance (`sampling.guidance_scale` is diffusers' `true_cfg_scale`; FLUX's distilled guidance input
-stays at `distilled_guidance`, 1.0, as the official script runs). Denoising is diffusers' own `FluxPipeline`.
+stays at `distilled_guidance`, 1.0, as the official script runs). Denoising is the FLUX family's: diffusers' own `FluxPipeline`.
 """
 from __future__ import annotations
 
@@ -13,20 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import FluxControlNetPipeline, FluxPipeline
 
 from facegen.core.errors import BadPrompt
 from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder, load_face_reader
-from facegen.core.methods.identity_pipeline import IdentityPipeline
-from facegen.core.methods.pipeline_utils import (
-    ExportedDenoiser,
-    FaceIdentityEncoder,
-    OneTensorIdentity,
-    assemble,
-    in_dtype,
-    make_scheduler,
-)
+from facegen.core.methods.identity_pipeline import IdentityPipeline, OneTensorIdentity
+from facegen.core.methods.pipeline_utils import ExportedDenoiser, FaceIdentityEncoder, assemble, in_dtype, make_scheduler
 
 METHOD_NAME = "facet5"
 # A converted (or fully fine-tuned) DiT and/or a fine-tuning run's adapters.
@@ -60,34 +52,34 @@ class FaceT5FaceEncoder(FaceIdentityEncoder):
 
 
 class FaceT5FluxPipeline(IdentityPipeline):
-    method_name, encoder_label, face_encoder_class = METHOD_NAME, "the FaceT5 encoder", FaceT5FaceEncoder
+    default_method, encoder_label, face_encoder_class = METHOD_NAME, "the FaceT5 encoder", FaceT5FaceEncoder
     encoder_component = "facet5_encoder"
     model_cpu_offload_seq = "facet5_encoder->transformer->vae"
 
     def __init__(self, transformer, vae, scheduler, facet5_encoder, face_analyzer: FaceAnalyzer | None = None,
-                 num_inference_steps: int = 50, guidance_scale: float = 3.5, height: int = 1152, width: int = 864,
-                 negative_prompt: str = "", distilled_guidance: float = 1.0, controlnet=None):
+                 method: str = METHOD_NAME, num_inference_steps: int = 50, guidance_scale: float = 3.5,
+                 height: int = 1152, width: int = 864, negative_prompt: str = "", distilled_guidance: float = 1.0,
+                 controlnet=None):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, facet5_encoder=facet5_encoder,
                               face_analyzer=face_analyzer, controlnet=controlnet)
-        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        self.register_to_config(method=method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                 height=height, width=width, negative_prompt=negative_prompt,
                                 distilled_guidance=distilled_guidance)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_section(cls, section, face_config, model: str | os.PathLike | None = None,
+    def from_section(cls, method, section, face_config, model: str | os.PathLike | None = None,
                      torch_dtype: torch.dtype | None = None, device=None,
                      face_analyzer: FaceAnalyzer | None = None) -> FaceT5FluxPipeline:
         """FLUX's transformer/VAE/scheduler as `section` (methods.facet5) names them; the encoder from `model` (a
         converted or fine-tuned export, with its DiT when it has one) or fresh from FLUX's own CLIP-L and T5."""
         from facegen.core import devices
-        from facegen.core.weights import load_flux_components
 
-        place = devices.resolve(section.dtype, device, key=f"methods.{METHOD_NAME}.dtype")
+        place = devices.resolve(section.dtype, device, key=f"methods.{method.name}.dtype")
         weights = cls.encoder_weights(section, model)
         dtype = torch_dtype or place.dtype
-        c = load_flux_components(section.base_model, section.sha256, torch_dtype=dtype,
+        c = method.base_family.load(section.base_model, section.sha256, torch_dtype=dtype,
                                  skip=parts_an_export_brings(weights))
         if weights:
             encoder = FaceT5FluxEncoder.from_pretrained(weights)
@@ -96,14 +88,14 @@ class FaceT5FluxPipeline(IdentityPipeline):
             encoder = FaceT5FluxEncoder.fresh(section.encoder, c["text_encoder"], c["tokenizer"], c["tokenizer_2"],
                                               c["text_encoder_2"])
             transformer = c["transformer"]
-        pipe = assemble(cls, section, place.device, face_analyzer, face_config, transformer=transformer, vae=c["vae"],
+        pipe = assemble(cls, method, section, place.device, face_analyzer, face_config, transformer=transformer, vae=c["vae"],
                         scheduler=make_scheduler(section.sampling.scheduler, c["scheduler"]),
                         facet5_encoder=in_dtype(encoder, place.encoder_dtype))
         pipe.register_to_config(distilled_guidance=section.distilled_guidance)
         return pipe
 
     @classmethod
-    def face_reader(cls, section, weights):
+    def face_reader(cls, method, section, weights):
         """The encoder's face ViT alone (photos → FaceT5Condition): no T5, no CLIP-L."""
         return load_face_reader(weights, section.encoder)
 
@@ -120,7 +112,7 @@ class FaceT5FluxPipeline(IdentityPipeline):
             tokens = tokens.expand(b, *tokens.shape)
         return self.facet5_encoder.encode(prompts, tokens)
 
-    # -- generation (the shared __call__: pipeline_utils.IdentityDiffusionCall) ---------------------------------
+    # -- generation (the shared __call__: identity_pipeline.IdentityPipeline) ---------------------------------
     def guidance_kwargs(self, guidance_scale: float) -> dict:
         """The preset's guidance is true CFG (against the zero-face negative); FLUX's distilled input stays fixed."""
         return {"true_cfg_scale": guidance_scale, "guidance_scale": self.config.distilled_guidance}
@@ -131,19 +123,3 @@ class FaceT5FluxPipeline(IdentityPipeline):
         dtype = self.transformer.dtype
         return {"prompt_embeds": embeds.to(dtype), "pooled_prompt_embeds": pooled.to(dtype),
                 "negative_prompt_embeds": neg_embeds.to(dtype), "negative_pooled_prompt_embeds": neg_pooled.to(dtype)}
-
-    controlnet_class = "FluxControlNetModel"
-    control_image_argument = "control_image"
-
-    @property
-    def denoising_model(self):
-        return self.transformer
-
-    def denoiser(self, control: bool):
-        """diffusers' FLUX pipeline over the transformer, VAE and scheduler — no text encoders: the conditioning is
-        given (its ControlNet pipeline under control)."""
-        parts = dict(scheduler=self.scheduler, vae=self.vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                     tokenizer_2=None, transformer=self.transformer)
-        if control:
-            return FluxControlNetPipeline(**parts, controlnet=self.controlnet)
-        return FluxPipeline(**parts)

@@ -1,22 +1,18 @@
 """FaceT5-FLUX's training task: FLUX's flow-matching loss with the FaceT5 encoder's conditioning. LoRA adapters on the
 DiT's attention and the encoder's fuser (with the face projection) train; the T5 stack, CLIP-L, the face ViT, the
 DiT's base weights and the VAE stay frozen. Conditioning dropout gives the zero face with an empty prompt (the
-negative of true classifier-free guidance). `task(batch)` returns (loss, metrics).
-
-Flow matching as FLUX trains (rectified flow): x_σ = (1 − σ)·x₀ + σ·ε with σ drawn logit-normally, the transformer
-predicts the velocity ε − x₀ from the packed 2×2 latent patches, MSE."""
+negative of true classifier-free guidance). The objective is the FLUX family's (facegen.core.bases.flux: flow
+matching). `task(batch)` returns (loss, metrics)."""
 from __future__ import annotations
 
 import os
 
 import torch
-import torch.nn.functional as F
-from diffusers import FluxPipeline
 from torch import nn
 
 from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
-from facegen.core.methods.facet5.pipeline import METHOD_NAME, TRANSFORMER, FaceT5FluxPipeline, parts_an_export_brings
-from facegen.core.methods.training_utils import frozen, load_trained_weights, row_seeds
+from facegen.core.methods.facet5.pipeline import TRANSFORMER, FaceT5FluxPipeline, parts_an_export_brings
+from facegen.core.methods.training_utils import IdentityTask, frozen, load_trained_weights, row_seeds
 
 
 class FaceT5Trainable(nn.Module):
@@ -28,27 +24,18 @@ class FaceT5Trainable(nn.Module):
         self.transformer = transformer
 
 
-def pack(latents: torch.Tensor) -> torch.Tensor:
-    """B×C×H×W latents → B×(H/2·W/2)×4C tokens, FLUX's 2×2 patches (FluxPipeline._pack_latents)."""
-    b, c, h, w = latents.shape
-    return FluxPipeline._pack_latents(latents, b, c, h, w)
-
-
-class FaceT5Task(nn.Module):
-    def __init__(self, preset, device: torch.device | str = "cpu", frozen_dtype: torch.dtype = torch.float32,
-                 load_base: bool = True):
+class FaceT5Task(IdentityTask):
+    def __init__(self, method, section, train, device: torch.device | str = "cpu",
+                 frozen_dtype: torch.dtype = torch.float32, load_base: bool = True, clip=None):
         from peft import LoraConfig
 
-        from facegen.core.weights import load_flux_components
-
-        super().__init__()
-        self.section, self.cfg, self.device = preset.method(METHOD_NAME), preset.train, torch.device(device)
+        super().__init__(method, section, train, device, frozen_dtype, load_base, clip)
         s, t = self.section, self.section.train
         s.check_model(None)
         skip = parts_an_export_brings(s.model)
         if not load_base:
             skip += ("vae",)
-        c = load_flux_components(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
+        c = self.base.load(s.base_model, s.sha256, torch_dtype=torch.float32, skip=skip)
         if s.model:
             encoder = FaceT5FluxEncoder.from_pretrained(FaceT5FluxPipeline.encoder_weights(s), torch_dtype=torch.float32)
             transformer = TRANSFORMER.load(s.model, c["transformer"], torch.float32)
@@ -74,9 +61,9 @@ class FaceT5Task(nn.Module):
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
 
     @staticmethod
-    def check_config(preset, rows: int) -> None:
+    def check_config(section, rows: int) -> None:
         """Before any worker starts: the section can train (a real base model needs a converted encoder)."""
-        preset.method(METHOD_NAME).check_model(None)
+        section.check_model(None)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         t, encoder, transformer = self.section.train, self.trainable.encoder, self.trainable.transformer
@@ -93,28 +80,10 @@ class FaceT5Task(nn.Module):
 
         fixed = self.cfg.fixed_noise  # each row's noise and σ from its content: the loss a function of the weights
         with torch.no_grad():
-            vae = self.vae
-            dist = vae.encode(batch["target"].to(self.device, vae.dtype)).latent_dist
-            x0 = (((dist.mean if fixed else dist.sample()) - vae.config.shift_factor) * vae.config.scaling_factor).float()
-        if fixed:
-            gens = [torch.Generator().manual_seed(seed) for seed in row_seeds(batch)]
-            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
-            normal = torch.cat([torch.randn(1, generator=g) for g in gens])
-        else:
-            noise, normal = torch.randn(x0.shape, dtype=torch.float32), torch.randn(b)
-        noise, sigma = noise.to(self.device), torch.sigmoid(t.logit_mean + t.logit_std * normal).to(self.device)
-        s = sigma[:, None, None, None]
-        noisy = (1 - s) * x0 + s * noise
-        h, w = x0.shape[-2:]
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, torch.float32)
-        dtype = next(p.dtype for p in transformer.parameters() if not p.requires_grad)
-        guidance = (torch.full((b,), self.section.distilled_guidance, device=self.device)
-                    if transformer.config.guidance_embeds else None)
-        pred = transformer(hidden_states=pack(noisy).to(dtype), timestep=sigma.to(dtype), guidance=guidance,
-                           pooled_projections=pooled.to(dtype), encoder_hidden_states=embeds.to(dtype),
-                           txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device),
-                           img_ids=img_ids, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), pack(noise - x0))
+            x0 = self.base.clean_latents(self.vae, batch["target"].to(self.device), use_mean=fixed)
+        loss = self.base.training_loss(transformer, x0, row_seeds(batch) if fixed else None,
+                                       {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}, t.logit_mean,
+                                       t.logit_std, self.section.distilled_guidance)
         return loss, {"mse": float(loss.detach())}
 
     def export(self, state_dict: dict, directory: str | os.PathLike) -> None:
