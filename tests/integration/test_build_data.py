@@ -234,3 +234,20 @@ def test_run_build_rejects_prompts_without_placeholder(tmp_path):
     preset = load_preset("tiny", ["data.edit_prompts=[a chef]"])
     with pytest.raises(ConfigError, match="has no S"):
         run_build(preset, Storage.open(str(tmp_path)), ["X"], None, None)
+
+
+def test_the_sdxl_entry_draws_the_set_with_the_sdxl_base(ray_cluster, load_job, tiny_build, tmp_path):
+    """`--method dreamidentity-sdxl` (data.method): the same rows drawn by tiny:sdxl's own pipeline, so the pictures
+    differ from the SD 2.1-drawn build's for the same subject, prompt and seed."""
+    import numpy as np
+
+    out = tmp_path / "xl"
+    assert load_job("build_data").main(["--preset", "tiny", "--output", str(out), "--num-identities", "1",
+                                        "--method", "dreamidentity-sdxl", *FAST]) == 0
+    xl, sd = selfaug_rows(out), selfaug_rows(tiny_build)
+    assert Storage.open(str(out)).read_json("manifest.json")["config"]["data"]["method"] == "dreamidentity-sdxl"
+    assert len(xl) == 3 and set(xl["prompt"]) == set(sd["prompt"])
+    row = xl.iloc[0]
+    same = sd[(sd["subject"] == row["subject"]) & (sd["prompt_index"] == row["prompt_index"])].iloc[0]
+    a, b = decode_image(row["edited_image"]), decode_image(same["edited_image"])
+    assert a.shape == b.shape and np.abs(a.astype(float) - b.astype(float)).mean() > 1.0

@@ -240,6 +240,60 @@ def test_trained_faceclip_is_drawn_with_by_the_cli(faceclip_model, photos, tmp_p
     assert img.size == (64, 72)
 
 
+def test_dreamidentity_sdxl_equals_diffusers_sdxl_at_real_shapes():
+    """M² writing S* into SDXL-base-sized towers (CLIP-L 768 + bigG 1280): with S* holding two real words' rows, the
+    picture equals diffusers' StableDiffusionXLPipeline on the prompt with those words (64 px, one step, fp32)."""
+    import gc
+
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from facegen.core.methods import load_pipeline
+    from facegen.core.methods.dreamidentity.pipeline import IdTokens
+
+    pipe = load_pipeline("dreamidentity-sdxl", PRESET)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.m2_encoder.m2_config.token_dim == 768 + 1280
+    rows = []
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer("red hat", add_special_tokens=False).input_ids
+        rows.append(encoder.get_input_embeddings().weight[ids].detach().clone())
+    kw = dict(num_inference_steps=1, width=64, height=64, output_type="np")
+    ours = pipe("S* as a chef", identity=IdTokens(torch.cat(rows, dim=-1)), generator=torch.Generator().manual_seed(2),
+                **kw).images
+    stock = StableDiffusionXLPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2,
+                                      tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2, unet=pipe.unet,
+                                      scheduler=pipe.scheduler, add_watermarker=False)
+    stock.set_progress_bar_config(disable=True)
+    theirs = stock("red hat as a chef", guidance_scale=pipe.config.guidance_scale,
+                   generator=torch.Generator().manual_seed(2), **kw).images
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    del pipe, stock
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def m2_sdxl_model(realshape_data, load_job, tmp_path_factory):
+    """jobs/train_m2.py --method dreamidentity-sdxl: the paper-sized M² against the SDXL-base-sized UNet and towers
+    (the set drawn by SD 2.1: its cached latents are not SDXL's, so the SDXL VAE encodes the targets), 1 step."""
+    out = tmp_path_factory.mktemp("m2_sdxl") / "run"
+    assert load_job("train_m2").main(["--preset", PRESET, "--method", "dreamidentity-sdxl", "--data", str(realshape_data),
+                                      "--output", str(out), "--num-workers", "1", "--max-steps", "1"]) == 0
+    curve = losses(out)
+    assert len(curve) == 1 and all(v == v for v in curve)
+    return out / "model"
+
+
+def test_trained_m2_sdxl_is_drawn_with_by_the_cli(m2_sdxl_model, photos, tmp_path):
+    from facegen.core.methods.dreamidentity.encoder import M2Encoder
+
+    encoder = M2Encoder.from_pretrained(m2_sdxl_model)
+    assert encoder.m2_config.vit.depth == 24 and encoder.m2_config.token_dim == 768 + 1280
+    img = cli_generate("dreamidentity-sdxl", photos["astronaut"], "S* as a chef", tmp_path / "m2xl.png",
+                       "--model", str(m2_sdxl_model))
+    assert img.size == (64, 72)
+
+
 @contextmanager
 def service(method: str, model: Path, port: int):
     """`serve run serve.app:deploy preset=<realshape> methods=<method> <method>=<model>` on the session's Ray."""
@@ -258,7 +312,7 @@ def service(method: str, model: Path, port: int):
 
     preset = Path(tempfile.mkdtemp()) / "realshape-serve.yaml"
     preset.write_text(yaml.safe_dump({"extends": [PRESET], "name": "realshape", "methods": {
-        m: {"controlnet": {"model": None}} for m in ("dreamidentity", "faceclip")}}))
+        m: {"controlnet": {"model": None}} for m in ("dreamidentity", "faceclip", "dreamidentity-sdxl")}}))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(module.deploy({"preset": str(preset), "methods": method, method: str(model), "keys": ["k"]}),
               name="realshape", route_prefix="/", blocking=False)
@@ -268,11 +322,16 @@ def service(method: str, model: Path, port: int):
         serve.shutdown()
 
 
-@pytest.mark.parametrize("method, prompt", [("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen")])
+TRAINED = {"dreamidentity": "m2_model", "faceclip": "faceclip_model", "dreamidentity-sdxl": "m2_sdxl_model"}
+BASES = {"dreamidentity": "random:sd21-base", "faceclip": "random:sdxl-base", "dreamidentity-sdxl": "random:sdxl-base"}
+
+
+@pytest.mark.parametrize("method, prompt", [("dreamidentity", "S* as a chef"), ("faceclip", "a chef in a kitchen"),
+                                            ("dreamidentity-sdxl", "S* as a chef")])
 def test_service_draws_with_the_trained_model(method, prompt, request, photos, free_port):
     from facegen.cluster.serving import watermark
 
-    model = request.getfixturevalue("m2_model" if method == "dreamidentity" else "faceclip_model")
+    model = request.getfixturevalue(TRAINED[method])
     with service(method, model, free_port()) as url:
         body = {"method": method, "face_image": base64.b64encode(photos["astronaut"].read_bytes()).decode(),
                 "prompt": prompt, "seed": 1, "steps": 1}
@@ -281,5 +340,4 @@ def test_service_draws_with_the_trained_model(method, prompt, request, photos, f
         img = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
         assert img.size == (256, 256) and watermark.detect(img) >= 0.9  # the service's smallest canvas
         info = requests.get(url + "/v1/models", headers={"Authorization": "Bearer k"}, timeout=60).json()
-        assert info["models"][method]["base_model"] == ("random:sd21-base" if method == "dreamidentity"
-                                                         else "random:sdxl-base")
+        assert info["models"][method]["base_model"] == BASES[method]

@@ -2,6 +2,7 @@
 Ray: overfitting with 2 DDP workers, FaceT5-FLUX with 2 DeepSpeed ZeRO-3 workers (the suite's one DeepSpeed run), a
 killed worker and --resume (which must continue alike), export round trips and bad input."""
 import json
+import math
 import os
 import signal
 import threading
@@ -282,3 +283,25 @@ def test_facet5_fine_tunes_under_zero3_resumes_and_exports(train_data, load_job,
     assert len(loaded) == len(adapters)
     image = pipe("a woman in a forest", face_image=photos["astronaut"], num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 96, 128, 3)
+
+
+def test_m2_on_sdxl_trains_through_train_m2_and_draws_from_the_cli(train_data, load_job, photos, tmp_path):
+    """`train_m2.py --method dreamidentity-sdxl`: M² trained against the frozen SDXL base (S* in both towers), its
+    export loaded by `python -m facegen generate --method dreamidentity-sdxl --model`, and the export is the one the
+    pipeline uses (its face encoder gives the tokens the exported M² writes)."""
+    from facegen.__main__ import main
+    from facegen.core.methods import load_pipeline
+
+    out = tmp_path / "m2_sdxl"
+    assert load_job("train_m2").main(["--method", "dreamidentity-sdxl", "--data", str(train_data), "--output", str(out),
+                                      "--num-workers", "1", "--max-steps", "3"]) == 0
+    assert all(math.isfinite(x) for x in losses(out)) and steps(out)[-1] == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["args"]["method"] == "dreamidentity-sdxl"
+    fresh = load_pipeline("dreamidentity-sdxl", "tiny").encode_identity(photos["astronaut"]).tokens
+    trained = load_pipeline("dreamidentity-sdxl", "tiny", model=str(out / "model")).encode_identity(photos["astronaut"])
+    assert trained.tokens.shape == fresh.shape and (trained.tokens - fresh).abs().max() > 1e-6
+    picture = tmp_path / "xl.png"
+    assert main(["generate", "--method", "dreamidentity-sdxl", "--model", str(out / "model"), "--face",
+                 str(photos["astronaut"]), "--prompt", "S* as a chef", "--out", str(picture), "--steps", "2"]) == 0
+    assert picture.is_file()

@@ -106,4 +106,4 @@ def test_serve_builder_refuses_bad_arguments_with_their_reason(tmp_path, monkeyp
     monkeypatch.setenv("FACEGEN_API_KEYS", "k1")
     assert app.parse_args({"preset": "dreamidentity-sd21", "allow_fresh_encoders": True})
     assert app.parse_args({"preset": "tiny", "methods": "faceclip"}).methods == ["faceclip"]
-    assert app.parse_args({"preset": "tiny"}).methods == ["dreamidentity", "faceclip", "facet5"]
+    assert app.parse_args({"preset": "tiny"}).methods == ["dreamidentity", "faceclip", "facet5", "dreamidentity-sdxl"]

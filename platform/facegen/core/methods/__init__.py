@@ -9,10 +9,11 @@ from __future__ import annotations
 from facegen.core.errors import ConfigError
 from facegen.core.methods.base import Method
 from facegen.core.methods.dreamidentity import METHOD as DREAMIDENTITY
+from facegen.core.methods.dreamidentity import METHOD_SDXL as DREAMIDENTITY_SDXL
 from facegen.core.methods.faceclip import METHOD as FACECLIP
 from facegen.core.methods.facet5 import METHOD as FACET5
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (DREAMIDENTITY, FACECLIP, FACET5)}
+REGISTRY: dict[str, Method] = {m.name: m for m in (DREAMIDENTITY, FACECLIP, FACET5, DREAMIDENTITY_SDXL)}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 

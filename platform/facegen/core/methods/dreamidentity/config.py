@@ -1,4 +1,5 @@
-"""DreamIdentity's preset section (`methods.dreamidentity`): plain data, importing it loads no torch."""
+"""DreamIdentity's preset sections (`methods.dreamidentity`, `methods.dreamidentity-sdxl`): plain data, importing
+it loads no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,3 +36,10 @@ class DreamIdentityConfig(MethodConfig):
     def face_size(self) -> int:
         return self.encoder.vit.img_size
 
+
+@dataclass
+class DreamIdentitySDXLConfig(DreamIdentityConfig):
+    """`methods.dreamidentity-sdxl`: the same method on an SDXL-layout model; M²'s token width is CLIP-L's + bigG's."""
+
+    MAX_MEGAPIXEL_STEPS = 160.0  # e.g. 4 images of 1024² at 30 steps, with room for control
+    base_model: str = "tiny:sdxl"  # an SDXL-layout model: a hub id, a local diffusers directory, tiny:sdxl, random:sdxl-base

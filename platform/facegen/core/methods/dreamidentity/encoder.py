@@ -99,12 +99,14 @@ class M2Encoder(ModelMixin):
 
 
 def with_token_dim(config: M2EncoderConfig, token_dim: int) -> M2EncoderConfig:
-    """The config with token_dim read from the base model's text encoder, or an error if a set one disagrees."""
+    """The config with token_dim read from the base model's text towers (their widths summed), or an error if a set
+    one disagrees: an encoder made for another base model."""
     from facegen.core.errors import ConfigError
 
     if config.token_dim is None:
         return dataclasses.replace(config, token_dim=token_dim)
     if config.token_dim != token_dim:
-        raise ConfigError(f"methods.dreamidentity.encoder.token_dim is {config.token_dim} but the base model's "
-                          f"text encoder has {token_dim}-d tokens (leave token_dim unset to read it from the model)")
+        raise ConfigError(f"the M² encoder's token_dim is {config.token_dim} but the base model's text towers take "
+                          f"{token_dim}-d tokens: it was made for another base model (a preset's encoder.token_dim: "
+                          f"leave it unset to read it from the model)")
     return config
