@@ -204,9 +204,10 @@ class Scorer:
 def learn(args, cfg) -> int:
     import ray
     from facegen.cluster.world.build import build_world
-    from facegen.cluster.world.experiment import Evaluator, write_job_inputs, write_preset
+    from facegen.cluster.world.experiment import METHODS, Evaluator, write_job_inputs, write_preset
     from facegen.cluster.world.score import embed
     from facegen.core.face.analyzer import FaceAnalyzer
+    from facegen.core.methods import get_method
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -223,11 +224,11 @@ def learn(args, cfg) -> int:
 
     # 1. Guidance per method, chosen on the validation identities (the true codes' identification).
     t = time.perf_counter()
-    preset = write_preset(world, out, cfg, {m: cfg.guidance[0] for m in ("dreamidentity", "faceclip")})
+    preset = write_preset(world, out, cfg, {m: cfg.guidance[0] for m in METHODS})
     ev = Evaluator(world, preset, analyzer, cfg)
     scorer = Scorer(world, ev, analyzer, cfg)
     guidance, choice = {}, {}
-    for method in ("dreamidentity", "faceclip"):
+    for method in METHODS:
         pipe = ev.pipeline(method, None, code=True)
         by_g = {g: round(scorer.validation(pipe, method, code=True, guidance=g), 4) for g in cfg.guidance}
         guidance[method] = max(by_g, key=lambda g: (by_g[g], -g))
@@ -245,23 +246,24 @@ def learn(args, cfg) -> int:
     run_job("build_data", ["--preset", str(preset), "--output", str(out / "data"), "--celebrities", str(names),
                            "--ffhq", str(photos)])
     timings["build_data_s"] = round(time.perf_counter() - t, 1)
-    runs = {"dreamidentity": ("train_m2", cfg.m2_steps, out / "train_m2", []),
-            "faceclip": ("train_faceclip", cfg.faceclip_steps, out / "train_faceclip", [])}
+    # key → (method, steps, run directory, extra flags); each trained by its registry entry's job
+    runs = {"dreamidentity": ("dreamidentity", cfg.m2_steps, out / "train_m2", []),
+            "faceclip": ("faceclip", cfg.faceclip_steps, out / "train_faceclip", []),
+            "dreamidentity-sdxl": ("dreamidentity-sdxl", cfg.m2_steps, out / "train_m2_sdxl", [])}
     if cfg.ablation:
-        runs["dreamidentity_without_selfaug"] = ("train_m2", cfg.m2_steps, out / "train_m2_ffhq_only",
+        runs["dreamidentity_without_selfaug"] = ("dreamidentity", cfg.m2_steps, out / "train_m2_ffhq_only",
                                                  ["--set", "train.ffhq_ratio=1.0"])
-    for key, (job, steps, run_dir, extra) in runs.items():
+    for key, (method, steps, run_dir, extra) in runs.items():
         t = time.perf_counter()
-        run_job(job, ["--preset", str(preset), "--data", str(out / "data"), "--output", str(run_dir),
-                      "--max-steps", str(steps), *extra])
+        run_job(get_method(method).job, ["--preset", str(preset), "--method", method, "--data", str(out / "data"),
+                                         "--output", str(run_dir), "--max-steps", str(steps), *extra])
         timings[f"{key}_s"] = round(time.perf_counter() - t, 1)
     ray.shutdown()
 
     # 3. The checkpoint each method reports, chosen on validation (the curve).
     t = time.perf_counter()
     curves, chosen = {}, {}
-    for key, (_, steps, run_dir, _) in runs.items():
-        method = "dreamidentity" if key.startswith("dreamidentity") else "faceclip"
+    for key, (method, steps, run_dir, _) in runs.items():
         curve = [(0, None, scorer.validation(ev.pipeline(method, None), method))]
         for step, ckpt in checkpoints(run_dir):
             model = (run_dir / "model") if step == steps else export_checkpoint(method, preset, ckpt, out / "curve" / key / f"step{step}")
@@ -281,9 +283,9 @@ def learn(args, cfg) -> int:
     held_in = [train[i] for i in sorted(rng.choice(len(train), min(cfg.held_in, len(train)), replace=False))]
     groups = {"held_in": held_in, "held_out": world.split("held_out")}
     figures, drawings = {}, {}
-    for method in ("dreamidentity", "faceclip"):
+    for method in METHODS:
         pipes = {"fresh": ev.pipeline(method, None), "trained": ev.pipeline(method, chosen[method]["model"])}
-        pipes["code"] = ev.pipeline(method, None, code=True) if method == "faceclip" else pipes["fresh"]
+        pipes["code"] = ev.pipeline(method, None, code=True)  # the pipeline that takes true codes
         if method == "dreamidentity" and cfg.ablation:
             pipes["without_selfaug"] = ev.pipeline(method, chosen["dreamidentity_without_selfaug"]["model"])
         figures[method], drawings[method] = {}, {}
@@ -351,6 +353,9 @@ def gate(r: dict) -> list[dict]:
 
     chance = r["chance"]["held_out"]
     check("held-out identities ≥ 20 (chance ≤ 0.05)", r["identities"]["held_out"], r["identities"]["held_out"] >= 20)
+    if "dreamidentity-sdxl" in r:  # DreamIdentity on SDXL: the held-in figure its issue asks for
+        i = r["dreamidentity-sdxl"]["held_in"]["trained"]
+        check("dreamidentity-sdxl: held-in trained ≥ 0.8", i["identification"], i["identification"] >= 0.8)
     for m in ("dreamidentity", "faceclip"):
         o, i = r[m]["held_out"], r[m]["held_in"]
         tr = o["trained"]
@@ -380,7 +385,7 @@ def print_table(r: dict) -> None:
     conditions = ("fresh", "trained", "ceiling", "lookup", "zeroed", "shuffled", "without_selfaug")
     print(f"\nidentification [95% CI] — held-in chance {r['chance']['held_in']}, held-out chance {r['chance']['held_out']}")
     print(f"{'':28}" + "".join(f"{c:>20}" for c in conditions))
-    for m in ("dreamidentity", "faceclip"):
+    for m in (m for m in ("dreamidentity", "faceclip", "dreamidentity-sdxl") if m in r):
         for g in ("held_in", "held_out"):
             row = r[m][g]
             cells = [f"{row[c]['identification']:.2f} [{row[c]['ci95'][0]:.2f},{row[c]['ci95'][1]:.2f}]" if c in row else "—"

@@ -51,7 +51,7 @@ def official_checkpoint(tmp_path_factory) -> dict:
     differs from the base one) as unet.pt, and both converted with `python -m facegen convert faceclip-official`."""
     import numpy as np
     import torch
-    from facegen.__main__ import main
+    from facegen.cli import main
     from facegen.core.bases import SDXL
 
     d = tmp_path_factory.mktemp("official")

@@ -24,13 +24,15 @@ SMALL = {"steps": 2}
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, free_port):
-    """The tiny app with an API key, a 2 MB body cap, and a FaceCLIP generator that queues at most one request
-    (so back-pressure can be seen); the DreamIdentity generator batches."""
+    """The tiny app (a generator per method) with an API key, a 2 MB body cap, and a FaceCLIP generator that queues
+    at most one request (so back-pressure can be seen); the DreamIdentity generator batches."""
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    options = {"FaceCLIPGenerator": {"max_ongoing_requests": 1, "max_queued_requests": 1}}
+    # A fifth of a CPU per generator, so this app, the one-method apps the tests start beside it and Ray fit 2 CPUs.
+    options = {f"{REGISTRY[m].title}Generator": {"ray_actor_options": {"num_cpus": 0.15}} for m in NAMES}
+    options["FaceCLIPGenerator"].update(max_ongoing_requests=1, max_queued_requests=1)
     os.environ["FACEGEN_TOKEN_KEY"] = TOKEN_KEY  # read by the builder, in this process
     try:
         app = serve_app().deploy({"preset": "tiny", "max_body": 2 * 1024 * 1024, "options": options, "keys": [KEY]})
@@ -423,7 +425,7 @@ def test_serve_config_yaml_draws_each_method_with_its_own_base_model(service, tm
     # FaceT5 starts only from a converted encoder on a real FLUX.1-dev (no tiny stand-in can be one): the file's
     # other generators are served here.
     methods = [m for m in app["args"]["methods"].split(",") if m != "facet5"]
-    options = {name: {"ray_actor_options": {"num_cpus": 0.05, "runtime_env": {"env_vars": env}}}  # beside the 1.5 CPUs of `service`
+    options = {name: {"ray_actor_options": {"num_cpus": 0.05, "runtime_env": {"env_vars": env}}}  # beside the 1.1 CPUs of `service`
                for name in ("Ingress", "FaceEncoder", *(f"{REGISTRY[m].title}Generator" for m in methods))}
     # The file names trained encoders at paths of a real cluster's nodes: served fresh here, said in words.
     args = {k: v for k, v in app["args"].items() if k not in NAMES} | {"methods": ",".join(methods)}

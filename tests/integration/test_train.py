@@ -289,7 +289,7 @@ def test_m2_on_sdxl_trains_through_train_m2_and_draws_from_the_cli(train_data, l
     """`train_m2.py --method dreamidentity-sdxl`: M² trained against the frozen SDXL base (S* in both towers), its
     export loaded by `python -m facegen generate --method dreamidentity-sdxl --model`, and the export is the one the
     pipeline uses (its face encoder gives the tokens the exported M² writes)."""
-    from facegen.__main__ import main
+    from facegen.cli import main
     from facegen.core.methods import load_pipeline
 
     out = tmp_path / "m2_sdxl"

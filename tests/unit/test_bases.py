@@ -91,7 +91,7 @@ def test_the_cli_resolves_a_head_box_once(monkeypatch, photos, tmp_path):
     """`generate --head-box`: the scene-switch rules checked once and the keypoint map drawn once, then drawn as
     that plan (the pipeline resolves nothing again)."""
     import facegen.core.control as control
-    from facegen.__main__ import main
+    from facegen.cli import main
 
     rules, drawn = Counter(monkeypatch, control, "resolve"), Counter(monkeypatch, control, "head_control_image")
     out = tmp_path / "boxed.png"

@@ -33,7 +33,7 @@ def test_the_readme_is_a_front_door():
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_every_name_command_and_link_in_the_docs_exists(doc):
-    from facegen.__main__ import _parser
+    from facegen.cli import _parser
 
     text = doc.read_text()
     missing = []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from facegen.__main__ import main
+from facegen.cli import main
 from facegen.core.config import load_preset
 from facegen.core.errors import ConfigError, ModelNotFound
 from facegen.core.methods import REGISTRY

@@ -140,7 +140,7 @@ def official_layout(pipe, directory: Path) -> dict[str, Path]:
 def test_convert_round_trips_the_official_layout(pipe, photos, tmp_path):
     """convert → --model DIR: the encoder keeps the checkpoint's bf16 and loads strictly, the DiT is the diffusers
     layout (sharded here, as the 24 GB one is), and the pipeline loaded from it draws what the weights draw."""
-    from facegen.__main__ import main
+    from facegen.cli import main
     from facegen.core.methods import load_pipeline
 
     files = official_layout(pipe, tmp_path / "hub")
@@ -176,7 +176,7 @@ def test_convert_round_trips_the_official_layout(pipe, photos, tmp_path):
 
 
 def test_bad_checkpoints_give_one_line_and_write_nothing(pipe, tmp_path, capsys):
-    from facegen.__main__ import main
+    from facegen.cli import main
 
     files = official_layout(pipe, tmp_path / "hub")
     evil = tmp_path / "evil.pt"

@@ -14,7 +14,7 @@ ACCEPTED = [{"steps": 1}, {"steps": 1000}, {"guidance_scale": 0.0}, {"width": 8}
 
 
 def cli(values: dict, capsys) -> tuple[int, str]:
-    from facegen.__main__ import main
+    from facegen.cli import main
 
     argv = ["generate", "--face", "missing.jpg", "--prompt", "S* as a chef", "--out", "x.png"]
     for key, value in values.items():

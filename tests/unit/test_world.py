@@ -21,6 +21,9 @@ TINY_WORLD = WorldConfig(anchors=4, identities=4, validation_pairs=1, held_out_p
                          sdxl_min_snr_gamma=0.0)
 
 
+GUIDANCE = {"dreamidentity": 3.0, "faceclip": 3.0, "dreamidentity-sdxl": 3.0}
+
+
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as m:
@@ -152,7 +155,7 @@ def test_base_models_load_through_the_real_paths_and_codes_go_through_the_method
     xl = StableDiffusionXLPipeline.from_pretrained(world.sdxl)
     assert xl.vae.config.scaling_factor == sd.vae.config.scaling_factor  # one VAE for both
     cfg = LearnConfig(world=TINY_WORLD, samples=1, steps=4, ffhq_views=2)
-    preset = write_preset(world, tmp_path, cfg, {"dreamidentity": 3.0, "faceclip": 3.0})
+    preset = write_preset(world, tmp_path, cfg, GUIDANCE)
     photos, names = write_job_inputs(world, tmp_path, cfg)
     train = world.split("train")
     assert names.read_text().split() == [name_word(o.name) for o in train]
@@ -195,6 +198,22 @@ def test_base_models_load_through_the_real_paths_and_codes_go_through_the_method
                 output_type="np").images
     np.testing.assert_allclose(a, b, atol=1e-5)
 
+    # DreamIdentity on SDXL: its own SDXL-layout model (one VAE with the others), the code in S*'s slots of both
+    # towers; an M² writing that code draws the same image
+    xl_m2 = ev.pipeline("dreamidentity-sdxl")
+    assert str(world.sdxl_tokens) in str(xl_m2.unet.config._name_or_path)
+    assert xl_m2.vae.config.scaling_factor == sd.vae.config.scaling_factor
+    by_code = xl_m2(PLAIN_PROMPT, identity=ev.code_identities("dreamidentity-sdxl", [o.w])[0], generator=gen(),
+                    output_type="np").images
+    code = torch.cat(code_of(load_codes(world.sdxl_tokens), o.w), dim=-1)
+    with torch.no_grad():
+        for j, proj in enumerate(xl_m2.m2_encoder.projectors):
+            proj[-1].weight.zero_()
+            proj[-1].bias.copy_(code[j])
+    by_encoder = xl_m2(PLAIN_PROMPT, identity=xl_m2.face_encoder.from_aligned(world.input_view(o.name)[None]),
+                       generator=gen(), output_type="np").images
+    np.testing.assert_allclose(by_encoder, by_code, atol=1e-5)
+
 
 def test_each_code_draws_the_identity_it_was_trained_on(world, tmp_path, analyzer):
     """Trained for seconds on four anchors, each model's drawing from an anchor's true code is nearer (in pixels)
@@ -203,11 +222,11 @@ def test_each_code_draws_the_identity_it_was_trained_on(world, tmp_path, analyze
     from facegen.cluster.world.experiment import PLAIN_PROMPT, Evaluator, LearnConfig, write_preset
 
     cfg = LearnConfig(world=TINY_WORLD, samples=2, steps=10)
-    preset = write_preset(world, tmp_path, cfg, {"dreamidentity": 3.0, "faceclip": 3.0})
+    preset = write_preset(world, tmp_path, cfg, GUIDANCE)
     ev = Evaluator(world, preset, analyzer, cfg)
     train = world.split("train")
     means = np.stack([world.at_size(world.training_views(o.name)).astype(np.float32).mean(axis=0) for o in train])
-    for method in ("dreamidentity", "faceclip"):
+    for method in ("dreamidentity", "faceclip", "dreamidentity-sdxl"):
         drawn = ev.draw(ev.pipeline(method, code=True), ev.code_identities(method, [o.w for o in train]), PLAIN_PROMPT)
         dist = ((drawn.astype(np.float32).mean(axis=1)[:, None] - means[None]) ** 2).mean(axis=(2, 3, 4))
         assert (dist.argmin(axis=1) == np.arange(len(train))).sum() >= 3, (method, dist.round(0))
@@ -215,7 +234,7 @@ def test_each_code_draws_the_identity_it_was_trained_on(world, tmp_path, analyze
 
 def test_base_models_are_built_once(world, analyzer):
     again = build_world(analyzer, None, TINY_WORLD, log=lambda msg: pytest.fail(f"rebuilt: {msg}"))
-    assert again.sd21 == world.sd21
+    assert (again.sd21, again.sdxl_tokens) == (world.sd21, world.sdxl_tokens)
 
 
 def test_bad_photo_folders_are_one_clear_error(analyzer, tmp_path, photos):

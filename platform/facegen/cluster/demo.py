@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from facegen.__main__ import main as cli
+from facegen.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[3]  # platform/facegen/cluster/demo.py → the checkout
 
@@ -135,7 +135,7 @@ def scene_switch_grid(out: Path, preset: str) -> Path:
     import PIL.Image
     import torch
 
-    from facegen.__main__ import _quiet
+    from facegen.cli import _quiet
     from facegen.core.config import load_preset
     from facegen.core.control import head_control_image
     from facegen.core.face.images import load_image

@@ -345,6 +345,45 @@ def build_sdxl(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], 
     save_file(codes.state("sdxl_"), str(out / CODES_FILE))
 
 
+def build_sdxl_tokens(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], cfg: WorldConfig,
+                      log=print) -> None:
+    """The SDXL-layout model taught codes through DreamIdentity's path on SDXL (`dreamidentity-sdxl`): S* is
+    SD21_SLOTS pseudo-words in both towers, each tower's share of the code in its token table, and the conditioning
+    is the SDXL family's own (facegen.core.bases.SDXL.encode_prompt: penultimate states side by side, bigG's pooled
+    embedding) — the path the method's pipeline runs."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from facegen.core.bases import SDXL
+
+    tokenizer, tokenizer_2 = _tokenizer(out / "_tok1", "<|endoftext|>"), _tokenizer(out / "_tok2", "!")
+    te1, te2 = _text_encoder(32, None, cfg.seed + 10), _text_encoder(64, 32, cfg.seed + 11)
+    towers = {"tokenizer": tokenizer, "text_encoder": te1, "tokenizer_2": tokenizer_2, "text_encoder_2": te2}
+    k = len(next(iter(weights.values())))
+    codes = AnchorCodes(k, SD21_SLOTS, [32, 64], cfg.seed + 12)
+    torch.manual_seed(cfg.seed + 13)
+    unet = _unet(cfg, 32 + 64, transformer_layers_per_block=1, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    time_ids = torch.tensor([[cfg.size, cfg.size, 0, 0, cfg.size, cfg.size]], dtype=torch.float32)
+
+    def condition(prompts, w, dropped):
+        # A dropped row is all zeros, as SDXL was trained and as its pipeline reads an empty negative prompt.
+        keep = (~dropped).float()
+        c = SDXL.encode_prompt(towers, prompts, torch.cat(codes(w), dim=-1), SD21_SLOTS)
+        return {"encoder_hidden_states": c["prompt_embeds"] * keep[:, None, None],
+                "added_cond_kwargs": {"text_embeds": c["pooled_prompt_embeds"] * keep[:, None],
+                                      "time_ids": time_ids.expand(len(prompts), -1)}}
+
+    _train(unet, [te1, te2, codes], condition, _Batches(latents, edited, weights, cfg), cfg, "sdxl-tokens", log,
+           cfg.sdxl_min_snr_gamma)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
+                                     add_watermarker=False)
+    _save(pipe, out, cfg, ["_tok1", "_tok2"])
+    save_file(codes.state("sdxl_"), str(out / CODES_FILE))
+
+
 def load_codes(model_dir: Path) -> list[torch.Tensor]:
     """A world base model's anchor tables, one per text tower (K × slots × width)."""
     from safetensors.torch import load_file

@@ -22,6 +22,7 @@ from facegen.cluster.world.identities import Identity, make_identities, nearest_
 from facegen.cluster.world.people import Person, blend_views, find_people, grayscale
 
 WORLD_VERSION = "v3"  # bump when base.py's models or training change, so caches rebuild
+TOKENS_VERSION = "t1"  # the same for the SDXL-layout model of dreamidentity-sdxl (build_sdxl_tokens), cached apart
 ENCODER_SIZE = 112  # the side of the views written for the encoders (the ArcFace crop)
 REFERENCE, INPUT = 0, 1  # view 0: the identification reference (plain); view 1: the encoder's input when scoring
 
@@ -33,7 +34,8 @@ class World:
     identities: list[Identity]
     views: dict[str, np.ndarray]  # name → 2 + cfg.views views, ENCODER_SIZE²: reference, input, training views
     sd21: Path  # the SD2.1-layout base model directory
-    sdxl: Path  # the SDXL-layout one
+    sdxl: Path  # the SDXL-layout one, taught codes at FaceCLIP's id slot
+    sdxl_tokens: Path  # an SDXL-layout one taught codes in S*'s slots of both towers (dreamidentity-sdxl)
 
     def split(self, name: str) -> list[Identity]:
         return [o for o in self.identities if o.split == name]
@@ -79,8 +81,8 @@ def build_world(analyzer, photos=None, cfg: WorldConfig | None = None, log=print
         raise WorldError(f"{len(anchors)} anchor people: {e} (lower world.validation_pairs / world.held_out_pairs, "
                          "or give more people with --photos)") from None
     views = {o.name: blend_views(anchors, o.w, 2 + cfg.views, ENCODER_SIZE, cfg.seed, o.name) for o in identities}
-    sd21, sdxl = build_base_models(views, identities, cfg, log)
-    return World(cfg, anchors, identities, views, sd21, sdxl)
+    sd21, sdxl, sdxl_tokens = build_base_models(views, identities, cfg, log)
+    return World(cfg, anchors, identities, views, sd21, sdxl, sdxl_tokens)
 
 
 def model_settings(cfg: WorldConfig) -> dict:
@@ -99,13 +101,17 @@ def world_key(views: dict[str, np.ndarray], identities: list[Identity], cfg: Wor
 
 
 def build_base_models(views: dict[str, np.ndarray], identities: list[Identity], cfg: WorldConfig,
-                      log=print) -> tuple[Path, Path]:
-    """Both base models, trained on the training identities' training views only (never a reference, an input
-    view, or any validation or held-out identity)."""
+                      log=print) -> tuple[Path, Path, Path]:
+    """The base models, trained on the training identities' training views only (never a reference, an input
+    view, or any validation or held-out identity): the VAE, the SD2.1- and SDXL-layout ones (one cache entry), and
+    the SDXL-layout one for dreamidentity-sdxl (its own entry, on the first's VAE)."""
     from facegen.core.cache import build_once
 
     key = world_key(views, identities, cfg)
     train = [o for o in identities if o.split == "train"]
+    colour = {o.name: resize(views[o.name][INPUT + 1:], cfg.size) for o in train}
+    edited = {n: grayscale(v) for n, v in colour.items()}
+    weights = {o.name: o.w.astype(np.float32) for o in train}
 
     def build(out: Path) -> None:
         import torch
@@ -113,9 +119,6 @@ def build_base_models(views: dict[str, np.ndarray], identities: list[Identity], 
         from facegen.cluster.world.base import build_sd21, build_sdxl, encode_images, train_vae
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        colour = {o.name: resize(views[o.name][INPUT + 1:], cfg.size) for o in train}
-        edited = {n: grayscale(v) for n, v in colour.items()}
-        weights = {o.name: o.w.astype(np.float32) for o in train}
         log(f"world: training its VAE ({cfg.vae_steps} steps) on {sum(map(len, colour.values()))} views × 2")
         vae = train_vae(np.concatenate([*colour.values(), *edited.values()]), cfg, log)
         latents = {n: encode_images(vae, v) for n, v in colour.items()}
@@ -128,4 +131,18 @@ def build_base_models(views: dict[str, np.ndarray], identities: list[Identity], 
                                                     **model_settings(cfg)}, indent=2) + "\n")
 
     root = build_once("world", key, build, marker="world.json")
-    return root / "sd21", root / "sdxl"
+
+    def build_tokens(out: Path) -> None:
+        from diffusers import AutoencoderKL
+
+        from facegen.cluster.world.base import build_sdxl_tokens, encode_images
+
+        vae = AutoencoderKL.from_pretrained(root / "sd21" / "vae").eval().requires_grad_(False)
+        latents = {n: encode_images(vae, v) for n, v in colour.items()}
+        edited_latents = {n: encode_images(vae, v) for n, v in edited.items()}
+        log(f"world: training the SDXL-layout base model for S* in both towers ({cfg.base_steps} steps)")
+        build_sdxl_tokens(out / "sdxl_tokens", vae, latents, edited_latents, weights, cfg, log)
+        (out / "world.json").write_text(json.dumps({"version": TOKENS_VERSION, "world": key}, indent=2) + "\n")
+
+    tokens = build_once("world-sdxl-tokens", f"{key}-{TOKENS_VERSION}", build_tokens, marker="world.json")
+    return root / "sd21", root / "sdxl", tokens / "sdxl_tokens"

@@ -34,7 +34,7 @@ from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSD
 
 PLAIN_PROMPT = PROMPT.format("S*")
 EDIT_PROMPT = EDITS[0].format("S*")
-METHODS = ("dreamidentity", "faceclip")
+METHODS = ("dreamidentity", "faceclip", "dreamidentity-sdxl")
 CONDITIONS = ("fresh", "trained", "ceiling", "lookup", "zeroed", "shuffled")
 
 
@@ -74,6 +74,9 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig, guidance: dict
                 "steps": cfg.steps, "guidance_scale": guidance["faceclip"], "scheduler": "euler", **size},
                 # the diffusion loss only: the world has no CLIP model worth aligning to (the tiny one is random)
                 "train": {"stage": "diffusion", "unet": "frozen", "align_weight": 0.0}},
+            "dreamidentity-sdxl": {"base_model": str(world.sdxl_tokens), "sampling": {
+                "steps": cfg.steps, "guidance_scale": guidance["dreamidentity-sdxl"], "scheduler": "euler", **size},
+                "train": {"train_vit": cfg.train_vit}},
         },
         "data": {
             "source_prompt": PLAIN_PROMPT,
@@ -151,7 +154,8 @@ class Evaluator:
 
     def __init__(self, world: World, preset: Path, analyzer, cfg: LearnConfig):
         self.world, self.preset, self.analyzer, self.cfg = world, preset, analyzer, cfg
-        self.codes = {"dreamidentity": load_codes(world.sd21), "faceclip": load_codes(world.sdxl)}
+        self.codes = {"dreamidentity": load_codes(world.sd21), "faceclip": load_codes(world.sdxl),
+                      "dreamidentity-sdxl": load_codes(world.sdxl_tokens)}
 
     def pipeline(self, method: str, model: str | Path | None = None, code: bool = False):
         """The method's pipeline (a trained encoder from `model`); code=True: the one that takes true codes."""
@@ -170,8 +174,8 @@ class Evaluator:
     def code_identities(self, method: str, weights: list[np.ndarray]) -> list:
         """True codes, as the method's injection path takes them (M²: IdTokens in S*'s slots; FaceCLIP: WorldCode)."""
         codes = [code_of(self.codes[method], w) for w in weights]
-        if get_method(method).identity_class() is IdTokens:  # written into S*'s slots
-            return [IdTokens(c[0]) for c in codes]
+        if get_method(method).identity_class() is IdTokens:  # written into S*'s slots, the towers' widths side by side
+            return [IdTokens(torch.cat(c, dim=-1)) for c in codes]
         return [WorldCode(c) for c in codes]
 
     def zero_identities(self, pipe, method: str, count: int) -> list:

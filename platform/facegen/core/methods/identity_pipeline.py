@@ -117,6 +117,17 @@ class IdentityPipeline(DiffusionPipeline):
         (`self.base.config.conditioning`, each also as negative_<name>)."""
         raise NotImplementedError
 
+    def register_sampling(self, method: str, **given) -> None:
+        """Register the entry's name and the sampling defaults (num_inference_steps, guidance_scale, height, width,
+        negative_prompt) in the config: each given one as it is (a preset section's, or a saved pipeline's), the
+        others from the entry's section class — where every default is written, once."""
+        from facegen.core.methods import get_method
+
+        d = get_method(method).config().sampling
+        own = {"num_inference_steps": d.steps, "guidance_scale": d.guidance_scale, "height": d.height,
+               "width": d.width, "negative_prompt": d.negative_prompt}
+        self.register_to_config(method=method, **{k: own[k] if given.get(k) is None else given[k] for k in own})
+
     # == the registry entry and its base ==========================================================================
     @property
     def method(self):

@@ -62,15 +62,16 @@ class DreamIdentityPipeline(IdentityPipeline):
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, m2_encoder: M2Encoder,
-                 face_analyzer: FaceAnalyzer | None = None, method: str = METHOD_NAME, num_inference_steps: int = 30,
-                 guidance_scale: float = 7.5, height: int = 512, width: int = 512, negative_prompt: str = "",
-                 controlnet=None, text_encoder_2=None, tokenizer_2=None):
+                 face_analyzer: FaceAnalyzer | None = None, method: str = METHOD_NAME,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None, height: int | None = None,
+                 width: int | None = None, negative_prompt: str | None = None, controlnet=None, text_encoder_2=None,
+                 tokenizer_2=None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                               m2_encoder=m2_encoder, face_analyzer=face_analyzer, controlnet=controlnet,
                               text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
-        self.register_to_config(method=method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                height=height, width=width, negative_prompt=negative_prompt)
+        self.register_sampling(method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                               height=height, width=width, negative_prompt=negative_prompt)
         token_dim = sum(self.base.token_dims_of(self.text_parts))
         if m2_encoder.m2_config.token_dim != token_dim:
             raise ConfigError(f"the M² encoder writes {m2_encoder.m2_config.token_dim}-d tokens but the text "

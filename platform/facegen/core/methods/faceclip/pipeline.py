@@ -79,13 +79,14 @@ class FaceCLIPSDXLPipeline(IdentityPipeline):
     model_cpu_offload_seq = "faceclip_encoder->unet->vae"
 
     def __init__(self, unet, vae, scheduler, faceclip_encoder, face_analyzer: FaceAnalyzer | None = None,
-                 method: str = METHOD_NAME, num_inference_steps: int = 30, guidance_scale: float = 5.0,
-                 height: int = 1152, width: int = 864, negative_prompt: str = "", controlnet=None):
+                 method: str = METHOD_NAME, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 negative_prompt: str | None = None, controlnet=None):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, faceclip_encoder=faceclip_encoder,
                               face_analyzer=face_analyzer, controlnet=controlnet)
-        self.register_to_config(method=method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                height=height, width=width, negative_prompt=negative_prompt)
+        self.register_sampling(method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                               height=height, width=width, negative_prompt=negative_prompt)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod

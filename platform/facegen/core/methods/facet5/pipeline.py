@@ -57,15 +57,15 @@ class FaceT5FluxPipeline(IdentityPipeline):
     model_cpu_offload_seq = "facet5_encoder->transformer->vae"
 
     def __init__(self, transformer, vae, scheduler, facet5_encoder, face_analyzer: FaceAnalyzer | None = None,
-                 method: str = METHOD_NAME, num_inference_steps: int = 50, guidance_scale: float = 3.5,
-                 height: int = 1152, width: int = 864, negative_prompt: str = "", distilled_guidance: float = 1.0,
-                 controlnet=None):
+                 method: str = METHOD_NAME, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 negative_prompt: str | None = None, distilled_guidance: float = 1.0, controlnet=None):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, facet5_encoder=facet5_encoder,
                               face_analyzer=face_analyzer, controlnet=controlnet)
-        self.register_to_config(method=method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                height=height, width=width, negative_prompt=negative_prompt,
-                                distilled_guidance=distilled_guidance)
+        self.register_sampling(method, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                               height=height, width=width, negative_prompt=negative_prompt)
+        self.register_to_config(distilled_guidance=distilled_guidance)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
