@@ -10,7 +10,7 @@ facegen/cluster/serving/ (replicas.py, ingress.py, app.py).
 """
 from __future__ import annotations
 
-from facegen.cluster.serving.api import DEFAULT_MAX_BODY
+from facegen.cluster.serving.api import DEFAULT_MAX_BODY, BodyLimits
 from facegen.core.errors import ConfigError, ModelNotFound
 from facegen.core.methods import NAMES
 from facegen.core.models.export import check_export
@@ -22,6 +22,11 @@ class _AppArgs(BaseModel):
     preset: str = Field("tiny", description="a shipped preset name or a .yaml file")
     methods: list[str] | None = Field(None, description="methods to serve (default: every method the preset offers)")
     max_body: int = Field(DEFAULT_MAX_BODY, gt=0, description="largest request body, bytes")
+    body_timeout_s: float = Field(BodyLimits.timeout_s, gt=0, description="a request body must arrive within this")
+    body_min_rate: float = Field(BodyLimits.min_rate, gt=0,
+                                 description="bytes a second a body must average after the first seconds (else 408)")
+    uploads_per_client: int = Field(BodyLimits.per_client, gt=0,
+                                    description="bodies one client (API key, else address) may send at once (else 429)")
     cors: list[str] | None = Field(None, description="origins allowed to call the API from a browser")
     keys: list[str] | None = Field(None, description="API keys (default: FACEGEN_API_KEYS)")
     token_ttl_s: float = Field(24 * 3600, gt=0, description="how long an identity token stays valid, seconds")

@@ -88,6 +88,45 @@ def scan_bomb():
     return progressive_scan_bomb
 
 
+def bomb_kinds() -> dict[str, bytes]:
+    """Every decoder bomb this service has met, generated: a progressive JPEG's repeated scans; the same with TEM
+    markers (FF 01, no length) that a length-reading walk jumps ~62 KB over; the same inside an MPO (a JPEG with an
+    MPF header, which Pillow calls MPO); an RLE BMP (Pillow decodes RLE in pure Python); a PNG that inflates past
+    the pixel cap."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    plain = progressive_scan_bomb(2000, side=64)
+    head, rest = plain.split(b"\xff\xda", 1)
+    scans = (b"\xff\xda" + rest).rsplit(b"\xff\xd9", 1)[0].split(b"\xff\xda")[1:]
+    tem = head + b"".join(b"\xff\x01\xf2\x00" + b"\xff\xda" + s for s in scans) + b"\xff\xd9"
+    buf = io.BytesIO()
+    frame = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), np.uint8))
+    frame.save(buf, format="MPO", save_all=True, append_images=[frame])
+    mpo = buf.getvalue()
+    soi = mpo.index(b"\xff\xd8", 2)  # the second frame: repeat the first's last scan before its EOI
+    first = mpo[:soi]
+    last_sos, eoi = first.rindex(b"\xff\xda"), first.rindex(b"\xff\xd9")
+    mpo = first[:eoi] + first[last_sos:eoi] * 2000 + first[eoi:] + mpo[soi:]
+    width, height = 8000, 5000
+    rle = b"\x00\x01" * 1000  # RLE8: "end of line" pairs
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rle), 0, 0, 256, 0)
+    palette = bytes(4 * 256)
+    bmp = b"BM" + struct.pack("<IHHI", 14 + len(info) + len(palette) + len(rle), 0, 0, 14 + len(info) + len(palette))
+    bmp += info + palette + rle
+    buf = io.BytesIO()
+    Image.new("L", (8000, 5001)).save(buf, format="PNG")
+    return {"scans": plain, "tem": tem, "mpo": mpo, "rle_bmp": bmp, "png": buf.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def decoder_bombs() -> dict[str, bytes]:
+    return bomb_kinds()
+
+
 def exif_mutations(image, count: int, seed: int):
     """`count` encodings of `image` (PNG, WebP, JPEG in turn) whose EXIF block (an orientation that rotates, and two
     text tags) has 1–7 random bytes overwritten: what a fuzzer sends."""

@@ -497,3 +497,79 @@ def test_a_killed_generator_replica_costs_at_most_one_request(service, photos):
         time.sleep(0.5)
     assert len(after) == 1 and after != before  # replaced
     assert post(service, "/v1/generate", {**body, "seed": 99}).status_code == 200
+
+
+def test_slow_uploads_with_a_key_are_cut_and_the_service_stays_up(service):
+    """60 clients with a valid key that send their body a byte every 3 s: each is answered (408 once the grace
+    period shows it cannot keep the pace, or 429 past its key's body slots) well within 45 s, while /healthz
+    answers in under 2 s throughout."""
+    import socket
+    import threading
+    import time
+    from urllib.parse import urlparse
+
+    url = urlparse(service)
+    results, stop = {}, time.time() + 60
+
+    def slow_client(i):
+        start = time.time()
+        try:
+            with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+                s.sendall((f"POST /v1/encode HTTP/1.1\r\nHost: {url.hostname}\r\nAuthorization: Bearer {KEY}\r\n"
+                           "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode())
+                s.settimeout(3)
+                while time.time() < stop:
+                    try:
+                        s.sendall(b" ")
+                        answer = s.recv(4096)
+                        results[i] = (time.time() - start, answer.split(b"\r\n", 1)[0].decode(errors="replace"))
+                        return
+                    except socket.timeout:
+                        continue
+        except OSError as e:
+            results[i] = (time.time() - start, f"socket: {e}")
+
+    threads = [threading.Thread(target=slow_client, args=(i,), daemon=True) for i in range(60)]
+    for t in threads:
+        t.start()
+    health = []
+    while any(t.is_alive() for t in threads) and time.time() < stop:
+        t0 = time.time()
+        assert requests.get(service + "/healthz", timeout=10).status_code == 200
+        health.append(time.time() - t0)
+        time.sleep(0.5)
+    for t in threads:
+        t.join(timeout=5)
+    assert len(results) == 60, f"{60 - len(results)} slow clients were never answered"
+    statuses = {line for _, line in results.values()}
+    assert statuses <= {"HTTP/1.1 408 Request Timeout", "HTTP/1.1 429 Too Many Requests"}, statuses
+    assert max(s for s, _ in results.values()) < 45 and max(health) < 2.0, (max(results.values()), max(health))
+
+
+def test_decoder_bombs_as_face_or_control_image_are_refused_fast_and_the_service_stays_up(service, photos,
+                                                                                            decoder_bombs):
+    """Every kind of decoder bomb (tests/conftest.py) as the face photo and as the control image: a 4xx in under
+    3 s each; 8 of them at once on /v1/encode while a good photo is encoded in under 6 s; /healthz under 2 s."""
+    import time
+
+    good = b64(photos["astronaut"])
+    for kind, data in decoder_bombs.items():
+        bomb = base64.b64encode(data).decode()
+        for body in ({"method": "faceclip", "face_image": bomb, "prompt": "a chef", **SMALL},
+                     {"method": "faceclip", "face_image": good, "prompt": "a chef", **SMALL,
+                      "control": {"control_image": bomb}}):
+            start = time.time()
+            r = post(service, "/v1/generate", body)
+            assert r.status_code in (400, 413), (kind, r.status_code, r.text)
+            assert time.time() - start < 3, kind
+    bombs = [base64.b64encode(data).decode() for data in decoder_bombs.values()]
+    with ThreadPoolExecutor(9) as pool:
+        flood = [pool.submit(post, service, "/v1/encode", {"method": "faceclip", "face_image": bombs[i % len(bombs)]})
+                 for i in range(8)]
+        start = time.time()
+        r = post(service, "/v1/encode", {"method": "faceclip", "face_image": good})
+        encoded_in = time.time() - start
+        t0 = time.time()
+        assert requests.get(service + "/healthz", timeout=10).status_code == 200 and time.time() - t0 < 2
+        assert all(f.result().status_code in (400, 413) for f in flood)
+    assert r.status_code == 200 and encoded_in < 6, (r.status_code, encoded_in)

@@ -1,6 +1,8 @@
+import io
+
 import numpy as np
 import pytest
-from facegen.core.errors import InvalidImage, NoFaceFound
+from facegen.core.errors import ImageTooLarge, InvalidImage, NoFaceFound
 from facegen.core.face.align import ARCFACE_TEMPLATE, align_face
 from facegen.core.face.analyzer import cosine
 from facegen.core.face.images import load_image
@@ -91,7 +93,7 @@ def test_hostile_images_are_refused_clearly_and_cheaply(analyzer):
 
     grey = Image.new("RGB", (64, 64), (128, 128, 128))
     for fmt in ("GIF", "TIFF", "ICO"):  # decoders facegen does not expose to user bytes
-        with pytest.raises(InvalidImage, match="JPEG, PNG, WebP or BMP"):
+        with pytest.raises(InvalidImage, match="JPEG, PNG or WebP"):
             load_image(encoded(grey, fmt))
     huge = encoded(Image.new("L", (8000, 5001)), "PNG")  # 40 MP of grey: a few kB on the wire
     with pytest.raises(ImageTooLarge) as err:
@@ -161,3 +163,50 @@ def test_a_grid_of_faces_runs_the_recognizer_once(analyzer, photos):
     (theirs,) = analyzer.app.get(np.ascontiguousarray(np.asarray(Image.open(photos["astronaut"]).convert("RGB"))[..., ::-1]))
     assert abs(float(ours.embedding @ theirs.normed_embedding) - 1) < 1e-4
     np.testing.assert_allclose(ours.kps, theirs.kps, atol=1e-3)
+
+
+def test_every_kind_of_decoder_bomb_is_refused_fast(decoder_bombs):
+    """The class, not the instance: each kind is refused in under 3 s, by the cheap checks (format, pixel cap, a
+    marker walk that knows TEM, RST, SOI/EOI and reads every frame of an MPO)."""
+    import time
+
+    from facegen.core.face.images import MAX_JPEG_SCANS, jpeg_scans
+
+    bombs = decoder_bombs
+    for kind in ("scans", "tem", "mpo"):
+        assert jpeg_scans(bombs[kind]) > MAX_JPEG_SCANS, kind
+    for kind, data in bombs.items():
+        start = time.perf_counter()
+        with pytest.raises((InvalidImage, ImageTooLarge)):
+            load_image(data, name=f"the {kind} bomb")
+        assert time.perf_counter() - start < 3, kind
+
+
+def test_a_decode_over_its_cpu_budget_is_killed_in_the_sandbox_and_the_pool_recovers(photos):
+    """What passes the cheap checks still decodes in a child process under a CPU-time limit: a progressive JPEG of
+    36 MP and 63 scans (under the scan cap) costs ~1.8 CPU s; with a 0.5 s budget its worker is killed and replaced,
+    the caller gets one InvalidImage, and the next photo decodes — its CPU seconds, reported by the child, small."""
+    import time
+
+    from facegen.core.face.images import jpeg_scans
+    from facegen.core.face.sandbox import DecodePool, SandboxLimits
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000), 128).save(buf, format="JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last_sos, eoi = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    heavy = data[:eoi] + data[last_sos:eoi] * (63 - jpeg_scans(data)) + data[eoi:]
+    pool = DecodePool(SandboxLimits(workers=1, cpu_seconds=0.5))
+    try:
+        good = pool.decode(photos["astronaut"].read_bytes(), "face_image", 40_000_000)
+        assert good.rgb.shape == (512, 512, 3) and good.cpu_seconds < 0.5
+        first = pool._idle[0].process.pid
+        start = time.perf_counter()
+        with pytest.raises(InvalidImage, match="control_image could not be decoded within 0.5 s of CPU"):
+            pool.decode(heavy, "control_image", 40_000_000)
+        assert time.perf_counter() - start < 1.5 and not pool._idle  # killed at its budget, not after the decode
+        again = pool.decode(photos["astronaut"].read_bytes(), "face_image", 40_000_000)
+        assert np.array_equal(again.rgb, good.rgb) and pool._idle[0].process.pid != first
+    finally:
+        pool.close()

@@ -187,3 +187,87 @@ def test_a_valid_request_goes_to_the_encoder_then_its_generator(front, info):
     assert [draw.plan.width, draw.plan.height] == side and draw.plan.control is None
     assert r.json()["seed"] == 7 and r.json()["format"] == "png"
     assert base64.b64decode(r.json()["images"][0]).startswith(b"\x89PNG")
+
+
+def body_request(chunks, headers=AUTH, pause_s=0.0, disconnect=False):
+    """A starlette Request whose body arrives as `chunks`, `pause_s` apart; `disconnect`: the client then leaves."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    pending = list(chunks)
+
+    async def receive():
+        if pending:
+            await asyncio.sleep(pause_s)
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or disconnect}
+        if disconnect:
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in {"content-type": "application/json", **headers}.items()]
+    return Request({"type": "http", "method": "POST", "path": "/v1/encode", "headers": raw,
+                    "client": ("198.51.100.7", 5000)}, receive)
+
+
+def read(request, limits, slots=None):
+    import asyncio
+
+    from facegen.cluster.serving.api import EncodeRequest, read_body
+
+    return asyncio.run(read_body(request, EncodeRequest, limits, slots))
+
+
+def test_a_body_that_trickles_in_is_cut_with_a_408():
+    """A byte every 0.3 s is below the pace the limits ask for once the grace period is over: 408, long before the
+    total deadline; a body that keeps the pace is read."""
+    import time
+
+    from facegen.cluster.serving.api import ApiError, BodyLimits
+
+    limits = BodyLimits(timeout_s=30, min_rate=100, grace_s=0.5)
+    start = time.perf_counter()
+    with pytest.raises(ApiError) as e:
+        read(body_request([b"{"] * 50, pause_s=0.3), limits)
+    assert e.value.status == 408 and e.value.code == "timeout" and time.perf_counter() - start < 2
+    good = json.dumps({"method": "faceclip", "face_image": "aGk="}).encode()
+    assert read(body_request([good[:10], good[10:]], pause_s=0.05), limits).method == "faceclip"
+    with pytest.raises(ApiError) as e:  # the total deadline, whatever the pace
+        read(body_request([b" " * 200] * 10, pause_s=0.3), BodyLimits(timeout_s=1.0, min_rate=1, grace_s=0.1))
+    assert e.value.status == 408
+
+
+def test_a_client_that_leaves_mid_body_is_a_499():
+    from facegen.cluster.serving.api import ApiError, BodyLimits
+
+    with pytest.raises(ApiError) as e:
+        read(body_request([b'{"method": '], disconnect=True), BodyLimits())
+    assert e.value.status == 499 and e.value.code == "client_closed"
+
+
+def test_one_client_holds_at_most_its_body_slots():
+    """Bodies being read are counted per client (its key): one past `per_client` is a 429 at once; another key, or
+    the same one once a read ends, is served."""
+    import asyncio
+
+    from facegen.cluster.serving.api import ApiError, BodyLimits, BodySlots, EncodeRequest, read_body
+
+    limits, slots = BodyLimits(per_client=2, grace_s=5, timeout_s=5), BodySlots()
+    good = json.dumps({"method": "faceclip", "face_image": "aGk="}).encode()
+
+    async def scenario():
+        slow = [asyncio.create_task(read_body(body_request([good], pause_s=0.5), EncodeRequest, limits, slots))
+                for _ in range(2)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(ApiError) as e:
+            await read_body(body_request([good]), EncodeRequest, limits, slots)
+        other = await read_body(body_request([good], headers={"Authorization": "Bearer other"}), EncodeRequest,
+                                limits, slots)
+        done = await asyncio.gather(*slow)
+        again = await read_body(body_request([good]), EncodeRequest, limits, slots)
+        return e.value, other, done, again
+
+    error, other, done, again = asyncio.run(scenario())
+    assert error.status == 429 and error.code == "too_many_uploads"
+    assert other.method == again.method == "faceclip" and len(done) == 2 and not slots.reading

@@ -1,7 +1,9 @@
 """The public HTTP API (docs/DESIGN.md "HTTP API"): request models, limits, auth and the error contract.
 
 Every error is `{"error": {"code", "message"}}`: 400 invalid_image / no_face / bad_prompt / invalid_identity,
-401 unauthorized, 413 too_large, 415 unsupported_media_type, 422 validation, 503 overloaded / generation_failed /
+401 unauthorized, 408 timeout (a body sent too slowly), 413 too_large, 415 unsupported_media_type, 422 validation,
+429 too_many_uploads (a client's body slots are full), 499 client_closed (the client left mid-body), 503 overloaded /
+generation_failed /
 unavailable (the replicas for a request were lost even after retries).
 A user mistake never yields a 5xx. The `method` enum is the method registry's.
 """
@@ -10,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import hashlib
 import hmac
 import logging
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import FastAPI, Request
@@ -28,8 +33,8 @@ from facegen.core.sampling import SIZE_MULTIPLE
 log = logging.getLogger("facegen.serve")
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_FACE_IMAGES = 8
-STATUS = {"invalid_image": 400, "no_face": 400, "bad_prompt": 400, "invalid_identity": 400, "too_large": 413,
-          "validation": 422, "generation_failed": 503}
+STATUS = {"invalid_image": 400, "no_face": 400, "bad_prompt": 400, "invalid_identity": 400, "timeout": 408,
+          "too_large": 413, "validation": 422, "too_many_uploads": 429, "client_closed": 499, "generation_failed": 503}
 MethodName = Literal[NAMES]  # type: ignore[valid-type]
 
 
@@ -131,22 +136,63 @@ def check_auth(request: Request, keys: list[str]) -> None:
         raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY)")
 
 
-async def read_body(request: Request, model: type[BaseModel], max_body: int) -> BaseModel:
+@dataclass(frozen=True)
+class BodyLimits:
+    """How a request body is read: at most `max_bytes`, within `timeout_s` in all, at `min_rate` bytes a second on
+    average once `grace_s` has passed (a client that trickles a byte every few seconds is cut, not waited for), and
+    at most `per_client` bodies read at once per client (its API key, else its address): the slots one slow client
+    can hold."""
+
+    max_bytes: int = DEFAULT_MAX_BODY
+    timeout_s: float = 60.0
+    min_rate: float = 16 * 1024
+    grace_s: float = 5.0
+    per_client: int = 8
+
+
+class BodySlots:
+    """Bodies being read, per client: `take` refuses (429) a client that already holds `per_client` of them."""
+
+    def __init__(self):
+        self.reading: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def take(self, client: str, limit: int):
+        if self.reading.get(client, 0) >= limit:
+            raise ApiError(429, "too_many_uploads", f"this client is already sending {limit} requests: wait for one "
+                                                    "to finish")
+        self.reading[client] = self.reading.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            self.reading[client] -= 1
+            if not self.reading[client]:
+                del self.reading[client]
+
+
+def client_of(request: Request) -> str:
+    """Who holds a body slot: the API key's fingerprint when one is sent (behind a proxy every client shares an
+    address), else the address."""
+    header = request.headers.get("authorization", "") or request.headers.get("x-api-key", "")
+    if header:
+        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "?")
+
+
+async def read_body(request: Request, model: type[BaseModel], limits: BodyLimits,
+                    slots: BodySlots | None = None) -> BaseModel:
     """JSON only; the size cap holds while reading (a chunked body without Content-Length is read incrementally
-    and refused once it passes the cap); then the schema."""
+    and refused once it passes the cap), and so do the deadline and the minimum rate (408) and the client's slots
+    (429); a client that goes away mid-body is a 499, not a server error; then the schema."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the request as JSON (Content-Type: application/json)")
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_body:
+    if length and length.isdigit() and int(length) > limits.max_bytes:
         await _drain(request, 0)
-        raise ApiError(413, "too_large", f"request body over {max_body} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_body:
-            await _drain(request, len(body))
-            raise ApiError(413, "too_large", f"request body over {max_body} bytes")
+        raise ApiError(413, "too_large", f"request body over {limits.max_bytes} bytes")
+    with (slots or BodySlots()).take(client_of(request), limits.per_client):
+        body = await _read_within(request, limits)
     try:
         return model.model_validate_json(bytes(body))
     except ValueError as e:
@@ -155,6 +201,35 @@ async def read_body(request: Request, model: type[BaseModel], max_body: int) -> 
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         message = f"{where}: {first.get('msg')}" if first else str(e)
         raise ApiError(422, "validation", message) from None
+
+
+async def _read_within(request: Request, limits: BodyLimits) -> bytearray:
+    from starlette.requests import ClientDisconnect
+
+    loop = asyncio.get_running_loop()
+    start, body = loop.time(), bytearray()
+    chunks = request.stream().__aiter__()
+    while True:
+        elapsed = loop.time() - start
+        # the next byte is due by the total deadline and by the pace min_rate sets (after the grace period)
+        due = min(limits.timeout_s, max(limits.grace_s, (len(body) + 1) / limits.min_rate)) - elapsed
+        try:
+            if due <= 0:
+                raise asyncio.TimeoutError
+            chunk = await asyncio.wait_for(chunks.__anext__(), due)
+        except StopAsyncIteration:
+            return body
+        except asyncio.TimeoutError:
+            raise ApiError(408, "timeout", f"the request body came too slowly ({len(body)} bytes in {elapsed:.0f} s; "
+                                           f"send it within {limits.timeout_s:g} s, at {limits.min_rate / 1024:g} KiB/s "
+                                           "or faster)") from None
+        except ClientDisconnect:
+            raise ApiError(499, "client_closed", "the client closed the connection before its request was read") \
+                from None
+        body += chunk
+        if len(body) > limits.max_bytes:
+            await _drain(request, len(body))
+            raise ApiError(413, "too_large", f"request body over {limits.max_bytes} bytes")
 
 
 DRAIN_LIMIT = 64 * 1024 * 1024

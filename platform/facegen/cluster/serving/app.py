@@ -4,6 +4,7 @@ serve.app:deploy`, whose typed arguments are serve/app.py's AppArgs), and what `
 from dataclasses import asdict
 
 from facegen.cluster.serving import tokens
+from facegen.cluster.serving.api import BodyLimits
 from facegen.cluster.serving.ingress import IngressDeployment
 from facegen.cluster.serving.replicas import FaceEncoder, generator_deployment, public_name, served_default_size
 from facegen.core.methods import get_method
@@ -24,7 +25,9 @@ def build_app(args) -> object:
     generators = {m: bind(generator_deployment(m), m, args.preset, models[m], keys) for m in args.methods}
     info = model_info(args.preset, models)
     preset_name = next(iter(info.values()))["preset"]  # the preset's name, never a server path to its file
-    return bind(IngressDeployment, encoder, generators, preset_name, args.max_body, info, args.cors, args.keys)
+    body = BodyLimits(max_bytes=args.max_body, timeout_s=args.body_timeout_s, min_rate=args.body_min_rate,
+                      per_client=args.uploads_per_client)
+    return bind(IngressDeployment, encoder, generators, preset_name, args.max_body, info, args.cors, args.keys, body)
 
 
 def model_info(preset: str, models: dict) -> dict:

@@ -8,6 +8,7 @@ watermarks and encodes the generators' arrays in its own threads, so a GPU repli
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from ray import serve
 from facegen.cluster.serving import watermark
 from facegen.cluster.serving.api import (
     ApiError,
+    BodyLimits,
+    BodySlots,
     ControlRequest,
     EncodeRequest,
     GenerateRequest,
@@ -93,8 +96,11 @@ class Ingress:
     `encoder` and `generators` are Serve handles (anything whose methods have `.remote(...)`)."""
 
     def __init__(self, encoder, generators: dict, preset: str, max_body: int, model_info: dict,
-                 cors: list | None = None, keys: list[str] | None = None):
+                 cors: list | None = None, keys: list[str] | None = None, body: BodyLimits | None = None):
         self.encoder, self.generators, self.preset, self.max_body = encoder, generators, preset, max_body
+        # how bodies are read (deadline, pace, slots per client), with this service's size cap
+        self.body = dataclasses.replace(body or BodyLimits(), max_bytes=max_body)
+        self.body_slots = BodySlots()
         self.methods, self.model_info, self.cors = list(generators), model_info, list(cors or [])
         self.image_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-encode")  # numpy/Pillow release the GIL
         self.keys = list(keys) if keys is not None else api_keys()
@@ -177,7 +183,7 @@ class Ingress:
         return await self._call(self.encoder.encode, req.method, images)
 
     async def encode(self, request: Request):
-        req = await read_body(request, EncodeRequest, self.max_body)
+        req = await read_body(request, EncodeRequest, self.body, self.body_slots)
         self._served(req.method)
         if req.identity_token is not None:
             raise ApiError(422, "validation", "/v1/encode needs face_image or face_images")
@@ -186,7 +192,7 @@ class Ingress:
 
     async def generate(self, request: Request):
         start = time.perf_counter()
-        req = await read_body(request, GenerateRequest, self.max_body)
+        req = await read_body(request, GenerateRequest, self.body, self.body_slots)
         method = self._served(req.method)
         # The pipeline's own input checks (S* rule, sizes), without torch, before any replica works on the request.
         method.check_inputs(req.prompt, req.negative_prompt or "", req.height, req.width)

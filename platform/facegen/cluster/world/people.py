@@ -112,7 +112,7 @@ def _photo_groups(root: Path) -> list[list[Path]]:
         if photos:
             groups.append(photos)
     if not groups:
-        raise WorldError(f"--photos {root} holds no photos (JPEG, PNG, WebP or BMP: a folder per person, or one photo "
+        raise WorldError(f"--photos {root} holds no photos (JPEG, PNG or WebP: a folder per person, or one photo "
                          "per person)")
     return groups
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, MpoImagePlugin, UnidentifiedImageError, WebPImagePlugin  # noqa: F401 — loaded, so a JPEG with frames and WebP open
 
 from facegen.core.errors import ImageTooLarge, InvalidImage
 
@@ -18,8 +18,11 @@ ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 MAX_PIXELS = 40_000_000
 # Long side ÷ short side: a 5,000,000×8 strip is no photo of a face, and detectors' resizing misbehaves on it.
 MAX_ASPECT = 20
-# Only these decoders run on user bytes: Pillow's rarer formats are a larger attack surface for no use here.
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+# Only these decoders run on user bytes: the formats people send (a phone's JPEG may be an MPO — a JPEG with more
+# frames, which Pillow's JPEG opener returns as format "MPO"). Pillow's rarer formats are a larger attack surface for
+# no use here, and some decode in pure Python (BMP's RLE: a 26 KB file held the GIL for seconds).
+FORMATS = ("JPEG", "PNG", "WEBP")
+READABLE = "JPEG, PNG or WebP"
 
 
 def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, name: str = "the uploaded bytes") -> np.ndarray:
@@ -30,14 +33,26 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, name: str = "the u
     if isinstance(src, Image.Image):
         return _from_pil(src, max_pixels)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _from_pil(_open(io.BytesIO(bytes(src)), name), max_pixels)
+        return decode_untrusted(bytes(src), name, max_pixels)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_file():
             raise InvalidImage(f"{path}: no such file")
-        with open(path, "rb") as f:
-            return _from_pil(_open(io.BytesIO(f.read()), str(path)), max_pixels)
+        return decode_untrusted(path.read_bytes(), str(path), max_pixels)
     raise InvalidImage(f"cannot read an image from a {type(src).__name__}")
+
+
+def decode_untrusted(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes from a user → RGB uint8, decoded in the sandbox (facegen.core.face.sandbox: a child process
+    under CPU-time and memory limits); a decode that overruns them is one InvalidImage naming `name`."""
+    from facegen.core.face.sandbox import decode_pool
+
+    return decode_pool().decode(data, name, max_pixels).rgb
+
+
+def decode_untrusted_here(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The decode itself, in this process (what a sandbox worker runs): the cheap checks first, then Pillow."""
+    return _from_pil(_open(io.BytesIO(data), name), max_pixels)
 
 
 # A progressive JPEG may repeat scans: each makes the decoder walk the whole coefficient buffer again, so a small file
@@ -45,21 +60,30 @@ def load_image(src: ImageInput, max_pixels: int = MAX_PIXELS, name: str = "the u
 MAX_JPEG_SCANS = 64
 
 
+# Markers without a length field: TEM, the restart markers, start and end of image. (A walk that gave them one
+# jumped ~62 KB at a time over scans libjpeg reads every one of.)
+PARAMETERLESS = {0x01, 0xD8, 0xD9, *range(0xD0, 0xD8)}
+
+
 def jpeg_scans(data: bytes) -> int:
-    """The number of scans (SOS markers) in JPEG bytes, counted from the marker structure without decoding."""
+    """The number of scans (SOS markers) in JPEG-family bytes, counted from the marker structure without decoding —
+    over every frame of an MPO (frames follow one another, each SOI … EOI)."""
     data = bytes(data) if not isinstance(data, bytes) else data
     i, n, scans = 2, len(data), 0
-    while i + 4 <= n:
+    while i + 2 <= n:
         if data[i] != 0xFF:
             i = data.find(b"\xff", i)  # entropy-coded data between markers: jump to the next 0xFF
             if i < 0:
                 break
             continue
         marker = data[i + 1]
-        if marker in (0xFF, 0x00) or 0xD0 <= marker <= 0xD7:  # fill, stuffed byte, restart: no length field
-            i += 1 if marker == 0xFF else 2
+        if marker == 0xFF:  # fill byte
+            i += 1
             continue
-        if marker == 0xD9:  # end of image
+        if marker == 0x00 or marker in PARAMETERLESS:  # a stuffed byte, or a marker with nothing after it
+            i += 2
+            continue
+        if i + 4 > n:
             break
         if marker == 0xDA:
             scans += 1
@@ -72,7 +96,7 @@ def _open(fp, name: str) -> Image.Image:
         img = Image.open(fp, formats=FORMATS)
         if img.width * img.height > MAX_PIXELS:
             raise ImageTooLarge(f"{name}: {img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels")
-        if img.format == "JPEG" and isinstance(fp, io.BytesIO) and jpeg_scans(fp.getvalue()) > MAX_JPEG_SCANS:
+        if img.format in ("JPEG", "MPO") and isinstance(fp, io.BytesIO) and jpeg_scans(fp.getvalue()) > MAX_JPEG_SCANS:
             raise InvalidImage(f"{name} is a JPEG of more than {MAX_JPEG_SCANS} scans: re-save it as an ordinary JPEG")
         img.load()
         return img
@@ -81,7 +105,7 @@ def _open(fp, name: str) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name} decodes to more than {MAX_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
-        raise InvalidImage(f"{name} is not a readable image (JPEG, PNG, WebP or BMP)") from None
+        raise InvalidImage(f"{name} is not a readable image ({READABLE})") from None
 
 
 def _from_pil(img: Image.Image, max_pixels: int) -> np.ndarray:
