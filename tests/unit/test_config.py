@@ -119,4 +119,14 @@ def test_work_grows_faster_than_pixels_past_the_native_canvas_and_with_control()
     native = get_method("dreamidentity").native_pixels
     assert request_work(2048, 2048, 19, 1, native, False) > 5 * work_budget(section)
     assert request_work(768, 768, 30, 4, native, False) <= work_budget(section)  # the budget's own example
-    assert request_work(512, 512, 30, 1, native, True) == CONTROL_COST * request_work(512, 512, 30, 1, native, False)
+    base = request_work(512, 512, 30, 1, native, False)
+    assert request_work(512, 512, 30, 1, native, True) == pytest.approx(base + (CONTROL_COST - 1) * 30 * 512 * 512 / 1e6)
+    # the decoding and encoding of the images count: many pixels at few steps is no longer nearly free
+    faceclip = load_preset("tiny").method("faceclip")
+    xl = get_method("faceclip").native_pixels
+    assert request_work(2048, 2048, 3, 4, xl, False) > work_budget(faceclip)
+    assert request_work(1024, 1024, 50, 4, xl, False) <= work_budget(faceclip)  # its budget's example
+    for name, (w, h, steps, n) in {"dreamidentity": (768, 768, 30, 4), "facet5": (864, 1152, 50, 2),
+                                    "dreamidentity-sdxl": (1024, 1024, 30, 4)}.items():
+        section = load_preset("tiny").method(name)
+        assert request_work(w, h, steps, n, get_method(name).native_pixels, False) <= work_budget(section), name

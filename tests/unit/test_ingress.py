@@ -80,6 +80,9 @@ def assert_error(r, status: int, code: str, *words: str):
      ("1..100", "sampling.service")),
     ({"method": "faceclip", "face_image": "AAAA", "prompt": "x", "width": 2048, "height": 2048, "steps": 100,
       "num_images": 4}, 422, "validation", ("megapixel-steps", "at most 220")),
+    # few steps on a huge canvas: the decoding and encoding of 4 × 2048² images is work too (180 s on the tiny models)
+    ({"method": "faceclip", "face_image": "AAAA", "prompt": "x", "width": 2048, "height": 2048, "steps": 3,
+      "num_images": 4}, 422, "validation", ("megapixel-steps", "decoding")),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "a chef"}, 400, "bad_prompt", ("S*",)),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "surprise": 1}, 422, "validation", ("surprise",)),
     ({"method": "dreamidentity", "face_image": "AAAA", "prompt": "S*", "control": {"pose_image": "AAAA"}}, 422,
@@ -271,3 +274,29 @@ def test_one_client_holds_at_most_its_body_slots():
     error, other, done, again = asyncio.run(scenario())
     assert error.status == 429 and error.code == "too_many_uploads"
     assert other.method == again.method == "faceclip" and len(done) == 2 and not slots.reading
+
+
+def test_a_lost_face_encoder_is_not_sent_the_photos_again_but_a_lost_generator_is(front, info):
+    """The photos may be what killed the face-encoder replica: that call is not replayed (503, once); a generate
+    whose replica died is (it is seeded, its inputs already checked)."""
+    from ray.exceptions import RayActorError
+
+    client, encoder, generators = front
+
+    def lost(*_):
+        raise RayActorError()
+
+    encoder.answers["encode"] = lost
+    r = post(client, "/v1/encode", {"method": "faceclip", "face_image": base64.b64encode(b"x").decode()})
+    assert_error(r, 503, "unavailable", "not sent again")
+    assert len(encoder.calls) == 1
+    side = info["faceclip"]["default_size"]
+    answers = iter([lost, lambda draw: {"arrays": [np.zeros((side[1], side[0], 3), np.uint8)], "seed": draw.seed,
+                                         "ms": 1.0, "batch_size": 1, "info": {"method": "faceclip"}}])
+    generators["faceclip"].answers["generate"] = lambda draw: next(answers)(draw)
+    from facegen.cluster.serving import tokens
+
+    token = tokens.seal(tokens.token_keys(), "faceclip", "x", {"a": np.zeros(1, np.float32)})
+    r = post(client, "/v1/generate", {"method": "faceclip", "identity_token": token, "prompt": "a chef", "seed": 1})
+    assert r.status_code == 200, r.text
+    assert [name for name, _ in generators["faceclip"].calls] == ["generate", "generate"]

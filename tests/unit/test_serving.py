@@ -166,3 +166,29 @@ def test_a_failing_batch_is_retried_one_request_at_a_time():
 
     results = draw_groups(jobs, 8, poisoned)
     assert results[0] == (["a0"], 1) and results[2] == (["b0"], 1) and isinstance(results[1], BadPrompt)
+
+
+def test_an_encode_of_eight_40_mp_photos_holds_one_photo_at_a_time(photos):
+    """The face replica's /v1/encode work on 8 photos of 40 MP (the most a request may send): each is decoded (in
+    the sandbox), detected and reduced to its aligned crop before the next, so the replica's peak Python/numpy
+    memory stays under 300 MB (the decode's own memory is the sandbox worker's, capped by RLIMIT_AS)."""
+    import io
+    import tracemalloc
+
+    from facegen.cluster.serving.replicas import FaceEncoder
+
+    big = PIL.Image.open(photos["astronaut"]).convert("RGB").resize((7300, 5470), PIL.Image.BILINEAR)
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=85)
+    data = buf.getvalue()
+    del big
+    encoder = FaceEncoder.func_or_class("tiny", {"faceclip": None}, tokens.token_keys("k" * 32), 60.0)
+    encoder.encode("faceclip", [data])  # warm: the models and the sandbox's worker are loaded once, not per request
+    tracemalloc.start()
+    try:
+        out = encoder.encode("faceclip", [data] * 8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(out["faces"]) == 8 and out["identity_token"]
+    assert peak < 300 * 2**20, f"peak {peak / 2**20:.0f} MB"

@@ -128,16 +128,17 @@ class Ingress:
     def __serve_build_asgi_app__(self):  # Serve's late-bound ingress: the app is built in the replica, after __init__
         return self.asgi_app()
 
-    # A replica that dies mid-request (a crashed node, a killed process) takes its in-flight requests with it. Encoding
-    # and drawing are deterministic for a given request (seeded), so the ingress sends such a request again — Serve
-    # routes it to a live replica, or queues it until the controller has replaced the dead one.
+    # A replica that dies mid-request (a crashed node, a killed process) takes its in-flight requests with it. Drawing
+    # is deterministic for a given request (seeded) and its inputs are already checked, so the ingress sends a
+    # generate again — Serve routes it to a live replica, or queues it until the controller has replaced the dead
+    # one. A face-encoder call is not sent again: its photos may be what killed the replica.
     replica_retries = 2
 
-    async def _call(self, method, *args):
+    async def _call(self, method, *args, replay: bool = True):
         from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError
 
-        for attempt in range(self.replica_retries + 1):
+        for attempt in range(self.replica_retries + 1 if replay else 1):
             try:
                 return await method.remote(*args)
             except BackPressureError:
@@ -146,7 +147,10 @@ class Ingress:
                 raise _unwrap(e) from None
             except (RayActorError, ActorUnavailableError) as e:
                 log.warning("a replica was lost during a request (%s): attempt %d of %d", type(e).__name__,
-                            attempt + 1, self.replica_retries + 1)
+                            attempt + 1, self.replica_retries + 1 if replay else 1)
+        if not replay:
+            raise ApiError(503, "unavailable", "the replica reading this request's photos was lost; it is not sent "
+                                               "again (its photos may be why): retry with other photos")
         raise ApiError(503, "unavailable", "the replicas serving this request were lost: retry in a moment")
 
     def _served(self, method: str):
@@ -171,8 +175,8 @@ class Ingress:
                             req.control is not None)
         if work > info["max_megapixel_steps"]:
             raise ApiError(422, "validation",
-                           f"this request asks for {work:.0f} megapixel-steps (width × height × steps × num_images, more for canvases "
-                           f"over {info['native_pixels'] / 1e6:.2g} MP and with control); "
+                           f"this request asks for {work:.0f} megapixel-steps (width × height × (steps + decoding) × "
+                           f"num_images, more for canvases over {info['native_pixels'] / 1e6:.2g} MP and with control); "
                            f"{req.method} allows at most {info['max_megapixel_steps']:g} here: ask for fewer or "
                            f"smaller images or fewer steps")
 
@@ -180,7 +184,7 @@ class Ingress:
         photos = req.photos()
         names = ["face_image"] if req.face_image is not None else [f"face_images[{i}]" for i in range(len(photos))]
         images = [decode_base64_image(p, n) for p, n in zip(photos, names)]
-        return await self._call(self.encoder.encode, req.method, images)
+        return await self._call(self.encoder.encode, req.method, images, replay=False)
 
     async def encode(self, request: Request):
         req = await read_body(request, EncodeRequest, self.body, self.body_slots)
@@ -213,7 +217,8 @@ class Ingress:
         notes, control = [], None
         if rules is not None:
             if rules.head_box is not None:  # posed as the pose photo's face, else the face photo's, else frontal
-                pose = (await self._call(self.encoder.pose, req.method, decode_base64_image(rules.pose_image, "control.pose_image"))
+                pose = (await self._call(self.encoder.pose, req.method,
+                                         decode_base64_image(rules.pose_image, "control.pose_image"), replay=False)
                         if rules.pose_image is not None else encoded["pose"] if encoded else None)
                 face = (np.array(pose["kps"]), np.array(pose["bbox"])) if pose else None
                 image = head_control_image(width, height, rules.head_box, face, info["control"]["render"])

@@ -234,20 +234,6 @@ class FaceAnalyzer:
         return cls(from_dict(FaceAnalyzerConfig, data, "face_analyzer"))
 
 
-def crop_to_face(rgb: np.ndarray, face: DetectedFace, margin: float = 2.0) -> tuple[np.ndarray, DetectedFace]:
-    """The region around a face (its box grown by `margin` × its size on each side) and the face in that region's
-    coordinates: what alignment needs, without the rest of a large photo."""
-    x1, y1, x2, y2 = (float(v) for v in face.bbox)
-    pad = margin * max(x2 - x1, y2 - y1)
-    h, w = rgb.shape[:2]
-    left, top = max(0, int(x1 - pad)), max(0, int(y1 - pad))
-    right, bottom = min(w, int(np.ceil(x2 + pad))), min(h, int(np.ceil(y2 + pad)))
-    shift = np.array([left, top], np.float32)
-    moved = DetectedFace(bbox=face.bbox - np.tile(shift, 2), score=face.score, kps=face.kps - shift,
-                         embedding=face.embedding)
-    return np.ascontiguousarray(rgb[top:bottom, left:right]), moved
-
-
 def _as_list(images) -> list:
     if isinstance(images, (list, tuple)):
         if not images:

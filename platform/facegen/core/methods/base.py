@@ -203,14 +203,19 @@ class Method:
 
 # A ControlNet runs a copy of the UNet's encoder half beside it at every step: about half as much work again.
 CONTROL_COST = 1.5
+# What each output image costs after denoising — the VAE decoding its pixels (its mid-block attends over them too),
+# the watermark and the PNG/JPEG/WebP encoding — counted as this many denoising steps at its size. A request of few
+# steps on a huge canvas is mostly this work: 4 × 2048² at 3 steps took 180 s on the tiny models.
+IMAGE_STEPS = 2.0
 
 
 def request_work(width: int, height: int, steps: int, images: int, native_pixels: int, control: bool) -> float:
     """One request's work in megapixel-steps, weighted for what grows faster than pixels: self-attention is
-    quadratic in tokens, so a canvas larger than the method's native one counts (pixels ÷ native) times over, and a
-    ControlNet adds CONTROL_COST."""
+    quadratic in tokens, so a canvas larger than the method's native one counts (pixels ÷ native) times over, a
+    ControlNet adds CONTROL_COST to each step, and each image's decoding and encoding adds IMAGE_STEPS."""
     pixels = width * height
-    return pixels / 1e6 * steps * images * max(1.0, pixels / native_pixels) * (CONTROL_COST if control else 1.0)
+    per_step = CONTROL_COST if control else 1.0
+    return pixels / 1e6 * images * max(1.0, pixels / native_pixels) * (steps * per_step + IMAGE_STEPS)
 
 
 def work_budget(section) -> float:

@@ -145,13 +145,18 @@ class FaceIdentityEncoder:
         return self.from_detections(detect_faces(self.face_analyzer, image))
 
     def from_detections(self, detections: list[tuple[np.ndarray, DetectedFace]]):
-        import torch
-
         from facegen.core.face.align import align_face
 
+        return self.from_crops(np.stack([align_face(rgb, face.kps, self.crop_size) for rgb, face in detections]),
+                               np.stack([face.embedding for _, face in detections]))
+
+    def from_crops(self, crops: np.ndarray, embeddings: np.ndarray):
+        """Faces already aligned at `crop_size` (N×S×S×3 uint8) with their recognizer embeddings (N×512), of one
+        person: what a service keeps of each photo right after detection."""
+        import torch
+
         with torch.no_grad():
-            return self.condition(np.stack([align_face(rgb, face.kps, self.crop_size) for rgb, face in detections]),
-                                  np.stack([face.embedding for _, face in detections]))
+            return self.condition(crops, embeddings)
 
     def from_aligned(self, faces: np.ndarray):
         """Faces already aligned on the ArcFace template (N×S×S×3 uint8, any S), of one person (averaged): no

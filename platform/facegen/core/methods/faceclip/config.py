@@ -86,7 +86,7 @@ class FaceCLIPTrainConfig:
 
 @dataclass
 class FaceCLIPConfig(MethodConfig):
-    MAX_MEGAPIXEL_STEPS = 220.0  # 4 images of 1024² at 50 steps
+    MAX_MEGAPIXEL_STEPS = 220.0  # 4 images of 1024² at 50 steps (and their decoding)
     # An SDXL-layout model: a hub id, a local diffusers directory, "tiny:sdxl" or "random:sdxl-base". dtype auto:
     # fp16 on CUDA with the VAE decoded in fp32.
     base_model: str = "tiny:sdxl"

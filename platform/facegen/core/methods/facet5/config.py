@@ -75,7 +75,7 @@ class FaceT5TrainConfig:
 
 @dataclass
 class FaceT5FluxConfig(MethodConfig):
-    MAX_MEGAPIXEL_STEPS = 100.0  # 2 images of 864×1152 at 50 steps: a 12 B DiT is ~4× SDXL's UNet per pixel-step
+    MAX_MEGAPIXEL_STEPS = 105.0  # 2 images of 864×1152 at 50 steps (and their decoding): a 12 B DiT is ~4× SDXL's UNet per pixel-step
     # A FLUX.1-dev-layout model: a hub id, a local diffusers directory, "tiny:flux" or "random:flux-dev". Only its
     # transformer, VAE, scheduler, CLIP-L and tokenizers are read: the FaceT5 encoder replaces its T5 encoder.
     base_model: str = "tiny:flux"
