@@ -195,3 +195,32 @@ def test_fine_tunes_with_the_diffusion_loss_only(official_checkpoint):
     assert enc.face_clip_g.fuser.encoder.text_layers[0].linear1.weight.grad is not None
     assert enc.face_clip_l.transformer.resblocks[0].mlp.c_fc.weight.grad is None
     assert enc.face_clip_l.face_encoder.pos_embed.grad is None
+
+
+@pytest.mark.parametrize("bad", ["stride0", "complex", "truncated"])
+def test_a_hostile_checkpoint_is_refused_in_one_line_and_nothing_is_written(bad, official_checkpoint, tmp_path, capsys):
+    """A stride-0 tensor (a few bytes that would expand to its whole shape on export), a complex one, a file cut
+    short: `convert` answers one line, exit 2, and leaves no output directory."""
+    from facegen.core.pins import sha256_of
+
+    state = torch.load(official_checkpoint["encoder_pt"], weights_only=True)
+    key = next(k for k, v in state.items() if v.dim() == 2)
+    path = tmp_path / "face_clip_encoder.pt"
+    if bad == "stride0":
+        state[key] = torch.zeros(1, dtype=state[key].dtype).expand(state[key].shape)
+        torch.save(state, path)
+    elif bad == "complex":
+        state[key] = torch.zeros(state[key].shape, dtype=torch.complex64)
+        torch.save(state, path)
+    else:
+        data = official_checkpoint["encoder_pt"].read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    assert main(["convert", "faceclip-official", "--encoder", str(path), "--out", str(out), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary leftovers either
+    # a good conversion records what it read, hashed as it read it
+    sources = json.loads((official_checkpoint["model"] / "sources.json").read_text())["sha256"]
+    assert sources == {"face_clip_encoder.pt": sha256_of(official_checkpoint["encoder_pt"]),
+                       "unet.pt": sha256_of(official_checkpoint["unet_pt"])}

@@ -97,3 +97,11 @@ def load_export_weights(model: nn.Module, directory: str | os.PathLike) -> None:
                     set_module_tensor_to_device(model, key, "cpu", value=tensor, dtype=tensor.dtype)
                 else:
                     own[key].copy_(tensor)
+
+
+SOURCES_NAME = "sources.json"
+
+
+def write_sources(directory: str | os.PathLike, sources: dict[str, str]) -> None:
+    """<export>/sources.json: the sha256 of each published file a conversion read (name → hex), as it read it."""
+    (Path(directory) / SOURCES_NAME).write_text(json.dumps({"sha256": sources}, indent=2) + "\n")

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from facegen.core.errors import FacegenError, ModelNotFound
-from facegen.core.models.checkpoints import check_state, read_checkpoint, write_sharded
-from facegen.core.models.export import write_export
+from facegen.core.models.checkpoints import check_state, failures_in_one_line, read_checkpoint, snapshot, write_sharded
+from facegen.core.models.export import write_export, write_sources
 
 TRANSFORMER_WEIGHTS = "diffusion_pytorch_model"
 DIT_KEY, ENCODER_KEY = "x_embedder.weight", "encoder_2.t5_encoder.embed_tokens.weight"  # one key only each file has
@@ -32,30 +32,32 @@ def _refuse_swapped(state: dict, own_key: str, other_key: str, what: str, other:
         raise ModelNotFound(f"{what} holds {other} (it has {other_key}): are --encoder and --dit swapped?")
 
 
-def encoder_state(path, config) -> dict[str, torch.Tensor]:
+def encoder_state(path, config, shown=None) -> dict[str, torch.Tensor]:
+    name = shown or path  # what errors call the file: the user's, not its private copy
     from accelerate import init_empty_weights
 
     from facegen.core.methods.facet5.encoder import FaceT5FluxEncoder
 
-    state = read_checkpoint(path, "the FaceT5 encoder checkpoint")
-    _refuse_swapped(state, ENCODER_KEY, DIT_KEY, f"--encoder {path}", "a FLUX transformer")
+    state = read_checkpoint(path, "the FaceT5 encoder checkpoint", shown=name)
+    _refuse_swapped(state, ENCODER_KEY, DIT_KEY, f"--encoder {name}", "a FLUX transformer")
     with init_empty_weights():
         expected = {k: v.shape for k, v in FaceT5FluxEncoder(config).state_dict().items()}
-    check_state(state, expected, f"the FaceT5 encoder checkpoint {path}",
+    check_state(state, expected, f"the FaceT5 encoder checkpoint {name}",
                 "the official architecture as methods.facet5.encoder sizes it")
     return state
 
 
-def transformer_state(path, config_dir: Path) -> dict[str, torch.Tensor]:
+def transformer_state(path, config_dir: Path, shown=None) -> dict[str, torch.Tensor]:
     """dit.pt checked against a FluxTransformer2DModel built without weights from the base model's config."""
+    name = shown or path  # what errors call the file: the user's, not its private copy
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
-    state = read_checkpoint(path, "the DiT checkpoint")
-    _refuse_swapped(state, DIT_KEY, ENCODER_KEY, f"--dit {path}", "the FaceT5 encoder")
+    state = read_checkpoint(path, "the DiT checkpoint", shown=name)
+    _refuse_swapped(state, DIT_KEY, ENCODER_KEY, f"--dit {name}", "the FaceT5 encoder")
     with init_empty_weights():
         dit = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(str(config_dir)))
-    check_state(state, {k: v.shape for k, v in dit.state_dict().items()}, f"the DiT checkpoint {path}",
+    check_state(state, {k: v.shape for k, v in dit.state_dict().items()}, f"the DiT checkpoint {name}",
                 f"the transformer of {config_dir.parent}")
     return state
 
@@ -75,21 +77,32 @@ def convert(encoder: str | os.PathLike, dit: str | os.PathLike | None, out: str 
     for sub in ("tokenizer", "tokenizer_2") + (("transformer",) if dit else ()):
         if not (base / sub).is_dir():
             raise ModelNotFound(f"{section.base_model} has no {sub}/: is it a FLUX.1 model directory?")
-    state = encoder_state(encoder, section.encoder)
-    dit_state = transformer_state(dit, base / "transformer") if dit else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        for sub in ("tokenizer", "tokenizer_2"):  # the base model's: the official wrapper tokenizes with FLUX.1-dev's
-            AutoTokenizer.from_pretrained(base / sub).save_pretrained(tmp / sub)
-        write_export(tmp, state, section.encoder, "FaceT5FluxEncoder")
-        if dit_state is not None:  # where the pipeline looks for an export's own DiT
-            from facegen.core.methods.facet5.pipeline import TRANSFORMER
+        # each input read once, into a private copy hashed as it is read; the hashes go to <out>/sources.json
+        inputs = tmp / ".inputs"
+        encoder_copy, encoder_sha = snapshot(encoder, inputs, "the FaceT5 encoder checkpoint")
+        sources = {Path(encoder).name: encoder_sha}
+        state = encoder_state(encoder_copy, section.encoder, shown=encoder)
+        dit_state = None
+        if dit:
+            dit_copy, sources[Path(dit).name] = snapshot(dit, inputs, "the DiT checkpoint")
+            dit_state = transformer_state(dit_copy, base / "transformer", shown=dit)
+        with failures_in_one_line(out):
+            for sub in ("tokenizer", "tokenizer_2"):  # the base model's: the official wrapper tokenizes with FLUX.1-dev's
+                AutoTokenizer.from_pretrained(base / sub).save_pretrained(tmp / sub)
+            write_export(tmp, state, section.encoder, "FaceT5FluxEncoder")
+            if dit_state is not None:  # where the pipeline looks for an export's own DiT
+                from facegen.core.methods.facet5.pipeline import TRANSFORMER
 
-            dit_dir = tmp / TRANSFORMER.full_dir
-            dit_dir.mkdir()
-            shutil.copyfile(base / "transformer" / "config.json", dit_dir / "config.json")
-            write_sharded(dit_dir, dit_state, TRANSFORMER_WEIGHTS, max_shard_bytes)
+                dit_dir = tmp / TRANSFORMER.full_dir
+                dit_dir.mkdir()
+                shutil.copyfile(base / "transformer" / "config.json", dit_dir / "config.json")
+                write_sharded(dit_dir, dit_state, TRANSFORMER_WEIGHTS, max_shard_bytes)
+            del state, dit_state
+            shutil.rmtree(inputs)
+            write_sources(tmp, sources)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
