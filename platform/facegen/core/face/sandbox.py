@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,27 +36,13 @@ class Decoded:
     cpu_seconds: float  # what the decode cost in the worker (user + system)
 
 
-def _limit_cpu(budget: float) -> None:
-    """This decode may use `budget` CPU seconds: a profiling timer (process CPU time, sub-second; SIGPROF's default
-    action ends the process) and, as a backstop in whole seconds, RLIMIT_CPU (SIGXCPU)."""
-    import math
-    import resource
-    import signal
-
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    soft = math.ceil(used.ru_utime + used.ru_stime + budget) + 1
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard if hard == resource.RLIM_INFINITY else max(hard, soft)))
-    signal.setitimer(signal.ITIMER_PROF, budget)
-
-
-def _send(stream, obj) -> None:
+def send(stream, obj) -> None:
     blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(struct.pack("<Q", len(blob)) + blob)
     stream.flush()
 
 
-def _recv(stream):
+def recv(stream):
     head = stream.read(8)
     if len(head) < 8:
         raise EOFError
@@ -68,57 +53,22 @@ def _recv(stream):
     return pickle.loads(blob)
 
 
-def serve(cpu_seconds: float, memory_bytes: int) -> None:
-    """The worker's loop on stdin/stdout: (bytes, name, max_pixels) in, ("ok", rgb, cpu) or ("error", kind,
-    message, cpu) out. Pickles only ever come from the parent that started it."""
-    import resource
-    import signal
-
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a killed worker leaves no core file
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    from facegen.core.face.images import decode_untrusted_here
-
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but answers on the answer channel
-    while True:
-        try:
-            data, name, max_pixels = _recv(stdin)
-        except EOFError:
-            return
-        _limit_cpu(cpu_seconds)
-        start = time.process_time()
-        try:
-            answer = ("ok", decode_untrusted_here(data, name, max_pixels))
-        except (InvalidImage, ImageTooLarge) as e:
-            answer = ("error", type(e).__name__, str(e))
-        except MemoryError:
-            answer = ("error", "ImageTooLarge", f"{name} needs more memory to decode than an image may use")
-        except Exception:  # noqa: BLE001 — a decoder's own failure on hostile bytes: the image is unreadable
-            import traceback
-
-            traceback.print_exc()  # to the worker's stderr (the service's log), never to the client
-            answer = ("error", "InvalidImage", f"{name} is not a readable image")
-        finally:
-            signal.setitimer(signal.ITIMER_PROF, 0)
-        _send(stdout, (*answer, time.process_time() - start))
-
-
 class _Worker:
-    """One child: `python -m facegen.core.face.sandbox CPU_SECONDS MEMORY_BYTES` (a fresh interpreter: nothing of
-    the parent — models, threads, its main module — comes along)."""
+    """One child: `python -m facegen.core.face.decode_worker CPU_SECONDS MEMORY_BYTES` (a fresh interpreter: nothing
+    of the parent — models, threads, its main module — comes along)."""
 
     def __init__(self, limits: SandboxLimits):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # no pools reserving memory
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "facegen.core.face.sandbox", str(limits.cpu_seconds), str(limits.memory_bytes)],
+            [sys.executable, "-m", "facegen.core.face.decode_worker", str(limits.cpu_seconds), str(limits.memory_bytes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
     def ask(self, job, wall: float):
         """The answer to `job`, or None when the worker died or stayed silent for `wall` seconds."""
         try:
-            _send(self.process.stdin, job)
+            send(self.process.stdin, job)
             ready, _, _ = select.select([self.process.stdout], [], [], wall)
-            return _recv(self.process.stdout) if ready else None
+            return recv(self.process.stdout) if ready else None
         except (EOFError, OSError, pickle.UnpicklingError):
             return None
 
@@ -178,7 +128,3 @@ def decode_pool() -> DecodePool:
         if _POOL is None:
             _POOL = DecodePool()
         return _POOL
-
-
-if __name__ == "__main__":
-    serve(float(sys.argv[1]), int(sys.argv[2]))
