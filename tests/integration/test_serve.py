@@ -555,13 +555,14 @@ def test_decoder_bombs_as_face_or_control_image_are_refused_fast_and_the_service
     good = b64(photos["astronaut"])
     for kind, data in decoder_bombs.items():
         bomb = base64.b64encode(data).decode()
-        for body in ({"method": "faceclip", "face_image": bomb, "prompt": "a chef", **SMALL},
-                     {"method": "faceclip", "face_image": good, "prompt": "a chef", **SMALL,
-                      "control": {"control_image": bomb}}):
+        for field, body in (("face_image", {"method": "faceclip", "face_image": bomb, "prompt": "a chef", **SMALL}),
+                            ("control.control_image", {"method": "faceclip", "face_image": good, "prompt": "a chef",
+                                                       **SMALL, "control": {"control_image": bomb}})):
             start = time.time()
             r = post(service, "/v1/generate", body)
             assert r.status_code in (400, 413), (kind, r.status_code, r.text)
             assert time.time() - start < 3, kind
+            assert r.json()["error"]["message"].startswith(field), (kind, r.text)  # one line naming the field
     bombs = [base64.b64encode(data).decode() for data in decoder_bombs.values()]
     with ThreadPoolExecutor(9) as pool:
         flood = [pool.submit(post, service, "/v1/encode", {"method": "faceclip", "face_image": bombs[i % len(bombs)]})

@@ -313,19 +313,37 @@ def build_sd21(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], 
     save_file(codes.state("sd21_"), str(out / CODES_FILE))
 
 
-def build_sdxl(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> None:
+def _sdxl_parts(out: Path, cfg: WorldConfig, k: int, slots: int, seeds: tuple[int, int, int, int]):
+    """An SDXL-layout model's untrained parts — tokenizers, CLIP-L- and bigG-like towers (32 and 64 wide), the anchor
+    tables, a UNet with SDXL's added conditioning — and the size condition SDXL's pipeline gives a cfg.size² image."""
+    tokenizer, tokenizer_2 = _tokenizer(out / "_tok1", "<|endoftext|>"), _tokenizer(out / "_tok2", "!")
+    te1, te2 = _text_encoder(32, None, cfg.seed + seeds[0]), _text_encoder(64, 32, cfg.seed + seeds[1])
+    codes = AnchorCodes(k, slots, [32, 64], cfg.seed + seeds[2])
+    torch.manual_seed(cfg.seed + seeds[3])
+    unet = _unet(cfg, 32 + 64, transformer_layers_per_block=1, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    time_ids = torch.tensor([[cfg.size, cfg.size, 0, 0, cfg.size, cfg.size]], dtype=torch.float32)
+    return tokenizer, tokenizer_2, te1, te2, codes, unet, time_ids
+
+
+def _train_and_save_sdxl(out: Path, vae, parts, condition, batches, cfg: WorldConfig, label: str, log) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
-    tokenizer, tokenizer_2 = _tokenizer(out / "_tok1", "<|endoftext|>"), _tokenizer(out / "_tok2", "!")
-    te1, te2 = _text_encoder(32, None, cfg.seed + 5), _text_encoder(64, 32, cfg.seed + 6)
-    k = len(next(iter(weights.values())))
-    codes = AnchorCodes(k, 1, [32, 64], cfg.seed + 9)
-    torch.manual_seed(cfg.seed + 7)
-    unet = _unet(cfg, 32 + 64, transformer_layers_per_block=1, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
-    # The size conditioning SDXL's pipeline gives a cfg.size² image with no crop.
-    time_ids = torch.tensor([[cfg.size, cfg.size, 0, 0, cfg.size, cfg.size]], dtype=torch.float32)
+    tokenizer, tokenizer_2, te1, te2, codes, unet, _ = parts
+    _train(unet, [te1, te2, codes], condition, batches, cfg, label, log, cfg.sdxl_min_snr_gamma)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
+                                     add_watermarker=False)
+    _save(pipe, out, cfg, ["_tok1", "_tok2"])
+    save_file(codes.state("sdxl_"), str(out / CODES_FILE))
+
+
+def build_sdxl(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], cfg: WorldConfig, log=print) -> None:
+    """The SDXL-layout model taught codes at FaceCLIP's id slot of its prefixed prompt, in both towers."""
+    parts = _sdxl_parts(out, cfg, len(next(iter(weights.values()))), 1, (5, 6, 9, 7))
+    tokenizer, tokenizer_2, te1, te2, codes, _, time_ids = parts
 
     def condition(prompts, w, dropped):
         prompts = ["" if d else p for p, d in zip(prompts, dropped.tolist())]
@@ -335,14 +353,7 @@ def build_sdxl(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], 
         return {"encoder_hidden_states": embeds,
                 "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.expand(len(prompts), -1)}}
 
-    _train(unet, [te1, te2, codes], condition, _Batches(latents, edited, weights, cfg), cfg, "sdxl", log,
-           cfg.sdxl_min_snr_gamma)
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer_2, unet=unet,
-                                     scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
-                                     add_watermarker=False)
-    _save(pipe, out, cfg, ["_tok1", "_tok2"])
-    save_file(codes.state("sdxl_"), str(out / CODES_FILE))
+    _train_and_save_sdxl(out, vae, parts, condition, _Batches(latents, edited, weights, cfg), cfg, "sdxl", log)
 
 
 def build_sdxl_tokens(out: Path, vae, latents, edited, weights: dict[str, np.ndarray], cfg: WorldConfig,
@@ -351,20 +362,11 @@ def build_sdxl_tokens(out: Path, vae, latents, edited, weights: dict[str, np.nda
     SD21_SLOTS pseudo-words in both towers, each tower's share of the code in its token table, and the conditioning
     is the SDXL family's own (facegen.core.bases.SDXL.encode_prompt: penultimate states side by side, bigG's pooled
     embedding) — the path the method's pipeline runs."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from safetensors.torch import save_file
-
     from facegen.core.bases import SDXL
 
-    tokenizer, tokenizer_2 = _tokenizer(out / "_tok1", "<|endoftext|>"), _tokenizer(out / "_tok2", "!")
-    te1, te2 = _text_encoder(32, None, cfg.seed + 10), _text_encoder(64, 32, cfg.seed + 11)
+    parts = _sdxl_parts(out, cfg, len(next(iter(weights.values()))), SD21_SLOTS, (10, 11, 12, 13))
+    tokenizer, tokenizer_2, te1, te2, codes, _, time_ids = parts
     towers = {"tokenizer": tokenizer, "text_encoder": te1, "tokenizer_2": tokenizer_2, "text_encoder_2": te2}
-    k = len(next(iter(weights.values())))
-    codes = AnchorCodes(k, SD21_SLOTS, [32, 64], cfg.seed + 12)
-    torch.manual_seed(cfg.seed + 13)
-    unet = _unet(cfg, 32 + 64, transformer_layers_per_block=1, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
-    time_ids = torch.tensor([[cfg.size, cfg.size, 0, 0, cfg.size, cfg.size]], dtype=torch.float32)
 
     def condition(prompts, w, dropped):
         # A dropped row is all zeros, as SDXL was trained and as its pipeline reads an empty negative prompt.
@@ -374,14 +376,7 @@ def build_sdxl_tokens(out: Path, vae, latents, edited, weights: dict[str, np.nda
                 "added_cond_kwargs": {"text_embeds": c["pooled_prompt_embeds"] * keep[:, None],
                                       "time_ids": time_ids.expand(len(prompts), -1)}}
 
-    _train(unet, [te1, te2, codes], condition, _Batches(latents, edited, weights, cfg), cfg, "sdxl-tokens", log,
-           cfg.sdxl_min_snr_gamma)
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer_2, unet=unet,
-                                     scheduler=EulerDiscreteScheduler(interpolation_type="linear", **_noise_schedule()),
-                                     add_watermarker=False)
-    _save(pipe, out, cfg, ["_tok1", "_tok2"])
-    save_file(codes.state("sdxl_"), str(out / CODES_FILE))
+    _train_and_save_sdxl(out, vae, parts, condition, _Batches(latents, edited, weights, cfg), cfg, "sdxl-tokens", log)
 
 
 def load_codes(model_dir: Path) -> list[torch.Tensor]:

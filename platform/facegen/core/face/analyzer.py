@@ -180,8 +180,9 @@ class FaceAnalyzer:
             f.embedding = e / max(float(np.linalg.norm(e)), 1e-12)
 
     def largest(self, image: ImageInput, name: str = "the photo") -> tuple[np.ndarray, DetectedFace]:
-        """(RGB image, its largest face); NoFaceFound if there is none."""
-        rgb = load_image(image)
+        """(RGB image, its largest face); NoFaceFound if there is none. `name`: what errors call the photo (the
+        request field it came in, e.g. face_images[2])."""
+        rgb = load_image(image, name=name)
         faces = self.detect(rgb)
         if not faces:
             raise NoFaceFound(f"no face found in {name}: use a photo where one face is clearly visible")
