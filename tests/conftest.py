@@ -110,7 +110,7 @@ def bomb_kinds() -> dict[str, bytes]:
     soi = mpo.index(b"\xff\xd8", 2)  # the second frame: repeat the first's last scan before its EOI
     first = mpo[:soi]
     last_sos, eoi = first.rindex(b"\xff\xda"), first.rindex(b"\xff\xd9")
-    mpo = first[:eoi] + first[last_sos:eoi] * 2000 + first[eoi:] + mpo[soi:]
+    mpo = first[:eoi] + first[last_sos:eoi] * 300 + first[eoi:] + mpo[soi:]
     width, height = 8000, 5000
     rle = b"\x00\x01" * 1000  # RLE8: "end of line" pairs
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rle), 0, 0, 256, 0)
