@@ -29,7 +29,7 @@ test: install browser
 	$(PY) -m pytest -q -m "not realshape" --durations=20 tests
 	$(PY) -m pytest -q -m realshape tests
 
-# Does a face no model saw appear? The miniature world on the CPU (≈ 47 min on 2 cores the first time, 16 with the world
+# Does a face no model saw appear? The miniature world on the CPU (≈ 70 min on 2 cores the first time, 19 with the world
 # cached; not part of `make test`). Exits 1 when a must-show figure falls short (`bench/learn.py --explore`: report only).
 learn: install
 	$(PY) bench/learn.py

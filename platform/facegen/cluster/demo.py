@@ -195,7 +195,7 @@ def show_learn(out: Path, bench: Path) -> None:
     record, grid = bench / "learn.json", bench / "learn_grid.png"
     if not (record.is_file() and grid.is_file()):
         print("\nThe miniature world, where training must carry a face it never saw, has not been run here: `make learn`")
-        print("(≈ 47 min on 2 cores, first time) trains both encoders on blended real faces and writes its pictures; "
+        print("(≈ 70 min on 2 cores, first time) trains the encoders on blended real faces and writes its pictures; "
               "`make demo` shows them then.")
         return
     r = json.loads(record.read_text())
