@@ -135,6 +135,6 @@ class DreamIdentityPipeline(IdentityPipeline):
     # -- generation (the shared __call__: identity_pipeline.IdentityPipeline) ----------------------------------
     def encode_conditioning(self, prompts: list[str], negatives: list[str], identity) -> dict:
         """S* filled with the id_tokens in the prompts, and in the negative prompts where they say S*."""
-        tokens = self.id_tokens(identity, len(prompts))
-        return {**self.encode_prompt_with_identity(prompts, tokens),
-                **self.base.encode_negative(self.text_parts, negatives, tokens, self.m2_encoder.m2_config.num_tokens)}
+        tokens, k = self.id_tokens(identity, len(prompts)), self.m2_encoder.m2_config.num_tokens
+        return {**self.base.encode_prompt(self.text_parts, prompts, tokens, k, require_placeholder=True),
+                **self.base.encode_negative(self.text_parts, negatives, tokens, k)}
