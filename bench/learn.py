@@ -129,7 +129,7 @@ class Scorer:
         from facegen.cluster.world.score import embed, identify
 
         truth = np.arange(len(names)) if truth is None else np.asarray(truth)
-        return identify(embed(self.analyzer, images), self.references(names), truth)
+        return identify(embed(self.analyzer, images), self.references(names), truth, self.analyzer.metric)
 
     def validation(self, pipe, method: str, code: bool = False, guidance=None) -> float:
         """Mean identification among the validation identities: encoder given their input views, or true codes."""
@@ -175,14 +175,15 @@ class Scorer:
         # beyond lookup: paired per identity, and closeness to the own reference vs the nearest training identity's
         diff = per["trained"]["identification"] - per["lookup"]["identification"]
         own, other = self.references(names), self.references([o.name for o in nearest])
-        closer_trained = closer(embed(self.analyzer, d["trained"]), own, other)
+        closer_trained = closer(embed(self.analyzer, d["trained"]), own, other, self.analyzer.metric)
         real = embed(self.analyzer, w.at_size(np.stack([w.input_view(nm) for nm in names])))[:, None]
         out["beyond_lookup"] = {
             "difference": round(float(diff.mean()), 4), "ci95": bootstrap(diff, r, seed),
             "closer_than_nearest_train": round(float(closer_trained.mean()), 4),
             "closer_ci95": bootstrap(closer_trained, r, seed),
-            "closer_ceiling": round(float(closer(embed(self.analyzer, d["ceiling"]), own, other).mean()), 4),
-            "closer_real_photos": round(float(closer(real, own, other).mean()), 4),
+            "closer_ceiling": round(float(closer(embed(self.analyzer, d["ceiling"]), own, other,
+                                                  self.analyzer.metric).mean()), 4),
+            "closer_real_photos": round(float(closer(real, own, other, self.analyzer.metric).mean()), 4),
             "nearest_train_distance": round(float(np.mean([np.linalg.norm(o.w - m.w) for o, m in zip(group, nearest)])), 4),
         }
         # the edit: black-and-white score edited − plain, per identity; identification of the edited drawings

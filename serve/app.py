@@ -60,7 +60,7 @@ class _AppArgs(BaseModel):
             raise ValueError("methods: nothing to serve")
         for m in self.methods:
             try:
-                preset.method(m).check_model(getattr(self, m))
+                preset.method(m).check_model(getattr(self, m), preset.face)
             except ConfigError as e:
                 raise ValueError(str(e)) from None
         if not preset.allow_tiny:  # a real preset: what a real user would reach

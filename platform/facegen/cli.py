@@ -128,7 +128,7 @@ def cmd_generate(args) -> int:
     method = get_method(args.method or (preset.method_names or NAMES)[0])
     check_sampling(SAMPLING_FLAGS, size_multiple=method.size_multiple, width=args.width, height=args.height)
     section = preset.method(method.name)  # the preset offers it
-    section.check_model(args.model)
+    section.check_model(args.model, preset.face)
     if args.model:
         from facegen.core.models.export import check_export
 
@@ -191,7 +191,7 @@ def control_rules(args, method: str, section, sampling):
 
 def cmd_faces(args) -> int:
     from facegen.core.config import load_preset
-    from facegen.core.face.analyzer import FaceAnalyzer, cosine
+    from facegen.core.face.analyzer import FaceAnalyzer
 
     preset = load_preset(args.preset, args.set)
     _quiet(args)
@@ -201,16 +201,22 @@ def cmd_faces(args) -> int:
         faces = analyzer.detect(photo)
         report.append({"path": photo, "faces": [f.to_json() for f in faces]})
         largest.append(faces[0].embedding if faces else None)
-    similarity = [[None if a is None or b is None else round(cosine(a, b), 4) for b in largest] for a in largest]
-    print(json.dumps({"images": report, "similarity": similarity}, indent=2))
+    metric = analyzer.metric
+    similarity = [[None if a is None or b is None else round(metric.similarity(a, b), 4) for b in largest]
+                  for a in largest]
+    print(json.dumps({"images": report, "similarity": similarity, "metric": metric.name,
+                      "same_person": metric.same_person}, indent=2))
     return 0
 
 
 def cmd_convert(args) -> int:
     from facegen.core.config import load_preset
+    from facegen.core.face.registry import check_insightface_profile
 
     preset = load_preset(args.preset, args.set)
     preset.method(args.method)
+    # what a conversion makes is published weights: insightface-profile only, said before anything is read
+    check_insightface_profile(preset.face, f"a converted {args.method} model (ByteDance's published weights)")
     files = {flag: getattr(args, flag) for flag, _, _ in args.converter.files}
     for flag, path in files.items():
         if path is not None and not Path(path).expanduser().is_file():

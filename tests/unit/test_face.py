@@ -148,7 +148,7 @@ def test_a_grid_of_faces_runs_the_recognizer_once(analyzer, photos):
 
     face = np.asarray(Image.open(photos["tom_hanks"]).convert("RGB").resize((48, 48)))
     grid = np.tile(np.pad(face, ((8, 8), (8, 8), (0, 0)), constant_values=255), (12, 12, 1))  # 144 faces
-    rec = analyzer.app.models["recognition"]
+    rec = analyzer.backend.app.models["recognition"]
     calls = []
     original = rec.get_feat
     rec.get_feat = lambda imgs: calls.append(len(imgs)) or original(imgs)
@@ -160,7 +160,7 @@ def test_a_grid_of_faces_runs_the_recognizer_once(analyzer, photos):
     assert calls == [1] and faces[0].embedding is not None and all(f.embedding is None for f in faces[1:])
     # the embedding is the same the full insightface pipeline gives for that face
     ours = analyzer.detect(photos["astronaut"])[0]
-    (theirs,) = analyzer.app.get(np.ascontiguousarray(np.asarray(Image.open(photos["astronaut"]).convert("RGB"))[..., ::-1]))
+    (theirs,) = analyzer.backend.app.get(np.ascontiguousarray(np.asarray(Image.open(photos["astronaut"]).convert("RGB"))[..., ::-1]))
     assert abs(float(ours.embedding @ theirs.normed_embedding) - 1) < 1e-4
     np.testing.assert_allclose(ours.kps, theirs.kps, atol=1e-3)
 

@@ -128,16 +128,21 @@ def test_the_edit_score_is_not_passed_by_grey_noise(anchors):
     assert effect_noise == 0 and effect_edit > 0.4
 
 
-def test_identification_rank_and_bootstrap():
+@pytest.mark.parametrize("model", ["buffalo_s", "dlib"])
+def test_identification_rank_and_bootstrap(model):
+    """The same drawings score the same under either backend's metric (ArcFace cosine, dlib's 1 − distance)."""
     from facegen.cluster.world.score import bootstrap, closer, identify
+    from facegen.core.face.config import FaceAnalyzerConfig
+    from facegen.core.face.registry import face_metric
 
+    metric = face_metric(FaceAnalyzerConfig(model=model))
     refs = np.eye(3)
     # identity 0's two drawings: one nearest itself, one nearest identity 2; identity 1: both right; identity 2: wrong
     e = np.array([[[1, 0, 0.5], [0.2, 0, 1]], [[0, 1, 0], [0.1, 1, 0]], [[1, 0.5, 0.9], [1, 0, 0]]], np.float64)
-    r = identify(e, refs, np.arange(3))
+    r = identify(e, refs, np.arange(3), metric)
     np.testing.assert_allclose(r["identification"], [0.5, 1.0, 0.0])
     np.testing.assert_allclose(r["mean_rank"], [1.5, 1.0, 2.0])
-    np.testing.assert_allclose(closer(e, refs, refs[[1, 0, 0]]), [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(closer(e, refs, refs[[1, 0, 0]], metric), [1.0, 1.0, 0.0])
     lo, hi = bootstrap(np.array([0.0, 1.0] * 20), 500, 0)
     assert lo < 0.5 < hi and hi - lo < 0.4
     assert bootstrap(np.ones(5), 100, 0) == [1.0, 1.0]

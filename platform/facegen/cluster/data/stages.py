@@ -18,7 +18,7 @@ from facegen.cluster.workers import actor_device, quiet_libraries
 from facegen.core.config import Preset
 from facegen.core.errors import FacegenError
 from facegen.core.face.align import align_face
-from facegen.core.face.analyzer import FaceAnalyzer, cosine
+from facegen.core.face.analyzer import FaceAnalyzer
 from facegen.core.face.images import decode_image, png_bytes
 from facegen.core.prompts import PLACEHOLDER
 from facegen.core.seeds import stable_seed
@@ -141,7 +141,8 @@ class EditStage(_Generator):
 
 
 class ScoreStage:
-    """id_score: ArcFace cosine between the edited image's face and the source face (0 when it has none);
+    """id_score: the face stack's similarity (its metric's) between the edited image's face and the source face (0
+    when it has none);
     clip_score: CLIP-T between the edited image and its prompt with S* read as clip.person_words."""
 
     def __init__(self, preset: Preset):
@@ -171,7 +172,7 @@ class ScoreStage:
     def identity_scores(self, images: list[np.ndarray], sources: list[np.ndarray]) -> np.ndarray:
         if self.cfg.assume_aligned:
             emb = self.analyzer.embed_aligned(images)
-            return np.array([cosine(e, s) for e, s in zip(emb, sources)], np.float32)
+            return np.array([self.analyzer.metric.similarity(e, s) for e, s in zip(emb, sources)], np.float32)
         return np.asarray(self.analyzer.similarities(images, sources)[0], np.float32)
 
 

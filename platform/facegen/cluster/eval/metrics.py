@@ -1,9 +1,10 @@
 """The two numbers of the papers' protocol, per generated image, and their averages.
 
-Face similarity: cosine between the ArcFace identity of the input face and that of the largest face detected in the
-generated image; an image with no detectable face scores 0 and is counted (a method that draws no face must not
-look better by being skipped). Text alignment: CLIP-T (100 × cosine, floored at 0) between the image and the prompt
-with S* read as clip.person_words ("a person").
+Face similarity: the face stack's similarity (its metric's: ArcFace cosine, or dlib's 1 − Euclidean distance) between
+the identity of the input face and that of the largest face detected in the generated image; an image with no
+detectable face scores 0 and is counted (a method that draws no face must not look better by being skipped). Text
+alignment: CLIP-T (100 × cosine, floored at 0) between the image and the prompt with S* read as clip.person_words
+("a person").
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class ImageScore:
 
 
 def face_similarities(recognizer, reference: np.ndarray, images) -> tuple[list[float], list[bool]]:
-    """(cosine to `reference` per image, whether the image had no detectable face)."""
+    """(similarity to `reference` per image, whether the image had no detectable face)."""
     return recognizer.similarities(list(images), [reference] * len(images))
 
 

@@ -26,6 +26,7 @@ from facegen.core.config import Preset
 from facegen.core.config.eval import EvalPrompt
 from facegen.core.errors import ConfigError, FacegenError
 from facegen.core.face.images import png_bytes
+from facegen.core.face.registry import face_metric
 from facegen.core.models.export import CONFIG_NAME, not_an_export
 
 PLOT_FILE = "face_similarity_vs_text_alignment.png"
@@ -146,8 +147,10 @@ def run_evaluation(method: str, preset: Preset, out: Storage, faces_uri: str, mo
                "images_per_prompt": cfg.images_per_prompt,
                "seeds": [cfg.seed + i for i in range(cfg.images_per_prompt)], "person_words": preset.clip.person_words,
                "prompts": [{"category": p.category, "prompt": p.prompt} for p in prompts],
-               "skipped_faces": skipped, "grid_rows": [p.prompt for p in prompts], "head_box": cfg.head_box}
-    out.write_atomic(PLOT_FILE, scatter_png(metrics["per_prompt"], f"{method}: one point per prompt"))
+               "skipped_faces": skipped, "grid_rows": [p.prompt for p in prompts], "head_box": cfg.head_box,
+               "face_metric": face_metric(cfg.recognizer or preset.face).name}
+    out.write_atomic(PLOT_FILE, scatter_png(metrics["per_prompt"], f"{method}: one point per prompt",
+                                            metrics["face_metric"]))
     out.write_json("scores.json", rows_to_json(rows))
     out.write_json("metrics.json", _finite(metrics))
     out.write_atomic("report.md", report_markdown(metrics, grids, PLOT_FILE).encode())

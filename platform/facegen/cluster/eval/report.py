@@ -30,7 +30,7 @@ def _fit(image: Image.Image, cell: int) -> Image.Image:
     return canvas
 
 
-def scatter_png(per_prompt: dict, title: str) -> bytes:
+def scatter_png(per_prompt: dict, title: str, metric: str) -> bytes:
     """One point per prompt: face similarity (x) against text alignment (y) — the papers' trade-off plot."""
     from facegen.cluster import plots
 
@@ -39,7 +39,7 @@ def scatter_png(per_prompt: dict, title: str) -> bytes:
         ax.scatter(m["face_similarity"], m["text_alignment"], s=18)
         ax.annotate(prompt[:28], (m["face_similarity"], m["text_alignment"]), fontsize=6,
                     xytext=(3, 2), textcoords="offset points")
-    ax.set(xlabel="face similarity (ArcFace cosine)", ylabel="text alignment (CLIP-T)", title=title)
+    ax.set(xlabel=f"face similarity ({metric})", ylabel="text alignment (CLIP-T)", title=title)
     return plots.png_bytes(fig)
 
 
@@ -73,7 +73,7 @@ def report_markdown(metrics: dict, grids: dict[str, str], plot: str) -> str:
     if metrics.get("skipped_faces"):
         lines += ["", "Skipped test faces (no face found in the input): " + ", ".join(metrics["skipped_faces"])]
     lines += ["", f"![face similarity vs text alignment]({plot})", "",
-              "Face similarity: cosine of ArcFace embeddings between the input face and the largest face detected in "
-              "each image; an image with no detectable face scores 0. Text alignment: CLIP score with S* read as "
-              f"\"{metrics['person_words']}\".", ""]
+              f"Face similarity: {metrics['face_metric']} of the face stack's embeddings between the input face and "
+              "the largest face detected in each image; an image with no detectable face scores 0. Text alignment: "
+              f"CLIP score with S* read as \"{metrics['person_words']}\".", ""]
     return "\n".join(lines)

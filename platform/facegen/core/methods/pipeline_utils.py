@@ -111,6 +111,7 @@ class ExportedDenoiser:
         import shutil
 
         from facegen.core.models.checkpoints import write_safetensors
+        from facegen.core.models.export import SOURCES_NAME, from_published
 
         d = Path(directory)
         if full and model is not None:
@@ -118,6 +119,8 @@ class ExportedDenoiser:
             return
         if start and self.has_full(start):
             shutil.copytree(Path(start) / self.full_dir, d / self.full_dir, dirs_exist_ok=True)
+        if start and from_published(start):  # a fine-tune of published weights keeps their record (and licence)
+            shutil.copy2(Path(start) / SOURCES_NAME, d / SOURCES_NAME)
         if model is not None:
             from peft.utils import get_peft_model_state_dict
 

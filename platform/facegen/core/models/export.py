@@ -102,6 +102,11 @@ def load_export_weights(model: nn.Module, directory: str | os.PathLike) -> None:
 SOURCES_NAME = "sources.json"
 
 
+def from_published(directory: str | os.PathLike) -> bool:
+    """Does this export hold published weights (a conversion, or a fine-tune that started from one)?"""
+    return (Path(directory).expanduser() / SOURCES_NAME).is_file()
+
+
 def write_sources(directory: str | os.PathLike, sources: dict[str, str]) -> None:
     """<export>/sources.json: the sha256 of each published file a conversion read (name → hex), as it read it."""
     (Path(directory) / SOURCES_NAME).write_text(json.dumps({"sha256": sources}, indent=2) + "\n")

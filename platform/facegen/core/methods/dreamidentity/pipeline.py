@@ -94,7 +94,7 @@ class DreamIdentityPipeline(IdentityPipeline):
         place = devices.resolve(section.dtype, device, key=f"methods.{method.name}.dtype")
         base = method.base_family
         components = base.load(section.base_model, section.sha256, torch_dtype=torch_dtype or place.dtype)
-        m2 = load_m2_encoder(section, cls.encoder_weights(section, model), sum(base.token_dims_of(components)))
+        m2 = load_m2_encoder(section, cls.encoder_weights(section, model, face_config), sum(base.token_dims_of(components)))
         components["scheduler"] = make_scheduler(section.sampling.scheduler, components["scheduler"])
         return assemble(cls, method, section, place.device, face_analyzer, face_config, **components,
                         m2_encoder=in_dtype(m2, place.encoder_dtype))

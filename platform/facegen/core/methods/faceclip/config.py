@@ -54,7 +54,9 @@ class FaceCLIPEncoderConfig:
     architecture: str = "facegen"
     official: OfficialFaceCLIPConfig = field(default_factory=OfficialFaceCLIPConfig)
     vit: FaceViTConfig = field(default_factory=FaceViTConfig)
-    face_embedding_dim: int = 512  # the face analyzer's recognizer vector
+    # the face stack's recognizer vector: None = the preset's face stack's (512 for insightface's ArcFace, 128 for
+    # dlib), settled when the preset is read; an export keeps the width it was trained with
+    face_embedding_dim: int | None = None
     fusion_layers: int = 4
     prefix: str = "photo of a id person."
     id_word: str = "id"
@@ -99,10 +101,43 @@ class FaceCLIPConfig(MethodConfig):
     def face_size(self) -> int:
         return self.encoder.vit.img_size
 
-    def check_model(self, model: str | None) -> None:
-        """The official architecture has no fresh initialisation: a converted checkpoint must be named (said before
+    def check_model(self, model: str | None, face=None) -> None:
+        """The official architecture has no fresh initialisation: a converted checkpoint must be named; it reads
+        insightface's ArcFace only; an export of ours reads the embedding width it was trained with (said before
         anything loads, by the CLI and the service builder)."""
-        if self.encoder.architecture == "official" and not (model or self.model):
+        weights = model or self.model
+        if self.encoder.architecture == "official" and not weights:
             raise ConfigError("methods.faceclip.encoder.architecture is 'official': give the converted checkpoint "
                               "(--model DIR, or faceclip=DIR when serving; see `python -m facegen convert "
                               "faceclip-official --help`)")
+        super().check_model(model, face)
+        if face is None:
+            return
+        from facegen.core.face.registry import check_insightface_profile, face_metric
+
+        exported = _export_config(weights) if weights else {}
+        if self.encoder.architecture == "official" or exported.get("_class_name") == "OfficialFaceCLIPEncoder":
+            check_insightface_profile(face, "ByteDance's published FaceCLIP (encoder.architecture: official)")
+        width, stack = exported.get("face_embedding_dim"), face_metric(face)
+        if width is not None and width != stack.dim:
+            raise ConfigError(f"the FaceCLIP encoder in {weights} reads {width}-d face embeddings, but face.model="
+                              f"{face.model} gives {stack.dim}-d ones ({stack.name}): serve it with the face stack it "
+                              "was trained with, or train one with this face.model")
+
+    def settle_face_stack(self, face) -> None:
+        if self.encoder.face_embedding_dim is None:
+            from facegen.core.face.registry import face_metric
+
+            self.encoder.face_embedding_dim = face_metric(face).dim
+
+
+def _export_config(weights) -> dict:
+    """An exported encoder's config.json, read without loading it ({} when there is none)."""
+    import json
+    from pathlib import Path
+
+    file = Path(weights).expanduser() / "config.json"
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, ValueError):
+        return {}

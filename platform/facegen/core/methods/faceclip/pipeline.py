@@ -98,7 +98,7 @@ class FaceCLIPSDXLPipeline(IdentityPipeline):
         from facegen.core import devices
 
         place = devices.resolve(section.dtype, device, key=f"methods.{method.name}.dtype")
-        weights = cls.encoder_weights(section, model)
+        weights = cls.encoder_weights(section, model, face_config)
         dtype = torch_dtype or place.dtype
         # Only what this pipeline will hold: a trained encoder brings its own text towers (SDXL's would be 3 GB
         # loaded for nothing), and a fully trained UNet replaces the base one (10 GB in fp32).

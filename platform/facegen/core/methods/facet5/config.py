@@ -92,9 +92,15 @@ class FaceT5FluxConfig(MethodConfig):
     def face_size(self) -> int:
         return self.encoder.face_crop
 
-    def check_model(self, model: str | None) -> None:
+    def check_model(self, model: str | None, face=None) -> None:
         """The published encoder's fuser has no initialisation from FLUX's weights: a real base model needs a
-        converted or fine-tuned encoder (tiny and random base models may start fresh, for tests)."""
+        converted or fine-tuned encoder (tiny and random base models may start fresh, for tests), and that is
+        insightface-profile only (MethodConfig.check_model)."""
         if not (model or self.model) and not self.base_model.startswith(("tiny:", "random:")):
+            if face is not None:
+                from facegen.core.face.registry import check_insightface_profile
+
+                check_insightface_profile(face, "FaceT5-FLUX (its encoder is ByteDance's published one)")
             raise ConfigError("methods.facet5 needs a converted FaceT5 encoder: give --model DIR (or facet5=DIR when "
                               "serving; see `python -m facegen convert facet5-flux --help`)")
+        super().check_model(model, face)

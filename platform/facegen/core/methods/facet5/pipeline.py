@@ -77,7 +77,7 @@ class FaceT5FluxPipeline(IdentityPipeline):
         from facegen.core import devices
 
         place = devices.resolve(section.dtype, device, key=f"methods.{method.name}.dtype")
-        weights = cls.encoder_weights(section, model)
+        weights = cls.encoder_weights(section, model, face_config)
         dtype = torch_dtype or place.dtype
         c = method.base_family.load(section.base_model, section.sha256, torch_dtype=dtype,
                                  skip=parts_an_export_brings(weights))
