@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+PRESET ?= tiny# `make demo PRESET=tiny-open`: the same chain on the license-clean face stack (face.model: dlib)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install browser demo test learn bench bench-gpu lint clean
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m facegen.cluster.demo --out out/demo
+	$(PY) -m facegen.cluster.demo --preset $(PRESET) --out out/demo
 
 # The web-page test drives Debian's Chromium; as root on Debian it is installed here, elsewhere that test is skipped.
 browser:

@@ -216,9 +216,10 @@ def learn(args, cfg) -> int:
         import shutil
 
         shutil.rmtree(out)  # a run's working files: the jobs refuse an output that already holds a run
-    analyzer = FaceAnalyzer()
     log(f"world: anchors from {args.photos or 'the shipped photos'}")
-    world = build_world(analyzer, args.photos, cfg.world, log)
+    world = build_world(FaceAnalyzer(), args.photos, cfg.world, log)  # one world for every face stack (LearnConfig.face)
+    analyzer = FaceAnalyzer(cfg.face)  # the methods' face stack: data, training, scoring
+    log(f"face stack: {cfg.face.model} ({analyzer.metric.name})")
     counts = {s: len(world.split(s)) for s in ("train", "validation", "held_out")}
     log(f"world: {len(world.anchors)} anchors, identities {counts}; base models {world.sd21.parent}")
     timings = {"world_s": round(time.perf_counter() - start, 1)}
@@ -303,22 +304,24 @@ def learn(args, cfg) -> int:
     held_out = [o.name for o in world.split("held_out")]
     refs = scorer.references(held_out)
     inputs = embed(analyzer, world.at_size(np.stack([world.input_view(n) for n in held_out])))
-    pair = refs @ refs.T
-    between = pair[np.triu_indices(len(held_out), 1)]
+    metric = analyzer.metric
+    between = metric.similarity_matrix(refs, refs)[np.triu_indices(len(held_out), 1)]
     train_refs = scorer.references([o.name for o in train])
-    tb = (train_refs @ train_refs.T)[np.triu_indices(len(train), 1)]
+    tb = metric.similarity_matrix(train_refs, train_refs)[np.triu_indices(len(train), 1)]
 
     bench_out = Path(os.environ.get("FACEGEN_BENCH_OUT", "out/bench"))
     bench_out.mkdir(parents=True, exist_ok=True)
-    grid = bench_out / "learn_grid.png"
+    name = "learn" if cfg.face.model == "buffalo_s" else f"learn-{Path(cfg.face.model).name}"  # e.g. learn-dlib
+    grid = bench_out / f"{name}_grid.png"
     write_grid(grid, world, groups, drawings)
-    write_curve(bench_out / "learn_curve.png", curves)
+    write_curve(bench_out / f"{name}_curve.png", curves)
     result = {
         "chance": {"held_in": round(1 / len(held_in), 4), "held_out": round(1 / len(held_out), 4)},
         "identities": {"anchors": len(world.anchors), "train": counts["train"], "validation": counts["validation"],
                        "held_out": counts["held_out"], "held_in_scored": len(held_in)},
         "seconds": round(time.perf_counter() - start, 1),
-        "input_reference_similarity": _spread(np.einsum("nd,nd->n", inputs, refs)),
+        "face_metric": metric.name,
+        "input_reference_similarity": _spread(np.array([metric.similarity(a, b) for a, b in zip(inputs, refs)])),
         "between_identity_similarity": {"held_out": _spread(between), "train": _spread(tb)},
         **figures,
         "curves": curves,
@@ -329,7 +332,7 @@ def learn(args, cfg) -> int:
         "grid": str(grid),
     }
     result["gate"] = gate(result)
-    record("learn", result)
+    record(name, result)
     print_table(result)
     short = [c for c in result["gate"] if not c["ok"]]
     if short:

@@ -48,6 +48,25 @@ def test_faces_reports_boxes_and_similarity(photos):
     sim = report["similarity"]
     assert sim[1][1] == pytest.approx(1.0, abs=1e-3) and sim[0][1] < 0.5 and sim[2][0] is None
     assert {"bbox", "score"} == set(report["images"][1]["faces"][0])
+    assert report["metric"] == "ArcFace cosine" and report["same_person"] == 0.4
+
+
+def test_faces_with_dlib_ranks_the_same_person_first(photos, tmp_path):
+    """`faces --set face.model=dlib`: Yao Ming's portrait against three heads cut from his team's photo (his own,
+    No. 13, and two team-mates'): his own is ranked above both strangers."""
+    team = Image.open(photos["team"]).convert("RGB")
+    heads = {"yao": (680, 100, 800, 240), "mate_a": (290, 380, 410, 520), "mate_b": (820, 125, 940, 265)}
+    paths = []
+    for name, box in heads.items():
+        paths.append(tmp_path / f"{name}.png")
+        team.crop(box).resize((240, 280)).save(paths[-1])
+    r = run("faces", "--set", "face.model=dlib", photos["yao"], *paths)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [len(i["faces"]) for i in report["images"]] == [1, 1, 1, 1]
+    sim = report["similarity"][0]
+    assert sim[1] > max(sim[2], sim[3]), sim
+    assert report["metric"].startswith("dlib") and report["same_person"] == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(

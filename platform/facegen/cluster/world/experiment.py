@@ -28,6 +28,7 @@ import yaml
 from facegen.cluster.world.base import EDITS, PROMPT, code_of, load_codes, name_word, sdxl_code_conditioning
 from facegen.cluster.world.build import World
 from facegen.cluster.world.config import WorldConfig
+from facegen.core.face.config import FaceAnalyzerConfig
 from facegen.core.methods import get_method
 from facegen.core.methods.dreamidentity.pipeline import IdTokens
 from facegen.core.methods.faceclip.pipeline import FaceCLIPCondition, FaceCLIPSDXLPipeline
@@ -55,6 +56,10 @@ class LearnConfig:
     ffhq_ratio: float = 0.85  # share of the encoders' training rows that are the identities' own views
     ffhq_views: int = 4  # training views per identity given to the data job as its photos
     bootstrap: int = 2000  # resamples of identities for every interval
+    # The face stack the methods run on: data filtering, FaceCLIP's face embedding, identification and every score
+    # (`--set face.model=dlib`: the CC0 stack). The world itself — its anchors, identities and base models — is built
+    # with buffalo_s whatever this says, so both stacks are measured on one world.
+    face: FaceAnalyzerConfig = field(default_factory=FaceAnalyzerConfig)
 
 
 def write_preset(world: World, directory: Path, cfg: LearnConfig, guidance: dict[str, float]) -> Path:
@@ -66,6 +71,7 @@ def write_preset(world: World, directory: Path, cfg: LearnConfig, guidance: dict
     preset = {
         "extends": "tiny",
         "name": "world",
+        "face": dataclasses.asdict(cfg.face),
         "methods": {
             "dreamidentity": {"base_model": str(world.sd21), "sampling": {
                 "steps": cfg.steps, "guidance_scale": guidance["dreamidentity"], "scheduler": "ddim", **size},
