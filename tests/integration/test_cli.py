@@ -127,6 +127,14 @@ def test_convert_the_published_faceclip_then_generate_with_it(photos, official_c
             "a chef in a kitchen", "--out", out, "--steps", "2", "--width", "72", "--height", "40")
     assert r.returncode == 0, r.stderr
     assert Image.open(out).size == (72, 40)
+    # ByteDance's weights read insightface's ArcFace only: the open profile says so, before anything loads
+    for argv in (["generate", "--preset", "tiny-open", "--method", "faceclip", "--model", model, "--face",
+                  photos["group"], "--prompt", "a chef", "--out", tmp_path / "no.png"],
+                 ["convert", "faceclip-official", "--encoder", d / "face_clip_encoder.pt", "--unet", d / "unet.pt",
+                  "--out", tmp_path / "no", "--set", "face.model=dlib"]):
+        r = run(*argv)
+        assert r.returncode == 2 and "insightface-profile only" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "no.png").exists() and not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "no_face", "bad_size", "bad_model_dir", "official_without_model"])
