@@ -154,8 +154,8 @@ class FaceIdentityEncoder:
                                np.stack([face.embedding for _, face in detections]))
 
     def from_crops(self, crops: np.ndarray, embeddings: np.ndarray):
-        """Faces already aligned at `crop_size` (N×S×S×3 uint8) with their recognizer embeddings (N×512), of one
-        person: what a service keeps of each photo right after detection."""
+        """Faces already aligned at `crop_size` (N×S×S×3 uint8) with their recognizer embeddings (N×D, the face
+        stack's), of one person: what a service keeps of each photo right after detection."""
         import torch
 
         with torch.no_grad():
@@ -172,7 +172,7 @@ class FaceIdentityEncoder:
 
     def condition(self, crops: np.ndarray, embeddings: np.ndarray | None):
         """Aligned crops N×crop_size×crop_size×3 (uint8) and, where the method reads them, the recognizer's
-        embeddings N×512 → the identity of the one person they show."""
+        embeddings N×D (the face stack's width) → the identity of the one person they show."""
         raise NotImplementedError
 
     def to(self, device):

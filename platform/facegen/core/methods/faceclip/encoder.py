@@ -2,7 +2,7 @@
 
 Per branch (CLIP-L 768 and bigG 1280, initialised from SDXL's own `text_encoder` / `text_encoder_2`):
   1. the prompt is prefixed "photo of a id person." and the token embedding of "id" is replaced by a learned
-     projection of the 512-d face_embedding (the face analyzer's recognizer vector);
+     projection of the face_embedding (the face stack's recognizer vector: 512-d ArcFace, or 128-d dlib);
   2. the text tower runs; SDXL reads its penultimate hidden states;
   3. N fusion layers: text←face cross-attention (face = the face ViT's patch tokens), face←text cross-attention and
      text self-attention, each update scaled by tanh(gate) with the gate starting at zero.
@@ -103,7 +103,7 @@ class FaceReader(nn.Module):
 
     @torch.no_grad()
     def forward(self, faces_uint8: torch.Tensor, recognizer_embeddings: torch.Tensor):
-        """→ (face_embedding N×512: the recognizer's, face_tokens N×144×D: the ViT's patch tokens)."""
+        """→ (face_embedding N×E: the recognizer's, face_tokens N×144×D: the ViT's patch tokens)."""
         p = next(self.vit.parameters())
         tokens = self.vit(faces_to_tensor(faces_uint8.numpy()).to(p.device, p.dtype)).patch_tokens
         return recognizer_embeddings.float(), tokens
@@ -111,7 +111,7 @@ class FaceReader(nn.Module):
 
 class FaceCLIPEncoder(ModelMixin):
     Config = FaceCLIPEncoderConfig
-    condition_dims = (1, 2)  # one face: face_embedding 512, face_tokens 144×D
+    condition_dims = (1, 2)  # one face: face_embedding E (face_embedding_dim), face_tokens 144×D
 
     def __init__(self, config: FaceCLIPEncoderConfig, text_encoder, text_encoder_2, tokenizer, tokenizer_2):
         super().__init__()
@@ -197,7 +197,7 @@ class FaceCLIPEncoder(ModelMixin):
         return torch.tensor(rows, device=self._device), torch.tensor(mask_rows, device=self._device)
 
     def forward(self, prompts: list[str], face_embedding: torch.Tensor, face_tokens: torch.Tensor):
-        """prompts (B), face_embedding B×512, face_tokens B×N×D → (prompt_embeds B×77×(D1+D2), pooled B×P)."""
+        """prompts (B), face_embedding B×E, face_tokens B×N×D → (prompt_embeds B×77×(D1+D2), pooled B×P)."""
         face_embedding = face_embedding.to(self._device, self.pool_gate.dtype)
         face_tokens = face_tokens.to(self._device, self.pool_gate.dtype)
         ids_1, mask_1 = self._tokenize(self.tokenizer, prompts)
