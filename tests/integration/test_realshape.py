@@ -39,18 +39,20 @@ def cli_generate(method: str, face: Path, prompt: str, out: Path, *extra: str) -
 
 
 @pytest.mark.parametrize("preset, method, base, prompt, control", [
-    # SD2.1 with scene switch: a ControlNet in the public OpenPose one's shapes, the head box posed as Tom Hanks
-    ("dreamidentity-sd21", "dreamidentity", "random:sd21-base", "S* as a chef",
+    # SD2.1 with scene switch: a ControlNet in the public OpenPose one's shapes, the head box posed as Tom Hanks; the
+    # open profile's preset, whose face stack (dlib's CC0 files) is real here, not swapped
+    ("dreamidentity-sd21-open", "dreamidentity", "random:sd21-base", "S* as a chef",
      ["--set", "methods.dreamidentity.controlnet.model=random:controlnet-sd21-base", "--head-box", "8,8,40,48"]),
     # (SDXL's ControlNet adds 5 GB in fp32 to a 17 GB generator: too much beside Ray on this 24 GB box)
     ("faceclip-sdxl", "faceclip", "random:sdxl-base", "a chef in a kitchen", []),
 ])
 def test_cli_generate_at_real_shapes(preset, method, base, prompt, control, photos, tmp_path):
-    """The shipped preset itself, only the base model, the face pack (and the ControlNet) swapped."""
+    """The shipped preset itself, only the base model, the insightface pack (and the ControlNet) swapped."""
     out = tmp_path / f"{method}.png"
     pose = ["--pose-from", str(photos["tom_hanks"])] if control else []
+    face = [] if preset.endswith("-open") else ["--set", "face.model=buffalo_s"]
     r = subprocess.run([sys.executable, "-m", "facegen", "generate", "--preset", preset, "--method", method,
-                        "--set", f"methods.{method}.base_model={base}", "--set", "face.model=buffalo_s",
+                        "--set", f"methods.{method}.base_model={base}", *face,
                         "--face", str(photos["astronaut"]), "--prompt", prompt, "--width", "64", "--height", "72",
                         "--steps", "1", "--out", str(out), *control, *pose], capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
