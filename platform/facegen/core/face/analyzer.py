@@ -120,7 +120,8 @@ class FaceAnalyzer:
     def embed_aligned(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         """Face embeddings of faces that are already aligned crops on the ArcFace template (any size): for
         pre-aligned datasets and generators that draw no detectable face (the tiny preset)."""
-        return self.backend.embed_aligned(list(faces))
+        faces = list(faces)
+        return self.backend.embed_aligned(faces) if faces else np.zeros((0, self.metric.dim), np.float32)
 
     # -- persistence (pipelines save the reference, not the ONNX files) ------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:

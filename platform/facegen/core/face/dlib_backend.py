@@ -82,6 +82,9 @@ class DlibBackend(FaceBackend):
         super().__init__(config)
         self._models = None
         self._lock = threading.Lock()
+        # dlib's detector, predictor and network keep working buffers: one call at a time per backend (a service
+        # replica may run requests on several threads)
+        self._busy = threading.Lock()
 
     def model_dir(self) -> Path:
         if self.config.root:
@@ -129,10 +132,11 @@ class DlibBackend(FaceBackend):
         small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                    interpolation=cv2.INTER_AREA)
         small = np.ascontiguousarray(small, np.uint8)
-        rects, scores, _ = detector.run(small, int(self.config.upsample), self.det_thresh)
+        with self._busy:
+            rects, scores, _ = detector.run(small, int(self.config.upsample), self.det_thresh)
+            shapes = [predictor(small, rect) for rect in rects]
         faces = []
-        for rect, score in zip(rects, scores):
-            shape = predictor(small, rect)
+        for rect, score, shape in zip(rects, scores, shapes):
             five = np.array([(p.x, p.y) for p in shape.parts()], np.float64) / scale
             box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], np.float64) / scale
             faces.append(DetectedFace(bbox=box.astype(np.float32), score=float(score), kps=arcface_kps(five),
@@ -144,16 +148,18 @@ class DlibBackend(FaceBackend):
         _, _, recognizer = self.models
         shapes = [_shape(f.bbox, f.landmarks) for f in faces]
         image = np.ascontiguousarray(rgb, np.uint8)
-        return self.metric.finish(np.asarray([recognizer.compute_face_descriptor(image, s) for s in shapes]))
+        with self._busy:
+            return self.metric.finish(np.asarray([recognizer.compute_face_descriptor(image, s) for s in shapes]))
 
     def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         _, _, recognizer = self.models
         out = []
-        for crop in crops:
-            size = crop.shape[0]
-            five = DLIB_FIVE_ON_CROP * (size / 112.0)
-            out.append(recognizer.compute_face_descriptor(np.ascontiguousarray(crop, np.uint8),
-                                                          _shape((0, 0, size, size), five)))
+        with self._busy:
+            for crop in crops:
+                size = crop.shape[0]
+                five = DLIB_FIVE_ON_CROP * (size / 112.0)
+                out.append(recognizer.compute_face_descriptor(np.ascontiguousarray(crop, np.uint8),
+                                                              _shape((0, 0, size, size), five)))
         return self.metric.finish(np.asarray(out).reshape(len(crops), -1))
 
 
