@@ -2,7 +2,10 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-PRESET ?= tiny# `make demo PRESET=tiny-open`: the same chain on the license-clean face stack (face.model: dlib)
+# `make demo PRESET=tiny-open`: the same chain on the license-clean face stack (face.model: dlib)
+PRESET ?= tiny
+# `make learn LEARN_ARGS="--set face.model=dlib"`: the world's methods on the CC0 face stack (out/bench/learn-dlib.json)
+LEARN_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install browser demo test learn bench bench-gpu lint clean
@@ -33,7 +36,7 @@ test: install browser
 # Does a face no model saw appear? The miniature world on the CPU (≈ 70 min on 2 cores the first time, 19 with the world
 # cached; not part of `make test`). Exits 1 when a must-show figure falls short (`bench/learn.py --explore`: report only).
 learn: install
-	$(PY) bench/learn.py
+	$(PY) bench/learn.py $(LEARN_ARGS)
 
 bench: install
 	$(PY) bench/build_data.py --identities 16
