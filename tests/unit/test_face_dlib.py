@@ -63,6 +63,20 @@ def test_an_aligned_crop_embeds_close_to_its_photo(dlib_analyzer, photos):
         assert sim > 0.75  # distance < 0.25: well inside the same-person 0.6
 
 
+def test_a_tight_crop_found_on_the_padded_retry_embeds_as_its_photo(dlib_analyzer, photos):
+    """A face cropped too tightly for HOG is found on the padded retry; its own landmarks come back to the crop's
+    coordinates with the box, so the recognizer reads the face, not the padding."""
+    from facegen.core.face.images import load_image
+
+    rgb = load_image(photos["astronaut"])
+    full = dlib_analyzer.detect(rgb)[0]
+    x1, y1, x2, y2 = full.bbox.astype(int)
+    crop = np.ascontiguousarray(rgb[y1 + 10:y2 - 10, x1 + 10:x2 - 10])
+    assert dlib_analyzer.backend.detect(crop) == []  # too tight for HOG as it is
+    (face,) = dlib_analyzer.detect(crop)
+    assert dlib_analyzer.metric.similarity(face.embedding, full.embedding) > 0.6
+
+
 def test_metric_is_dlibs_distance():
     from facegen.core.face.registry import face_metric
 

@@ -74,6 +74,8 @@ class FaceAnalyzer:
         for f in faces:
             f.bbox = (f.bbox - pad) / scale
             f.kps = (f.kps - pad) / scale
+            if f.landmarks is not None:  # the backend's own points (dlib's), which its recognizer reads
+                f.landmarks = (f.landmarks - pad) / scale
         return faces
 
     def _detect(self, rgb: np.ndarray) -> list[DetectedFace]:
