@@ -15,3 +15,12 @@ class FaceAnalyzerConfig:
     upsample: int = 1  # dlib: HOG upsamplings (each halves the smallest face found: 80 px → 40 px at 1)
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     sha256: dict[str, str] = field(default_factory=dict)  # pins for the model files (file name → hex)
+
+    def __post_init__(self):
+        from facegen.core.errors import ConfigError
+
+        # each HOG upsampling quadruples the pixels searched: past 2, one photo costs seconds to minutes
+        if not 0 <= self.upsample <= 2:
+            raise ConfigError(f"face.upsample {self.upsample}: use 0, 1 or 2")
+        if not 64 <= self.det_size <= 4096:
+            raise ConfigError(f"face.det_size {self.det_size}: use a side from 64 to 4096")
