@@ -75,7 +75,7 @@ class FileOpens:
         return False
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def file_opens():
     return FileOpens
 
