@@ -131,3 +131,14 @@ def test_faceclip_follows_the_face_stack_and_refuses_what_it_cannot_read(tmp_pat
     (export / "sources.json").write_text("{}")
     with pytest.raises(ConfigError, match="converted from published weights"):
         load_preset("tiny").method("dreamidentity").check_model(str(export), dlib)
+    # an export's config.json that is not JSON: one error naming the file, from the check and from the loader alike
+    from facegen.core.errors import ModelNotFound
+    from facegen.core.methods.faceclip.encoder import architecture_of
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelNotFound, match="config.json cannot be read as an export's config"):
+        section.check_model(str(broken), dlib)
+    with pytest.raises(ModelNotFound, match="config.json cannot be read as an export's config"):
+        architecture_of(broken)

@@ -56,6 +56,18 @@ def check_export(directory: str | os.PathLike) -> None:
         raise ModelNotFound(not_an_export(directory))
 
 
+def export_config(directory: str | os.PathLike) -> dict | None:
+    """An export's config.json as written, `_class_name` included (None when the directory holds none); an
+    unreadable one is a ModelNotFound naming the file."""
+    file = Path(directory).expanduser() / CONFIG_NAME
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"{file} cannot be read as an export's config ({e}): export the model again") from None
+
+
 def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: str, weights: bool = True):
     """(directory, typed config, state dict — or None with weights=False) of an export; ModelNotFound if it is not
     one."""
@@ -66,7 +78,7 @@ def read_export(directory: str | os.PathLike, config_cls: type, what: str, key: 
     d = Path(directory).expanduser()
     if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
         raise ModelNotFound(f"{d} is not an exported {what} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-    data = json.loads((d / CONFIG_NAME).read_text())
+    data = export_config(d)
     data.pop("_class_name", None)
     return d, from_dict(config_cls, data, key), load_file(str(d / WEIGHTS_NAME)) if weights else None
 

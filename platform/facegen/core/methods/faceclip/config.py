@@ -114,9 +114,10 @@ class FaceCLIPConfig(MethodConfig):
         if face is None:
             return
         from facegen.core.face.registry import check_insightface_profile, face_metric
+        from facegen.core.models.export import export_config
 
-        exported = _export_config(weights) if weights else {}
-        if self.encoder.architecture == "official" or exported.get("_class_name") == "OfficialFaceCLIPEncoder":
+        exported = (export_config(weights) if weights else None) or {}
+        if self.encoder.architecture == "official" or exported_architecture(exported) == "official":
             check_insightface_profile(face, "ByteDance's published FaceCLIP (encoder.architecture: official)")
         width, stack = exported.get("face_embedding_dim"), face_metric(face)
         if width is not None and width != stack.dim:
@@ -131,13 +132,6 @@ class FaceCLIPConfig(MethodConfig):
             self.encoder.face_embedding_dim = face_metric(face).dim
 
 
-def _export_config(weights) -> dict:
-    """An exported encoder's config.json, read without loading it ({} when there is none)."""
-    import json
-    from pathlib import Path
-
-    file = Path(weights).expanduser() / "config.json"
-    try:
-        return json.loads(file.read_text()) if file.is_file() else {}
-    except (OSError, ValueError):
-        return {}
+def exported_architecture(config: dict) -> str:
+    """"facegen" or "official": the encoder class an export's config.json names (its _class_name)."""
+    return "official" if config.get("_class_name") == "OfficialFaceCLIPEncoder" else "facegen"

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from diffusers import ModelMixin
 from torch import nn
 
-from facegen.core.methods.faceclip.config import FaceCLIPEncoderConfig
-from facegen.core.models.export import load_export_weights, read_export, save_export
+from facegen.core.methods.faceclip.config import FaceCLIPEncoderConfig, exported_architecture
+from facegen.core.models.export import export_config, load_export_weights, read_export, save_export
 from facegen.core.models.face_vit import FaceViT, faces_to_tensor, load_arcface_checkpoint
 from facegen.core.models.tokens import token_embedding_override, tokenize_with_placeholders
 from facegen.core.prompts import PERSON_WORDS, PLACEHOLDER
@@ -255,15 +255,12 @@ class FaceCLIPEncoder(ModelMixin):
 
 def architecture_of(directory: str | os.PathLike) -> str:
     """"facegen" or "official": which encoder class an export holds (its config.json's _class_name)."""
-    import json
-
     from facegen.core.errors import ModelNotFound
 
-    file = Path(directory).expanduser() / "config.json"
-    if not file.is_file():
+    config = export_config(directory)
+    if config is None:
         raise ModelNotFound(f"{directory} is not an exported FaceCLIP encoder (no config.json)")
-    name = json.loads(file.read_text()).get("_class_name")
-    return "official" if name == "OfficialFaceCLIPEncoder" else "facegen"
+    return exported_architecture(config)
 
 
 def load_encoder(directory: str | os.PathLike, torch_dtype: torch.dtype | None = None):
