@@ -14,12 +14,13 @@ directory holding them. Each is verified against its sha256 before it is loaded.
 
 dlib's five points are not ArcFace's. The crops every encoder reads stay on the ArcFace template: a similarity
 transform fitted on three points — the two eye centres (mean of each eye's corners) and the nose bottom — onto
-DLIB_TEMPLATE, calibrated against SCRFD's landmarks on the photos facegen's dependencies ship (bench/face_calibration.py:
+DLIB_TEMPLATE, calibrated against SCRFD's landmarks on the photos facegen's dependencies ship (bench/faces.py, "dlib_calibration":
 SCRFD's points land 4.2 px from the template on the 112 crop, leave-one-out, 29 faces). The same transform maps
 ArcFace's five template points back into the photo as the face's `kps`, so pose maps and alignment read them as
 they read SCRFD's. A face already aligned on the template is embedded through dlib's five points where calibration
 puts them on the crop (DLIB_FIVE_ON_CROP): the same face embedded from its photo and from its 112 crop lies
-0.12–0.20 apart (bench/face_calibration.py), a third of the same-person threshold."""
+0.12–0.20 apart on the shipped photos, a third of the same-person threshold (tests/unit/test_face_dlib.py holds
+the astronaut under 0.25)."""
 from __future__ import annotations
 
 import importlib.util
